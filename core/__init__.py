@@ -1,0 +1,1 @@
+"""joulestream core: settings, event contracts, carbon methodology. Depends on libraries only."""

@@ -1,0 +1,146 @@
+"""Event contracts: the raw usage event and the enriched event (the public Kafka contract).
+
+`usage.raw.v1` carries `UsageEvent` JSON, `usage.enriched.v1` carries `EnrichedUsage` JSON and
+`usage.dlq.v1` carries `DeadLetter` JSON. The JSON Schema files in `core/schemas/` are generated from
+these models (`python -m core.schemas`) and a test fails when they drift. The enriched topic is a public
+contract: changes are additive only (new optional fields), never renames or removals.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MAX_TOKENS = 10**12  # a per-event ceiling far above any real bucket; larger values are input errors
+EARLIEST_EVENT = datetime(2015, 1, 1, tzinfo=UTC)  # before any LLM API existed: an impossible timestamp
+MAX_CLOCK_SKEW = timedelta(days=1)  # an event stamped further in the future than this is rejected
+
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@+\-]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Source(StrEnum):
+    gateway = "gateway"
+    poller = "poller"
+    import_ = "import"
+    simulated = "simulated"
+
+
+class RoutingTier(StrEnum):
+    """Routing class of a request: what kind of work it asked for."""
+
+    L0 = "L0"  # lookup: short factual answer, classification
+    L1 = "L1"  # extraction: structured output from given text, tool / JSON-schema use
+    L2 = "L2"  # aggregation: summarising, rewriting, multi-document synthesis
+    L3 = "L3"  # reasoning: multi-step reasoning, planning, code, long outputs
+
+
+class UsageEvent(BaseModel):
+    """One bucket of LLM usage: a single gateway request, or a provider's hourly usage bucket."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+    event_id: Id = Field(description="Stable id: UUIDv7 for gateway requests, deterministic for poller buckets")
+    revision: int = Field(default=0, ge=0, description="Higher revision of the same event_id replaces the lower")
+    source: Source
+    org_id: Id
+    project_id: Id
+    workload_id: Id
+    connection_id: Id | None = None
+    provider: Name = Field(description="openai, anthropic, google, openrouter, mistral, …")
+    model: Name
+    region: Name | None = Field(default=None, description="Provider region, e.g. us-east-1; None = provider default")
+    routing_tier: RoutingTier | None = None
+    bucket_start: AwareDatetime
+    bucket_end: AwareDatetime
+    event_timestamp: AwareDatetime
+    input_tokens_uncached: TokenCount = 0
+    input_tokens_cached: TokenCount = 0
+    input_tokens_cache_creation: TokenCount = 0
+    output_tokens: TokenCount = 0
+    request_count: int = Field(default=1, ge=0, le=MAX_TOKENS)
+    labels: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=dict, max_length=32, description="Free-form labels, e.g. {'synthetic': 'true'}"
+    )
+
+    @field_validator("provider", "model")
+    @classmethod
+    def _normalise_name(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be blank")
+        return v
+
+    @field_validator("bucket_start", "bucket_end", "event_timestamp")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        v = v.astimezone(UTC)
+        if v < EARLIEST_EVENT:
+            raise ValueError(f"impossible timestamp {v.isoformat()}: before {EARLIEST_EVENT.date()}")
+        if v > datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise ValueError(f"impossible timestamp {v.isoformat()}: more than {MAX_CLOCK_SKEW} in the future")
+        return v
+
+    @model_validator(mode="after")
+    def _bucket_order(self) -> UsageEvent:
+        if self.bucket_end < self.bucket_start:
+            raise ValueError("bucket_end is before bucket_start")
+        return self
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens_uncached
+            + self.input_tokens_cached
+            + self.input_tokens_cache_creation
+            + self.output_tokens
+        )
+
+
+class EnrichedUsage(UsageEvent):
+    """A usage event with its energy and carbon, and every factor needed to recompute them."""
+
+    model_tier: str = Field(description="Tier the model matched in the factor set (small, medium, …)")
+    factors_version: str
+    is_estimated: bool = Field(description="True when the model or region fell back to a default")
+    estimation_reasons: list[str] = Field(default_factory=list)
+    j_per_prefill_token: float = Field(ge=0)
+    j_per_decode_token: float = Field(ge=0)
+    j_per_cached_token: float = Field(ge=0)
+    j_per_cache_creation_token: float = Field(ge=0)
+    pue: float = Field(ge=1)
+    grid_intensity_kg_per_kwh: float = Field(ge=0)
+    energy_j: float = Field(ge=0, description="Facility energy (IT energy × PUE), joules")
+    energy_j_low: float = Field(ge=0)
+    energy_j_high: float = Field(ge=0)
+    co2_kg: float = Field(ge=0, description="Location-based CO2e, kg")
+    co2_kg_low: float = Field(ge=0)
+    co2_kg_high: float = Field(ge=0)
+    enriched_at: AwareDatetime
+
+    @field_validator("enriched_at")
+    @classmethod
+    def _enriched_utc(cls, v: datetime) -> datetime:
+        return v.astimezone(UTC)
+
+
+class DeadLetter(BaseModel):
+    """What `usage.dlq.v1` carries: the original bytes (base64) and why they were rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(description="decode | validate | enrich | sink")
+    error: str = Field(description="Short, human-readable reason")
+    errors: list[dict] = Field(default_factory=list, description="Field errors (pydantic), if any")
+    original_b64: str = Field(description="The original message value, base64")
+    original_key: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    failed_at: AwareDatetime
