@@ -46,8 +46,12 @@ class UsageEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
-    event_id: Id = Field(description="Stable id: UUIDv7 for gateway requests, deterministic for poller buckets")
-    revision: int = Field(default=0, ge=0, description="Higher revision of the same event_id replaces the lower")
+    event_id: Id = Field(
+        description="Stable id: UUIDv7 for gateway requests, deterministic for poller buckets"
+    )
+    revision: int = Field(
+        default=0, ge=0, description="Higher revision of the same event_id replaces the lower"
+    )
     source: Source
     org_id: Id
     project_id: Id
@@ -55,7 +59,9 @@ class UsageEvent(BaseModel):
     connection_id: Id | None = None
     provider: Name = Field(description="openai, anthropic, google, openrouter, mistral, …")
     model: Name
-    region: Name | None = Field(default=None, description="Provider region, e.g. us-east-1; None = provider default")
+    region: Name | None = Field(
+        default=None, description="Provider region, e.g. us-east-1; None = provider default"
+    )
     routing_tier: RoutingTier | None = None
     bucket_start: AwareDatetime
     bucket_end: AwareDatetime
@@ -84,7 +90,9 @@ class UsageEvent(BaseModel):
         if v < EARLIEST_EVENT:
             raise ValueError(f"impossible timestamp {v.isoformat()}: before {EARLIEST_EVENT.date()}")
         if v > datetime.now(UTC) + MAX_CLOCK_SKEW:
-            raise ValueError(f"impossible timestamp {v.isoformat()}: more than {MAX_CLOCK_SKEW} in the future")
+            raise ValueError(
+                f"impossible timestamp {v.isoformat()}: more than {MAX_CLOCK_SKEW} in the future"
+            )
         return v
 
     @model_validator(mode="after")

@@ -1,0 +1,208 @@
+"""Request dependencies: the app context, authentication (API key or JWT) → `Principal`, scope checks,
+pagination and date ranges.
+
+Auth: `Authorization: Bearer js_live_…` (an API key, which carries its org) or `Bearer <JWT>` when JWT auth
+is configured (`core.controlplane.jwt`). Failures:
+- 401 + `WWW-Authenticate: Bearer` — no token, unknown/malformed/revoked/expired key, bad JWT;
+- 403 — valid credential without the scope, or an `X-Org-Slug` it does not grant;
+- 503 — the identity provider's JWKS cannot be fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+
+from api.errors import validation_error
+from api.telemetry import TelemetryProvider
+from core.controlplane import KEY_PREFIX, ApiKeys, FactorVersions, Orgs, Projects, Workloads
+from core.controlplane.jwt import JwksUnavailable, JwtError, JwtForbidden, JwtVerifier
+from core.settings import Settings
+
+Check = Callable[[], Any | Awaitable[Any]]
+LastPoll = Callable[[], datetime | None | Awaitable[datetime | None]]
+DEFAULT_RANGE_DAYS = 30
+
+
+@dataclass
+class AppContext:
+    """Everything the routers need; built once by `create_app`, stored on `app.state.ctx`."""
+
+    settings: Settings
+    engine: Engine
+    telemetry: TelemetryProvider
+    version: str
+    jwt: JwtVerifier | None = None
+    warehouse_client_factory: Callable[[], Any] | None = None
+    warehouse_check: Check | None = None
+    kafka_check: Check | None = None
+    last_poll: LastPoll | None = None
+    health_timeout_s: float = 5.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.orgs = Orgs(self.engine)
+        self.api_keys = ApiKeys(self.engine)
+        self.projects = Projects(self.engine)
+        self.workloads = Workloads(self.engine)
+        self.factor_versions = FactorVersions(self.engine)
+
+
+async def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+# --------------------------------------------------------------------------------------------- auth
+
+
+@dataclass(frozen=True)
+class Principal:
+    org_id: str
+    org_slug: str
+    scopes: frozenset[str]
+    key_id: str | None = None  # API key auth
+    subject: str | None = None  # JWT auth (`sub`)
+
+    @property
+    def method(self) -> str:
+        return "api_key" if self.key_id else "jwt"
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key (`js_live_…`) or, when configured, a JWT from the identity provider.",
+)
+
+
+def _unauthorized(detail: str, *, token_sent: bool) -> HTTPException:
+    challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})
+
+
+def get_principal(
+    ctx: Ctx,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    x_org_slug: Annotated[
+        str | None,
+        Header(
+            alias="X-Org-Slug",
+            max_length=64,
+            description="JWT only: act for this org (must be in the token's memberships).",
+        ),
+    ] = None,
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("missing bearer token", token_sent=False)
+    token = credentials.credentials.strip()
+    if token.startswith(KEY_PREFIX):
+        key = ctx.api_keys.authenticate(token)
+        if key is None:
+            raise _unauthorized("invalid, revoked or expired API key", token_sent=True)
+        org = ctx.orgs.get(key.org_id)
+        if org is None:  # cannot happen with the FK; treat as a dead key
+            raise _unauthorized("invalid, revoked or expired API key", token_sent=True)
+        if x_org_slug and x_org_slug.strip().lower() != org.slug:
+            raise HTTPException(403, f"this API key belongs to another organization than {x_org_slug.strip()!r}")
+        return Principal(org_id=org.id, org_slug=org.slug, scopes=frozenset(key.scopes), key_id=key.id)
+    if ctx.jwt is None:
+        raise _unauthorized("invalid bearer token", token_sent=True)
+    try:
+        identity = ctx.jwt.verify(token)
+        slug = identity.org_for(x_org_slug)
+    except JwtError as exc:
+        raise _unauthorized(str(exc), token_sent=True) from exc
+    except JwtForbidden as exc:
+        raise HTTPException(403, str(exc)) from exc
+    except JwksUnavailable as exc:
+        raise HTTPException(503, "authentication service unavailable, retry later") from exc
+    org = ctx.orgs.get_by_slug(slug)
+    if org is None:
+        raise HTTPException(403, f"unknown organization {slug!r}")
+    return Principal(org_id=org.id, org_slug=org.slug, scopes=frozenset(identity.scopes), subject=identity.subject)
+
+
+def require_scope(*scopes: str) -> Callable[..., Principal]:
+    """Dependency: an authenticated principal holding every one of `scopes` (403 otherwise)."""
+
+    def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        missing = [s for s in scopes if s not in principal.scopes]
+        if missing:
+            raise HTTPException(403, f"missing scope: {', '.join(missing)}")
+        return principal
+
+    dependency.__name__ = f"require_scope_{'_'.join(scopes)}"
+    return dependency
+
+
+ReadPrincipal = Annotated[Principal, Depends(require_scope("read"))]
+AdminPrincipal = Annotated[Principal, Depends(require_scope("admin"))]
+
+
+# --------------------------------------------------------------------------------------------- pagination
+
+
+@dataclass(frozen=True)
+class Pagination:
+    page: int
+    page_size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
+
+    def info(self, total_items: int) -> dict[str, int]:
+        return {
+            "page": self.page,
+            "page_size": self.page_size,
+            "total_items": total_items,
+            "total_pages": (total_items + self.page_size - 1) // self.page_size,
+        }
+
+
+def pagination(
+    page: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page number")] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200, description="items per page (max 200)")] = 50,
+) -> Pagination:
+    return Pagination(page=page, page_size=page_size)
+
+
+Page = Annotated[Pagination, Depends(pagination)]
+
+
+# --------------------------------------------------------------------------------------------- date range
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Inclusive calendar days, UTC."""
+
+    start: date
+    end: date
+
+    def as_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+def date_range(
+    start_date: Annotated[
+        date | None, Query(description=f"ISO date, inclusive (default: {DEFAULT_RANGE_DAYS} days before end_date)")
+    ] = None,
+    end_date: Annotated[date | None, Query(description="ISO date, inclusive (default: today, UTC)")] = None,
+) -> DateRange:
+    end = end_date or datetime.now(UTC).date()
+    start = start_date or end - timedelta(days=DEFAULT_RANGE_DAYS)
+    if start > end:
+        raise validation_error(("query", "start_date"), "start_date must not be after end_date", str(start))
+    return DateRange(start=start, end=end)
+
+
+Dates = Annotated[DateRange, Depends(date_range)]

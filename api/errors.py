@@ -1,0 +1,128 @@
+"""The error model: every error body is `{"detail": …}`.
+
+- HTTP errors: `{"detail": "message"}` (with the exception's headers, e.g. `WWW-Authenticate`).
+- 422: FastAPI's field-error list in `detail` (`[{"type", "loc", "msg", "input", …}]`).
+- Control-plane rule errors: NotFound → 404, Conflict → 409, Invalid → 400.
+- Anything else: logged with the request id, answered `500 {"detail": "internal error", "request_id": …}`
+  — never a traceback or an exception message.
+
+Every response carries `X-Request-ID` (the caller's, when it sent a sane one, else a new one).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.controlplane.errors import Conflict, Invalid, NotFound
+
+log = logging.getLogger("joulestream.api")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for err in errors:
+        err = dict(err)
+        ctx = err.get("ctx")
+        if isinstance(ctx, dict):  # e.g. {"error": ValueError(...)} from a validator
+            err["ctx"] = {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in ctx.items()}
+        out.append(err)
+    return jsonable_encoder(out)
+
+
+def validation_error(loc: tuple[str | int, ...], msg: str, value: Any = None) -> RequestValidationError:
+    """A 422 in FastAPI's shape, for checks that span several parameters."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _jsonable_errors(list(exc.errors()))}, status_code=422)
+
+
+def _rule_error(status: int):
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handler
+
+
+class RequestContextMiddleware:
+    """Assigns the request id and turns any unhandled exception into a logged, opaque 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        rid = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error request_id=%s %s %s", rid, scope.get("method"), scope.get("path"))
+            if started:  # too late to answer; let the server close the connection
+                raise
+            response = JSONResponse(
+                {"detail": "internal error", "request_id": rid}, status_code=500, headers={"X-Request-ID": rid}
+            )
+            await response(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(NotFound, _rule_error(404))
+    app.add_exception_handler(Conflict, _rule_error(409))
+    app.add_exception_handler(Invalid, _rule_error(400))
+    app.add_middleware(RequestContextMiddleware)
+
+
+class ErrorBody(BaseModel):
+    detail: Any
+
+
+_ERROR_TEXT = {
+    400: "Rule violation",
+    401: "Missing or invalid credential",
+    403: "Missing scope or organization not granted",
+    404: "Not found (or owned by another organization)",
+    409: "Conflict",
+    503: "Dependency unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the given error codes (all `{"detail": …}`)."""
+    return {code: {"model": ErrorBody, "description": _ERROR_TEXT.get(code, "Error")} for code in codes}

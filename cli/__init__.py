@@ -1,0 +1,1 @@
+"""The `joulestream` command and the embedded runner."""

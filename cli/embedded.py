@@ -1,0 +1,146 @@
+"""Running the stream worker in-process: the Faust worker, its HTTP server, and (for `up`) the
+simulated traffic and the live console."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+import faust
+from fastapi import FastAPI
+from faust.contrib.asgi import serve_asgi
+from mode import Service
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from api.internal import internal_router
+from cli.runtime import RuntimeInfo, clear_runtime, publish_runtime
+from core.kafka import OutRecord, send_many
+from core.logs import logging_config
+from core.settings import Settings
+from pipelines import simulate
+from streams.worker import Pipeline, build_app
+
+log = logging.getLogger(__name__)
+
+
+def http_app(settings: Settings, pipeline: Pipeline, runtime: RuntimeInfo) -> FastAPI:
+    api = FastAPI(title="joulestream runtime", docs_url=None, redoc_url=None, openapi_url=None)
+    api.include_router(internal_router(runtime.token, lambda: pipeline.warehouse, pipeline.stats))
+    return api
+
+
+class SimulatedTraffic(Service):
+    """A burst of `initial` events spread over the past week, then `rate` live events per second."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, initial: int, rate: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.settings, self.pipeline, self.initial, self.rate = settings, pipeline, initial, rate
+        self.published = 0
+
+    @Service.task
+    async def _traffic(self) -> None:
+        while self.pipeline.producer is None:  # the pipeline opens on app start-up
+            await asyncio.sleep(0.1)
+        prod = self.pipeline.producer
+        if self.initial:
+            traffic = simulate.generate(self.initial, seed=int(time.time()))
+            for i in range(0, len(traffic.messages), 5000):
+                self.published += await send_many(
+                    prod, self.settings.raw_topic, traffic.messages[i : i + 5000]
+                )
+        rng = random.Random()
+        while not self.should_stop and self.rate > 0:
+            batch = [simulate.live_event(rng) for _ in range(max(1, int(self.rate)))]
+            self.published += await send_many(
+                prod,
+                self.settings.raw_topic,
+                [OutRecord(e.event_id.encode(), e.model_dump_json().encode()) for e in batch],
+            )
+            await asyncio.sleep(1)
+
+
+class LiveConsole(Service):
+    """Live counts on the terminal: received, enriched, stored, duplicates dropped, DLQ."""
+
+    def __init__(
+        self, pipeline: Pipeline, traffic: SimulatedTraffic | None, banner: list[str], **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.pipeline, self.traffic, self.banner = pipeline, traffic, banner
+
+    def _table(self) -> Table:
+        st = self.pipeline.stats()
+        e, s = st.get("enrich", {}), st.get("sink", {})
+        t = Table(title="joulestream — live pipeline (Ctrl-C to stop)", title_justify="left")
+        for col in ("published (simulated)", "received", "enriched", "duplicates dropped", "stored", "DLQ"):
+            t.add_column(col, justify="right")
+        t.add_row(
+            str(self.traffic.published if self.traffic else "-"),
+            str(e.get("consumed", 0)),
+            str(e.get("enriched", 0)),
+            str(e.get("duplicates", 0) + s.get("skipped", 0)),
+            str(s.get("stored", 0)),
+            str(self.pipeline.dlq_count),
+        )
+        return t
+
+    @Service.task
+    async def _show(self) -> None:
+        console = Console()
+        for line in self.banner:
+            console.print(line)
+        with Live(self._table(), console=console, refresh_per_second=2) as live:
+            while not self.should_stop:
+                live.update(self._table())
+                await asyncio.sleep(0.5)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    http_port: int | None = None,
+    simulate_initial: int = 0,
+    simulate_rate: float = 0.0,
+    console_banner: list[str] | None = None,
+    loglevel: str = "INFO",
+    logfile: str | None = None,
+) -> None:
+    """Run the stream worker until SIGINT/SIGTERM. Blocks."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(settings)
+    app = build_app(settings, pipeline)
+    runtime: RuntimeInfo | None = None
+    if http_port is not None:
+        runtime = publish_runtime(settings, f"http://127.0.0.1:{http_port}")
+        serve_asgi(
+            app, http_app(settings, pipeline, runtime), host="127.0.0.1", port=http_port, log_level="warning"
+        )
+        app.conf.web_enabled = True
+    traffic = None
+    if simulate_initial or simulate_rate:
+        traffic = SimulatedTraffic(
+            settings, pipeline, simulate_initial, simulate_rate, loop=app.loop, beacon=app.beacon
+        )
+        app.add_dependency(traffic)
+    if console_banner is not None:
+        app.add_dependency(LiveConsole(pipeline, traffic, console_banner, loop=app.loop, beacon=app.beacon))
+    worker = faust.Worker(
+        app,
+        loglevel=loglevel,
+        logfile=logfile,
+        logging_config=logging_config(loglevel, logfile),
+        redirect_stdouts=False,
+        quiet=console_banner is not None,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        if runtime:
+            clear_runtime(settings, runtime)

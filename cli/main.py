@@ -1,0 +1,204 @@
+"""`joulestream`: the operator command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.broker import EmbeddedBroker
+from core.settings import Settings, load_settings
+
+app = typer.Typer(help="joulestream — energy and carbon accounting for AI inference.", no_args_is_help=True)
+console = Console()
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _kafka_port(s: Settings) -> int:
+    return int(s.kafka.split(",")[0].rsplit(":", 1)[1])
+
+
+@app.command()
+def broker(
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: from JOULESTREAM_KAFKA)")
+    ] = None,
+) -> None:
+    """Run the embedded Kafka broker (Tansu, memory storage) on loopback until Ctrl-C."""
+    s = _settings()
+    b = EmbeddedBroker(port or _kafka_port(s)).start()
+    console.print(f"Kafka (Tansu) listening on [bold]{b.bootstrap}[/] — Ctrl-C to stop")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        b.stop()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the warehouse migrations (idempotent)."""
+    from warehouse.client import get_client
+    from warehouse.migrate import migrate as run_migrations
+
+    s = _settings()
+    applied = run_migrations(get_client(s), s.ch_database)
+    console.print(
+        f"warehouse {s.ch_database}: {len(applied)} migration(s) applied"
+        + (f": {', '.join(applied)}" if applied else "")
+    )
+
+
+@app.command()
+def worker(
+    http_port: Annotated[
+        int | None, typer.Option(help="Serve the runtime HTTP API on 127.0.0.1:PORT")
+    ] = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
+    from cli.embedded import run_worker
+
+    run_worker(_settings(), http_port=http_port, loglevel=loglevel.upper())
+
+
+@app.command()
+def simulate(
+    events: Annotated[int, typer.Argument(help="Number of messages to publish")] = 10_000,
+    orgs: int = 3,
+    projects: int = 2,
+    days: int = 7,
+    duplicates: Annotated[float, typer.Option(help="Share of exact re-sends")] = 0.05,
+    revisions: Annotated[float, typer.Option(help="Share of later, higher revisions")] = 0.02,
+    invalid: Annotated[float, typer.Option(help="Share of invalid messages (they go to the DLQ)")] = 0.01,
+    seed: int = 7,
+) -> None:
+    """Publish labelled synthetic usage to usage.raw.v1."""
+    from pipelines.simulate import generate, run_publish
+
+    s = _settings()
+    traffic = generate(
+        events,
+        orgs=orgs,
+        projects=projects,
+        days=days,
+        duplicate_rate=duplicates,
+        revision_rate=revisions,
+        invalid_rate=invalid,
+        seed=seed,
+    )
+    with _progress() as progress:
+        task = progress.add_task("publishing", total=len(traffic.messages))
+        run_publish(s, traffic.messages, lambda done: progress.update(task, completed=done))
+    console.print(
+        f"published {len(traffic.messages)} messages to {s.raw_topic}: {len(traffic.final)} distinct events, "
+        f"{traffic.duplicates} duplicates, {traffic.revisions} revisions, {traffic.invalid} invalid"
+    )
+
+
+@app.command()
+def up(
+    events: Annotated[int, typer.Option(help="Initial burst of simulated events (past 7 days)")] = 20_000,
+    rate: Annotated[float, typer.Option(help="Live simulated events per second afterwards")] = 20.0,
+    http_port: int = 8787,
+) -> None:
+    """Start the embedded stack: broker, worker, runtime HTTP, and labelled synthetic traffic."""
+    from cli.embedded import run_worker
+
+    s = _settings()
+    s.home.mkdir(parents=True, exist_ok=True)
+    log_dir = s.home / "logs"
+    log_dir.mkdir(exist_ok=True)
+    b = None
+    if s.kafka_embedded:
+        b = EmbeddedBroker(_kafka_port(s), log_path=log_dir / "broker.log").start()
+    banner = [
+        "[bold green]joulestream is up[/]",
+        f"  Kafka        {s.kafka} ({'embedded Tansu' if b else 'external'}); topics {s.raw_topic}, {s.enriched_topic}, {s.dlq_topic}",
+        f"  Warehouse    {s.clickhouse} (database {s.ch_database})",
+        f"  Runtime HTTP http://127.0.0.1:{http_port} (token in {s.home / 'runtime.json'})",
+        f"  Logs         {log_dir / 'worker.log'}",
+        "  Totals       in another terminal: [bold].venv/bin/joulestream totals --by model[/]",
+        f"  Traffic      {events} simulated events (synthetic=true), then {rate:g}/s live",
+    ]
+    try:
+        run_worker(
+            s,
+            http_port=http_port,
+            simulate_initial=events,
+            simulate_rate=rate,
+            console_banner=banner,
+            logfile=str(log_dir / "worker.log"),
+        )
+    finally:
+        if b:
+            b.stop()
+        console.print("stopped.")
+
+
+@app.command()
+def totals(
+    by: Annotated[str, typer.Option(help="none | org | project | model | day")] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Print warehouse totals (asks the running `joulestream up` when it holds the embedded warehouse)."""
+    data = _read_totals(_settings(), by)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    t = data["totals"]
+    console.print(
+        f"events {t['events']:,}  requests {t['request_count']:,}  tokens {t['total_tokens']:,}  "
+        f"energy {t['energy_j'] / 3.6e6:,.3f} kWh  CO2e {t['co2_kg']:,.4f} kg "
+        f"[{t['co2_kg_low']:,.4f} – {t['co2_kg_high']:,.4f}]"
+    )
+    if data["rows"]:
+        table = Table()
+        keys = [k for k in data["rows"][0] if k in ("org_id", "project_id", "model", "day", "provider")]
+        for col in [*keys, "events", "total_tokens", "energy_kwh", "co2_kg"]:
+            table.add_column(col, justify="left" if col in keys else "right")
+        for r in data["rows"]:
+            table.add_row(
+                *[str(r[k]) for k in keys],
+                f"{r['events']:,}",
+                f"{r['total_tokens']:,}",
+                f"{r['energy_j'] / 3.6e6:,.4f}",
+                f"{r['co2_kg']:,.5f}",
+            )
+        console.print(table)
+
+
+def _read_totals(s: Settings, by: str) -> dict:
+    from cli.runtime import find_runtime, runtime_get
+    from warehouse import queries
+    from warehouse.client import WarehouseLocked, get_client
+
+    runtime = find_runtime(s)
+    if runtime is None:
+        try:
+            client = get_client(s)
+        except WarehouseLocked as exc:
+            raise typer.BadParameter(
+                f"{exc} — and no runtime.json to ask; is `joulestream up` starting?"
+            ) from exc
+        total = queries.totals(client)
+        rows = [] if by == "none" else queries.totals_by(client, by)
+        return {"totals": total.model_dump(mode="json"), "rows": [r.model_dump(mode="json") for r in rows]}
+    return runtime_get(runtime, "/internal/v1/totals", by=by)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )

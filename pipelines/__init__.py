@@ -1,0 +1,1 @@
+"""Ingestion edges: they turn usage into `UsageEvent`s on `usage.raw.v1`."""

@@ -1,0 +1,141 @@
+"""The stream stages as pure batch functions: records in, records out. No Kafka, no I/O.
+
+Each stage takes a list of consumed `InRecord`s and returns what to publish (and, for the sink, what
+to write). Kafka transport, offsets and retries live in `streams/agents.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from core.contracts import DeadLetter, EnrichedUsage, UsageEvent
+from core.kafka import OutRecord
+from core.methodology import FactorSet, enrich
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def dead_letter(rec: InRecord, stage: str, error: str, errors: list[dict] | None = None) -> OutRecord:
+    dl = DeadLetter(
+        stage=stage,
+        error=error[:2000],
+        errors=errors or [],
+        original_b64=base64.b64encode(rec.value or b"").decode(),
+        original_key=rec.key.decode("utf-8", "replace") if rec.key is not None else None,
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        failed_at=datetime.now(UTC),
+    )
+    return OutRecord(key=rec.key, value=dl.model_dump_json().encode())
+
+
+def _field_errors(exc: ValidationError) -> list[dict]:
+    # input values are left out: they may be large, and they are in original_b64 anyway
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def _summary(exc: ValidationError) -> tuple[str, str]:
+    """(stage, one-line reason) for a validation failure."""
+    errs = exc.errors()
+    if errs and errs[0]["type"] == "json_invalid":
+        return "decode", f"invalid JSON: {errs[0]['msg']}"
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errs[:5]]
+    more = f" (+{len(errs) - 5} more)" if len(errs) > 5 else ""
+    return "validate", "; ".join(parts) + more
+
+
+@dataclass
+class StageResult:
+    out: list[OutRecord] = field(default_factory=list)
+    dlq: list[OutRecord] = field(default_factory=list)
+    duplicates: int = 0  # dropped by the dedup window (same or lower revision already seen)
+
+
+class DedupWindow:
+    """The highest revision seen per event_id, for the most recent `capacity` event ids.
+
+    A best-effort first filter that keeps exact re-sends and superseded revisions off the enriched
+    topic. It is per worker and in memory: the exactness guarantee is the warehouse ledger's, which
+    applies the same rule (highest revision wins) idempotently.
+    """
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def admit(self, event_id: str, revision: int) -> bool:
+        prev = self._seen.get(event_id)
+        if prev is not None and prev >= revision:
+            self._seen.move_to_end(event_id)
+            return False
+        self._seen[event_id] = revision
+        self._seen.move_to_end(event_id)
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Enricher:
+    """validate → dedup → enrich → emit, one batch at a time."""
+
+    def __init__(self, factors: Callable[[], FactorSet], window: DedupWindow | None = None) -> None:
+        self.factors = factors  # called once per batch, so a newly published version applies at once
+        self.window = window or DedupWindow()
+
+    def process(self, records: Sequence[InRecord]) -> StageResult:
+        res = StageResult()
+        fs = self.factors()
+        now = datetime.now(UTC)
+        for rec in records:
+            if rec.value is None:
+                res.dlq.append(dead_letter(rec, "decode", "empty message (null value)"))
+                continue
+            try:
+                ev = UsageEvent.model_validate_json(rec.value)
+            except ValidationError as exc:
+                stage, reason = _summary(exc)
+                res.dlq.append(dead_letter(rec, stage, reason, _field_errors(exc)))
+                continue
+            if not self.window.admit(ev.event_id, ev.revision):
+                res.duplicates += 1
+                continue
+            try:
+                enriched = enrich(ev, fs, now)
+            except (ValueError, ArithmeticError) as exc:
+                res.dlq.append(dead_letter(rec, "enrich", f"{type(exc).__name__}: {exc}"))
+                continue
+            res.out.append(OutRecord(key=ev.event_id.encode(), value=enriched.model_dump_json().encode()))
+        return res
+
+
+def parse_enriched(records: Sequence[InRecord]) -> tuple[list[EnrichedUsage], list[OutRecord]]:
+    """Decode the enriched topic for the sink; anything that is not a valid EnrichedUsage → DLQ."""
+    good: list[EnrichedUsage] = []
+    bad: list[OutRecord] = []
+    for rec in records:
+        if rec.value is None:
+            bad.append(dead_letter(rec, "sink", "empty message (null value)"))
+            continue
+        try:
+            good.append(EnrichedUsage.model_validate_json(rec.value))
+        except ValidationError as exc:
+            _, reason = _summary(exc)
+            bad.append(dead_letter(rec, "sink", reason, _field_errors(exc)))
+    return good, bad
