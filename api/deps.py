@@ -111,7 +111,9 @@ def get_principal(
         if org is None:  # cannot happen with the FK; treat as a dead key
             raise _unauthorized("invalid, revoked or expired API key", token_sent=True)
         if x_org_slug and x_org_slug.strip().lower() != org.slug:
-            raise HTTPException(403, f"this API key belongs to another organization than {x_org_slug.strip()!r}")
+            raise HTTPException(
+                403, f"this API key belongs to another organization than {x_org_slug.strip()!r}"
+            )
         return Principal(org_id=org.id, org_slug=org.slug, scopes=frozenset(key.scopes), key_id=key.id)
     if ctx.jwt is None:
         raise _unauthorized("invalid bearer token", token_sent=True)
@@ -127,7 +129,9 @@ def get_principal(
     org = ctx.orgs.get_by_slug(slug)
     if org is None:
         raise HTTPException(403, f"unknown organization {slug!r}")
-    return Principal(org_id=org.id, org_slug=org.slug, scopes=frozenset(identity.scopes), subject=identity.subject)
+    return Principal(
+        org_id=org.id, org_slug=org.slug, scopes=frozenset(identity.scopes), subject=identity.subject
+    )
 
 
 def require_scope(*scopes: str) -> Callable[..., Principal]:
@@ -194,7 +198,8 @@ class DateRange:
 
 def date_range(
     start_date: Annotated[
-        date | None, Query(description=f"ISO date, inclusive (default: {DEFAULT_RANGE_DAYS} days before end_date)")
+        date | None,
+        Query(description=f"ISO date, inclusive (default: {DEFAULT_RANGE_DAYS} days before end_date)"),
     ] = None,
     end_date: Annotated[date | None, Query(description="ISO date, inclusive (default: today, UTC)")] = None,
 ) -> DateRange:

@@ -41,7 +41,9 @@ def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         err = dict(err)
         ctx = err.get("ctx")
         if isinstance(ctx, dict):  # e.g. {"error": ValueError(...)} from a validator
-            err["ctx"] = {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in ctx.items()}
+            err["ctx"] = {
+                k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in ctx.items()
+            }
         out.append(err)
     return jsonable_encoder(out)
 
@@ -52,7 +54,9 @@ def validation_error(loc: tuple[str | int, ...], msg: str, value: Any = None) ->
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,7 +99,9 @@ class RequestContextMiddleware:
             if started:  # too late to answer; let the server close the connection
                 raise
             response = JSONResponse(
-                {"detail": "internal error", "request_id": rid}, status_code=500, headers={"X-Request-ID": rid}
+                {"detail": "internal error", "request_id": rid},
+                status_code=500,
+                headers={"X-Request-ID": rid},
             )
             await response(scope, receive, send)
 

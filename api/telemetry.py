@@ -43,7 +43,9 @@ def empty_summary() -> dict[str, Any]:
 class NullTelemetry:
     """No warehouse: every total is zero."""
 
-    def project_totals(self, org_id: str, project_ids: Sequence[str], start: date, end: date) -> dict[str, float]:
+    def project_totals(
+        self, org_id: str, project_ids: Sequence[str], start: date, end: date
+    ) -> dict[str, float]:
         return {pid: 0.0 for pid in project_ids}
 
     def summary(self, org_id: str, project_id: str | None, start: date, end: date) -> dict[str, Any]:

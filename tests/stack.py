@@ -81,7 +81,10 @@ class WorkerProcess:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cli", "worker", "--http-port", str(self.port)],
-                cwd=REPO, env=self.stack.env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=self.stack.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout_s
         path = self.stack.settings.home / "runtime.json"
@@ -101,7 +104,9 @@ class WorkerProcess:
 
     def get(self, path: str, **params: object) -> dict:
         assert self.runtime is not None
-        r = httpx.get(f"{self.runtime.url}{path}", params=params, headers={TOKEN_HEADER: self.runtime.token}, timeout=30)
+        r = httpx.get(
+            f"{self.runtime.url}{path}", params=params, headers={TOKEN_HEADER: self.runtime.token}, timeout=30
+        )
         r.raise_for_status()
         return r.json()
 
@@ -111,7 +116,7 @@ class WorkerProcess:
     def totals(self, by: str = "none") -> dict:
         return self.get("/internal/v1/totals", by=by)
 
-    def wait_for(self, predicate, timeout_s: float = 180, what: str = "condition") -> dict:  # noqa: ANN001
+    def wait_for(self, predicate, timeout_s: float = 180, what: str = "condition") -> dict:
         deadline = time.monotonic() + timeout_s
         last: dict = {}
         while time.monotonic() < deadline:
@@ -123,6 +128,16 @@ class WorkerProcess:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"{what} not reached in {timeout_s}s; last: {last}\n{self.log_tail()}")
+
+    def wait_for_stats(self, predicate, timeout_s: float = 120) -> dict:
+        """Poll the live counters only (no warehouse query): quick enough to catch a moment mid-stream."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stats = self.stats()
+            if predicate(stats):
+                return stats
+            time.sleep(0.05)
+        raise TimeoutError(f"stats condition not reached in {timeout_s}s: {self.stats()}")
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -156,7 +171,7 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[WorkerProcess]:
         w.proc.wait()
 
 
-def publish(stack: Stack, messages: list) -> int:  # noqa: ANN001
+def publish(stack: Stack, messages: list) -> int:
     from pipelines.simulate import publish as _publish
 
     return asyncio.run(_publish(stack.settings, messages))

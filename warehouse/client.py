@@ -109,7 +109,7 @@ def _open(dsn: str) -> Client:
             Path(path).mkdir(parents=True, exist_ok=True)
         try:
             return clickhouse_connect.get_client(dsn=dsn)
-        except Exception as exc:  # noqa: BLE001 - diagnose, then re-raise
+        except Exception as exc:
             if path:
                 locked, pid, command = _lock_holder(path)
                 if locked or "Cannot lock file" in str(exc):
@@ -162,5 +162,5 @@ def close_clients(database: str | None = None) -> None:
             client = _clients.pop(key)
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 log.debug("error closing ClickHouse client %s", key, exc_info=True)

@@ -70,7 +70,9 @@ async def _timed_check(name: str, fn, timeout: float) -> CheckResult:
         await _call(fn, timeout)
     except Exception as exc:
         log.warning("health check %s failed: %s", name, exc, exc_info=True)
-        return CheckResult(status="error", error=_error(exc), latency_ms=round((time.perf_counter() - started) * 1000))
+        return CheckResult(
+            status="error", error=_error(exc), latency_ms=round((time.perf_counter() - started) * 1000)
+        )
     return CheckResult(status="ok", latency_ms=round((time.perf_counter() - started) * 1000))
 
 
@@ -80,7 +82,9 @@ def poll_status(last_poll_at: datetime | None, now: datetime) -> CheckResult:
     if last_poll_at.tzinfo is None:
         last_poll_at = last_poll_at.replace(tzinfo=UTC)
     minutes = max(0, int((now - last_poll_at).total_seconds() // 60))
-    status: CheckStatus = "ok" if minutes < POLL_WARNING_MIN else "warning" if minutes < POLL_ERROR_MIN else "error"
+    status: CheckStatus = (
+        "ok" if minutes < POLL_WARNING_MIN else "warning" if minutes < POLL_ERROR_MIN else "error"
+    )
     return CheckResult(status=status, last_poll_at=last_poll_at.astimezone(UTC), minutes_ago=minutes)
 
 

@@ -132,7 +132,9 @@ async def list_projects(ctx: Ctx, principal: ReadPrincipal, page: Page, dates: D
 
     items, total = await run_in_threadpool(load)
     totals = (
-        await _telemetry(ctx.telemetry.project_totals, principal.org_id, [p.id for p in items], dates.start, dates.end)
+        await _telemetry(
+            ctx.telemetry.project_totals, principal.org_id, [p.id for p in items], dates.start, dates.end
+        )
         if items
         else {}
     )
@@ -149,7 +151,9 @@ async def list_projects(ctx: Ctx, principal: ReadPrincipal, page: Page, dates: D
     responses=error_responses(404, 503),
     summary="Project detail with its telemetry summary",
 )
-async def get_project(project_id: ProjectId, ctx: Ctx, principal: ReadPrincipal, dates: Dates) -> ProjectDetail:
+async def get_project(
+    project_id: ProjectId, ctx: Ctx, principal: ReadPrincipal, dates: Dates
+) -> ProjectDetail:
     def load():
         project = _get(ctx, principal.org_id, project_id)
         return project, ctx.workloads.list(principal.org_id, project.id, active_only=True)
@@ -161,8 +165,12 @@ async def get_project(project_id: ProjectId, ctx: Ctx, principal: ReadPrincipal,
         name=project.name,
         is_default=project.is_default,
         workload_count=project.workload_count,
-        connections=[ConnectionRef(id=w.ref_id, workload_id=w.id) for w in workloads if w.kind == "connection"],
-        workloads=[WorkloadOut(id=w.id, kind=w.kind, ref_id=w.ref_id, created_at=w.created_at) for w in workloads],
+        connections=[
+            ConnectionRef(id=w.ref_id, workload_id=w.id) for w in workloads if w.kind == "connection"
+        ],
+        workloads=[
+            WorkloadOut(id=w.id, kind=w.kind, ref_id=w.ref_id, created_at=w.created_at) for w in workloads
+        ],
         summary=dict(summary or {}),
         period=dates.as_dict(),
         created_at=project.created_at,
@@ -175,7 +183,9 @@ async def get_project(project_id: ProjectId, ctx: Ctx, principal: ReadPrincipal,
     responses=error_responses(400, 404, 409),
     summary="Rename a project (not the Default one)",
 )
-def rename_project(project_id: ProjectId, body: ProjectName, ctx: Ctx, principal: AdminPrincipal) -> ProjectOut:
+def rename_project(
+    project_id: ProjectId, body: ProjectName, ctx: Ctx, principal: AdminPrincipal
+) -> ProjectOut:
     return _out(ctx.projects.rename(principal.org_id, project_id, body.name))
 
 

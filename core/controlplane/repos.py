@@ -60,7 +60,7 @@ def hash_key(plaintext: str) -> str:
 
 
 def normalise_scopes(scopes: Iterable[str] | str) -> tuple[str, ...]:
-    """"read,admin" or ["admin", "read"] → ("read", "admin") (canonical order); unknown scopes are Invalid."""
+    """ "read,admin" or ["admin", "read"] → ("read", "admin") (canonical order); unknown scopes are Invalid."""
     items = scopes.split(",") if isinstance(scopes, str) else list(scopes)
     wanted = {s.strip().lower() for s in items if s and s.strip()}
     unknown = sorted(wanted - set(SCOPES))
@@ -96,7 +96,9 @@ class Orgs:
     ) -> Org:
         slug = slug.strip().lower()
         if not SLUG_RE.match(slug):
-            raise Invalid(f"invalid org slug {slug!r}: use 1-64 of a-z, 0-9 and '-', not starting/ending with '-'")
+            raise Invalid(
+                f"invalid org slug {slug!r}: use 1-64 of a-z, 0-9 and '-', not starting/ending with '-'"
+            )
         if plan_tier not in PLAN_TIERS:
             raise Invalid(f"unknown plan {plan_tier!r}; plans: {', '.join(PLAN_TIERS)}")
         row = {
@@ -135,7 +137,9 @@ class Orgs:
 
     def _update(self, org_id: str, **values: object) -> Org:
         with self.engine.begin() as conn:
-            n = conn.execute(update(organizations).where(organizations.c.id == org_id).values(**values)).rowcount
+            n = conn.execute(
+                update(organizations).where(organizations.c.id == org_id).values(**values)
+            ).rowcount
         if not n:
             raise NotFound("organization not found")
         org = self.get(org_id)
@@ -204,9 +208,11 @@ class ApiKeys:
         now = now or _now()
         presented = hash_key(plaintext)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(api_keys).where(api_keys.c.prefix == plaintext[:DISPLAY_PREFIX_LEN])
-            ).mappings().all()
+            rows = (
+                conn.execute(select(api_keys).where(api_keys.c.prefix == plaintext[:DISPLAY_PREFIX_LEN]))
+                .mappings()
+                .all()
+            )
         match = None
         for row in rows:
             if hmac.compare_digest(row["key_hash"], presented):
@@ -242,9 +248,15 @@ class ApiKeys:
 
     def list(self, org_id: str) -> list[ApiKey]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(api_keys).where(api_keys.c.org_id == org_id).order_by(api_keys.c.created_at, api_keys.c.id)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(api_keys)
+                    .where(api_keys.c.org_id == org_id)
+                    .order_by(api_keys.c.created_at, api_keys.c.id)
+                )
+                .mappings()
+                .all()
+            )
         return [_key_model(r) for r in rows]
 
     def revoke(self, key_id: str, org_id: str | None = None, now: datetime | None = None) -> ApiKey:
@@ -254,7 +266,9 @@ class ApiKeys:
         if org_id is not None:
             cond = and_(cond, api_keys.c.org_id == org_id)
         with self.engine.begin() as conn:
-            conn.execute(update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=now or _now()))
+            conn.execute(
+                update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=now or _now())
+            )
         key = self.get(key_id, org_id)
         if key is None:
             raise NotFound("API key not found")
@@ -449,16 +463,20 @@ class Workloads:
             workloads.c.is_active.is_(True),
         )
 
-    def list(self, org_id: str, project_id: str | None = None, *, active_only: bool = False) -> list[Workload]:
+    def list(
+        self, org_id: str, project_id: str | None = None, *, active_only: bool = False
+    ) -> list[Workload]:
         conds = [workloads.c.org_id == org_id]
         if project_id is not None:
             conds.append(workloads.c.project_id == project_id)
         if active_only:
             conds.append(workloads.c.is_active.is_(True))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(workloads).where(*conds).order_by(workloads.c.created_at, workloads.c.id)
-            ).mappings().all()
+            rows = (
+                conn.execute(select(workloads).where(*conds).order_by(workloads.c.created_at, workloads.c.id))
+                .mappings()
+                .all()
+            )
         return [Workload.model_validate(dict(r)) for r in rows]
 
     def count_active_by_project(self, org_id: str) -> dict[str, int]:
@@ -470,7 +488,9 @@ class Workloads:
             ).all()
         return {pid: n for pid, n in rows}
 
-    def remap(self, org_id: str, kind: str, ref_id: str, project_id: str, now: datetime | None = None) -> Workload:
+    def remap(
+        self, org_id: str, kind: str, ref_id: str, project_id: str, now: datetime | None = None
+    ) -> Workload:
         """Point a source at `project_id`: deactivate its active workload (if any) and create a new one.
         A no-op returning the active workload when it already points there."""
         self._check(org_id, project_id, kind)
@@ -478,14 +498,18 @@ class Workloads:
         new = self._row(org_id, project_id, kind, ref_id, now)
         try:
             with self.engine.begin() as conn:
-                current = conn.execute(
-                    select(workloads).where(
-                        workloads.c.org_id == org_id,
-                        workloads.c.kind == kind,
-                        workloads.c.ref_id == ref_id,
-                        workloads.c.is_active.is_(True),
+                current = (
+                    conn.execute(
+                        select(workloads).where(
+                            workloads.c.org_id == org_id,
+                            workloads.c.kind == kind,
+                            workloads.c.ref_id == ref_id,
+                            workloads.c.is_active.is_(True),
+                        )
                     )
-                ).mappings().first()
+                    .mappings()
+                    .first()
+                )
                 if current is not None and current["project_id"] == project_id:
                     return Workload.model_validate(dict(current))
                 if current is not None:
@@ -614,9 +638,11 @@ class FactorVersions:
 
     def get(self, version: str) -> FactorVersion | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(*_fv_columns).where(carbon_factor_versions.c.version == version)
-            ).mappings().first()
+            row = (
+                conn.execute(select(*_fv_columns).where(carbon_factor_versions.c.version == version))
+                .mappings()
+                .first()
+            )
         return FactorVersion.model_validate(dict(row)) if row else None
 
     def list(self) -> list[FactorVersion]:

@@ -21,7 +21,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.types import TypeDecorator
@@ -83,7 +82,9 @@ api_keys = Table(
     "api_keys",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column(
+        "org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
     Column("name", String(200), nullable=False),
     Column("prefix", String(32), nullable=False, index=True),
     Column("key_hash", String(64), nullable=False, unique=True),
@@ -127,7 +128,9 @@ workloads = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
-    Column("project_id", String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column(
+        "project_id", String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False, index=True
+    ),
     Column("kind", String(20), nullable=False),
     Column("ref_id", String(200), nullable=False),  # connection id or api key id
     Column("is_active", Boolean(), nullable=False, server_default=text("true")),

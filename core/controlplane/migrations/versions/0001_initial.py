@@ -48,7 +48,10 @@ def upgrade() -> None:
         sa.Column("last_used_at", TS, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.ForeignKeyConstraint(
-            ["org_id"], ["organizations.id"], name=op.f("fk_api_keys_org_id_organizations"), ondelete="CASCADE"
+            ["org_id"],
+            ["organizations.id"],
+            name=op.f("fk_api_keys_org_id_organizations"),
+            ondelete="CASCADE",
         ),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
     )
@@ -65,7 +68,10 @@ def upgrade() -> None:
         sa.Column("deleted_at", TS, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_projects")),
         sa.ForeignKeyConstraint(
-            ["org_id"], ["organizations.id"], name=op.f("fk_projects_org_id_organizations"), ondelete="CASCADE"
+            ["org_id"],
+            ["organizations.id"],
+            name=op.f("fk_projects_org_id_organizations"),
+            ondelete="CASCADE",
         ),
     )
     op.create_index(
@@ -97,10 +103,16 @@ def upgrade() -> None:
         sa.Column("deactivated_at", TS, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workloads")),
         sa.ForeignKeyConstraint(
-            ["org_id"], ["organizations.id"], name=op.f("fk_workloads_org_id_organizations"), ondelete="CASCADE"
+            ["org_id"],
+            ["organizations.id"],
+            name=op.f("fk_workloads_org_id_organizations"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["project_id"], ["projects.id"], name=op.f("fk_workloads_project_id_projects"), ondelete="RESTRICT"
+            ["project_id"],
+            ["projects.id"],
+            name=op.f("fk_workloads_project_id_projects"),
+            ondelete="RESTRICT",
         ),
         sa.CheckConstraint("kind IN ('connection', 'gateway_key')", name=op.f("ck_workloads_kind")),
     )

@@ -1,0 +1,99 @@
+"""The FastAPI application factory.
+
+    from api.app import create_app
+    app = create_app(load_settings(), telemetry=..., kafka_check=..., last_poll=...)
+
+Routes live under /api/v1 (OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs); /health is also served
+at the root for load balancers. `create_app` migrates the control-plane database and seeds the built-in
+carbon factor set (both idempotent) before returning, so the app is ready to serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from api.deps import AppContext, Check, LastPoll
+from api.errors import install_error_handlers
+from api.routers import carbon_factors, health, methodology, projects
+from api.telemetry import NullTelemetry, TelemetryProvider
+from core.controlplane import FactorVersions, get_engine, upgrade
+from core.controlplane.jwt import JwtSettings, JwtVerifier
+from core.settings import Settings, load_settings
+
+API_PREFIX = "/api/v1"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("joulestream")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    warehouse_client_factory: Callable[[], Any] | None = None,
+    warehouse_check: Check | None = None,
+    kafka_check: Check | None = None,
+    last_poll: LastPoll | None = None,
+    telemetry: TelemetryProvider | None = None,
+    jwt_settings: JwtSettings | None = None,
+    migrate: bool = True,
+    health_timeout_s: float = 5.0,
+) -> FastAPI:
+    """Build the API.
+
+    settings                  default `load_settings()`; `settings.database` picks the control-plane DB
+    engine                    use this engine instead of `get_engine(settings.database)`
+    warehouse_client_factory  `() -> clickhouse_connect client`; kept on the context for warehouse-backed
+                              routers, and pinged (`command("SELECT 1")`) by /health unless warehouse_check
+    warehouse_check, kafka_check  `() -> Any` or `async () -> Any`: raise when unhealthy
+    last_poll                 `() -> datetime | None` (sync or async): newest successful provider poll,
+                              None when no poller is configured
+    telemetry                 TelemetryProvider (api.telemetry); default NullTelemetry (zeros)
+    jwt_settings              default `JwtSettings.from_env()` (None → API keys only)
+    migrate                   run the control-plane migrations and seed factor v1.0 first
+    """
+    settings = settings or load_settings()
+    engine = engine or get_engine(settings.database)
+    if migrate:
+        upgrade(engine)
+        FactorVersions(engine).ensure_seeded()
+    jwt_settings = jwt_settings or JwtSettings.from_env()
+    version = _version()
+
+    app = FastAPI(
+        title="joulestream API",
+        version=version,
+        description="Energy and carbon of AI inference: projects, telemetry, carbon factors, methodology.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = AppContext(
+        settings=settings,
+        engine=engine,
+        telemetry=telemetry or NullTelemetry(),
+        version=version,
+        jwt=JwtVerifier(jwt_settings) if jwt_settings else None,
+        warehouse_client_factory=warehouse_client_factory,
+        warehouse_check=warehouse_check,
+        kafka_check=kafka_check,
+        last_poll=last_poll,
+        health_timeout_s=health_timeout_s,
+    )
+    install_error_handlers(app)
+
+    app.include_router(health.router)  # GET /health for load balancers
+    app.include_router(health.router, prefix=API_PREFIX)
+    app.include_router(projects.router, prefix=API_PREFIX)
+    app.include_router(carbon_factors.router, prefix=API_PREFIX)
+    app.include_router(methodology.router, prefix=API_PREFIX)
+    return app

@@ -1,0 +1,253 @@
+"""End-to-end pipeline throughput: events produced → queryable in ClickHouse, one worker.
+
+    .venv/bin/python bench/pipeline.py [--events 200000]
+
+Runs, in one go, on a fresh embedded broker:
+  1. joulestream: `joulestream worker` (enrich + sink agents, chdb warehouse) in a subprocess; this
+     process produces N events to usage.raw.v1 and polls until all N are live in the warehouse.
+  2. baseline: a plain aiokafka consumer in a subprocess that inserts the same events into a
+     ClickHouse table with clickhouse-connect — no Faust, no validation, no enrichment, no ledger.
+Prints events/s for both and the ratio. Nothing here is asserted: numbers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cli.broker import EmbeddedBroker  # noqa: E402
+from cli.runtime import TOKEN_HEADER, RuntimeInfo  # noqa: E402
+from core.kafka import OutRecord, ensure_topics, producer, send_many  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+from pipelines.simulate import generate  # noqa: E402
+from tests.stack import free_port  # noqa: E402
+
+
+async def produce(settings, messages: list[OutRecord], topic: str) -> float:
+    prod = producer(settings)
+    await prod.start()
+    t0 = time.perf_counter()
+    for i in range(0, len(messages), 10_000):
+        await send_many(prod, topic, messages[i : i + 10_000])
+    await prod.stop()
+    return time.perf_counter() - t0
+
+
+def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path) -> dict:
+    env = {
+        **os.environ,
+        "JOULESTREAM_HOME": str(home),
+        "JOULESTREAM_KAFKA": bootstrap,
+        "JOULESTREAM_TOPIC_PREFIX": "bench.",
+    }
+    env.pop("JOULESTREAM_CLICKHOUSE", None)
+    settings = load_settings(env)
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(home / "worker.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "worker", "--http-port", str(port), "--loglevel", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        info = None
+        while info is None or info.pid != proc.pid:
+            time.sleep(0.2)
+            try:
+                info = RuntimeInfo.model_validate_json((home / "runtime.json").read_text())
+            except (FileNotFoundError, ValueError):
+                pass
+        hdr = {TOKEN_HEADER: info.token}
+
+        def stats() -> dict:
+            return httpx.get(f"{info.url}/internal/v1/stats", headers=hdr, timeout=30).json()
+
+        def live_events() -> int:
+            return httpx.get(f"{info.url}/internal/v1/totals", headers=hdr, timeout=30).json()["totals"][
+                "events"
+            ]
+
+        # warm-up: one event through, so consumer groups have joined before the clock starts
+        warm = generate(1, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=999)
+        asyncio.run(produce(settings, warm.messages, settings.raw_topic))
+        while True:
+            try:
+                if live_events() >= 1:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        n = len(messages)
+        t0 = time.perf_counter()
+        produce_s = asyncio.run(produce(settings, messages, settings.raw_topic))
+        while stats().get("sink", {}).get("stored", 0) < n + 1:
+            time.sleep(0.02)
+        while live_events() < n + 1:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        rss = _rss_mb(proc.pid)
+        return {
+            "elapsed_s": elapsed,
+            "produce_s": produce_s,
+            "events_per_s": n / elapsed,
+            "worker_rss_mb": rss,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+# --- baseline ------------------------------------------------------------------------------------
+BASELINE_DDL = """CREATE TABLE IF NOT EXISTS baseline_events (
+ event_id String, org_id String, project_id String, provider String, model String,
+ bucket_start DateTime64(3, 'UTC'), input_tokens_uncached UInt64, input_tokens_cached UInt64,
+ input_tokens_cache_creation UInt64, output_tokens UInt64, request_count UInt64
+) ENGINE = MergeTree ORDER BY (org_id, bucket_start, event_id)"""
+COLS = [
+    "event_id",
+    "org_id",
+    "project_id",
+    "provider",
+    "model",
+    "bucket_start",
+    "input_tokens_uncached",
+    "input_tokens_cached",
+    "input_tokens_cache_creation",
+    "output_tokens",
+    "request_count",
+]
+
+
+def baseline_consumer(bootstrap: str, topic: str, n: int, chdb_path: str, ready_file: str) -> None:
+    """Plain aiokafka consume + clickhouse-connect columnar insert, committing after each insert."""
+    from datetime import datetime
+
+    import clickhouse_connect
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}")
+    client.command(BASELINE_DDL)
+
+    async def consume() -> None:
+        c = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"baseline-{uuid.uuid4().hex}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=5000,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+        await c.start()
+        Path(ready_file).write_text("ready")
+        stored = 0
+        while stored < n:
+            polled = await c.getmany(timeout_ms=100, max_records=5000)
+            rows = [orjson.loads(m.value) for msgs in polled.values() for m in msgs]
+            if not rows:
+                continue
+            cols = [[r.get(k, 0) for r in rows] for k in COLS]
+            cols[5] = [datetime.fromisoformat(v) for v in cols[5]]
+            client.insert("baseline_events", cols, column_names=COLS, column_oriented=True)
+            await c.commit()
+            stored += len(rows)
+        await c.stop()
+
+    asyncio.run(consume())
+    assert client.command("SELECT count() FROM baseline_events") >= n
+
+
+def run_baseline(bootstrap: str, messages: list[OutRecord], home: Path) -> dict:
+    settings = load_settings({"JOULESTREAM_KAFKA": bootstrap, "JOULESTREAM_HOME": str(home)})
+    topic = "baseline.raw"
+    asyncio.run(
+        ensure_topics(
+            load_settings({"JOULESTREAM_KAFKA": bootstrap, "JOULESTREAM_TOPIC_PREFIX": "baseline."})
+        )
+    )
+    ready = home / "baseline.ready"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--baseline-consumer",
+            bootstrap,
+            topic,
+            str(len(messages)),
+            str(home / "baseline-chdb"),
+            str(ready),
+        ],
+        cwd=ROOT,
+    )
+    while not ready.exists():
+        time.sleep(0.05)
+    time.sleep(3.5)  # let the consumer group settle (Tansu holds JoinGroup for half the session timeout)
+    t0 = time.perf_counter()
+    produce_s = asyncio.run(produce(settings, messages, topic))
+    proc.wait()
+    elapsed = time.perf_counter() - t0
+    return {"elapsed_s": elapsed, "produce_s": produce_s, "events_per_s": len(messages) / elapsed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=200_000)
+    args = ap.parse_args()
+    print(f"generating {args.events:,} events …", flush=True)
+    traffic = generate(args.events, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=1)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(free_port(), log_path=Path(tmp) / "tansu.log") as b,
+    ):
+        home = Path(tmp)
+        print("joulestream pipeline …", flush=True)
+        pipe = run_pipeline(b.bootstrap, traffic.messages, home / "pipeline")
+        print("baseline (aiokafka + clickhouse-connect, no Faust, no enrichment) …", flush=True)
+        base = run_baseline(b.bootstrap, traffic.messages, home)
+    print()
+    print(f"{'':<28}{'events/s':>12}{'elapsed s':>12}{'produce s':>12}")
+    print(
+        f"{'joulestream end to end':<28}{pipe['events_per_s']:>12,.0f}{pipe['elapsed_s']:>12.2f}{pipe['produce_s']:>12.2f}"
+    )
+    print(
+        f"{'baseline':<28}{base['events_per_s']:>12,.0f}{base['elapsed_s']:>12.2f}{base['produce_s']:>12.2f}"
+    )
+    print(f"ratio joulestream / baseline: {pipe['events_per_s'] / base['events_per_s']:.2f}")
+    print(f"worker peak RSS: {pipe['worker_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--baseline-consumer":
+        baseline_consumer(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
+    else:
+        main()
