@@ -75,6 +75,7 @@ def create_app(
         description="Energy and carbon of AI inference: projects, telemetry, carbon factors, methodology.",
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
+        swagger_ui_oauth2_redirect_url=f"{API_PREFIX}/docs/oauth2-redirect",
         redoc_url=None,
     )
     app.state.ctx = AppContext(

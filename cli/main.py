@@ -12,9 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.broker import EmbeddedBroker
+from cli.controlplane import factors_app, keys_app, orgs_app
 from core.settings import Settings, load_settings
 
 app = typer.Typer(help="joulestream — energy and carbon accounting for AI inference.", no_args_is_help=True)
+app.add_typer(orgs_app, name="orgs", help="Organizations (tenants).")
+app.add_typer(keys_app, name="keys", help="API keys: create (shown once), list, revoke.")
+app.add_typer(factors_app, name="factors", help="Carbon factor versions: publish, list.")
 console = Console()
 
 

@@ -87,8 +87,10 @@ def db_url(request, tmp_path) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     base = admin.url.render_as_string(hide_password=False)
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
+    url = (
+        make_url(base)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
     )
     try:
         yield url
@@ -139,7 +141,7 @@ class JwksServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.requests += 1
                 if self.path != "/.well-known/jwks.json":
                     self.send_error(404)
@@ -163,7 +165,9 @@ class JwksServer:
 
         return JwtSettings(**{"jwks_url": self.url, "issuer": ISSUER, "audience": AUDIENCE, **overrides})
 
-    def token(self, alg: str = "RS256", *, kid: str | None = None, headers: dict | None = None, **claims) -> str:
+    def token(
+        self, alg: str = "RS256", *, kid: str | None = None, headers: dict | None = None, **claims
+    ) -> str:
         import time
 
         import jwt

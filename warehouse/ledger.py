@@ -166,6 +166,13 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def to_arrow(events: Sequence[EnrichedUsage] | Sequence[Mapping[str, Any]], sign: int = 1) -> pa.Table:
+    """Ledger rows (Arrow, `LEDGER_SCHEMA`) for events, all with the given sign — for tools and tests that
+    write the ledger by hand; the writer path is `write_enriched`."""
+    cols = _columns(events)
+    return _arrow_table(cols, list(range(len(events))), sign)
+
+
 def _arrow_table(cols: dict[str, list[Any]], idx: list[int], sign: int) -> pa.Table:
     arrays = []
     for field in LEDGER_SCHEMA:
@@ -254,7 +261,7 @@ def write_enriched(
         j = best.get(eid)
         if j is None:
             best[eid] = i
-        elif rev > revs[j]:
+        elif rev < revs[j]:
             best[eid] = i
             stale += 1
         elif rev == revs[j]:
@@ -450,5 +457,6 @@ __all__ = [
     "WriteResult",
     "drop_stale_key_tables",
     "reconcile_rollups",
+    "to_arrow",
     "write_enriched",
 ]

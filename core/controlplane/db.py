@@ -12,6 +12,8 @@ with an advisory lock. To author a new revision:
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import threading
 from pathlib import Path
 
@@ -75,6 +77,16 @@ def _create_engine(url: str) -> Engine:
             cur.close()
 
     return engine
+
+
+def load_all_tables() -> None:
+    """Import every module of `core.controlplane`, so that tables defined outside `schema.py` (on the shared
+    `schema.metadata`, e.g. `gateway.py`) are registered before the metadata is compared or used."""
+    import core.controlplane as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.ispkg:
+            importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def alembic_config() -> Config:

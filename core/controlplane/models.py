@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -80,6 +80,12 @@ class FactorVersion(BaseModel):
 
     @cached_property
     def factor_set(self) -> FactorSet:
-        from core.methodology import parse_factor_set
+        return _parse_factor_set(self.body)
 
-        return parse_factor_set(self.body)
+
+@lru_cache(maxsize=16)
+def _parse_factor_set(body: str) -> FactorSet:
+    """Parsed factor sets by YAML text: a version is immutable, so every read of it parses once."""
+    from core.methodology import parse_factor_set
+
+    return parse_factor_set(body)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from core.controlplane import current_revision, dispose_engine, get_engine, head_revision, upgrade
+from core.controlplane.db import load_all_tables
 from core.controlplane.schema import metadata
 from core.settings import load_settings
 
@@ -26,6 +28,7 @@ def test_upgrade_creates_schema_and_is_idempotent(db_url):
 
 
 def test_migrations_match_metadata(engine):
+    load_all_tables()  # every table module on the shared metadata
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     assert diffs == []
@@ -37,12 +40,13 @@ def test_engine_cached_per_url(db_url):
 
 def test_postgres_schema_isolation(db_url, engine):
     if engine.dialect.name != "postgresql":
-        return
+        pytest.skip("PostgreSQL only")
     with engine.connect() as conn:
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
         tables = set(
             conn.execute(
-                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"), {"s": schema}
+                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+                {"s": schema},
             ).scalars()
         )
     assert schema.startswith("t_")

@@ -1,0 +1,118 @@
+"""Root fixtures: the warehouse (ClickHouse) for tests.
+
+chdb hosts one path per process, so the test process gets one embedded warehouse path for the whole session
+(exported as JOULESTREAM_CLICKHOUSE) and tests are isolated by ClickHouse *database*: `warehouse` yields a
+fresh, migrated `test_<hex>` database per test and drops it afterwards. Set JOULESTREAM_TEST_CLICKHOUSE to an
+http(s):// dsn to run the same tests against a ClickHouse server. Sub-folder conftests add their own fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+pytest_plugins = ["tests.stack"]  # broker + worker-subprocess fixtures (kafka, stack, worker)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warehouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    dsn = os.environ.get("JOULESTREAM_TEST_CLICKHOUSE") or f"chdb://{tmp_path_factory.mktemp('warehouse')}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("JOULESTREAM_CLICKHOUSE", dsn)
+    yield dsn
+    mp.undo()
+    import sys
+
+    if "warehouse.client" in sys.modules:  # only if a test opened the warehouse
+        sys.modules["warehouse.client"].close_clients()
+
+
+@pytest.fixture
+def warehouse(warehouse_dsn: str) -> Iterator[tuple[object, str]]:
+    """(client, database): a clickhouse-connect client whose default database is a fresh, migrated one."""
+    from core.settings import load_settings
+    from warehouse.client import close_clients, get_client
+    from warehouse.migrate import migrate
+
+    database = f"test_{uuid.uuid4().hex}"
+    client = get_client(replace(load_settings(), clickhouse=warehouse_dsn), database=database)
+    migrate(client, database)
+    try:
+        yield client, database
+    finally:
+        try:
+            client.command(f"DROP DATABASE IF EXISTS `{database}`")
+        finally:
+            close_clients(database)
+
+
+def _make_enriched(event_id: str, revision: int = 0, **overrides: object):
+    """A valid EnrichedUsage with fake (but self-consistent) energy figures; any field can be overridden."""
+    from datetime import UTC, datetime, timedelta
+
+    from core.contracts import EnrichedUsage
+
+    bucket_start = overrides.pop("bucket_start", datetime(2025, 3, 1, 12, tzinfo=UTC))
+    tokens = {
+        "input_tokens_uncached": 100 + revision,
+        "input_tokens_cached": 20,
+        "input_tokens_cache_creation": 5,
+        "output_tokens": 50 + 10 * revision,
+    }
+    tokens.update({k: overrides.pop(k) for k in list(overrides) if k in tokens})  # type: ignore[misc]
+    factors = {
+        "j_per_prefill_token": 0.5,
+        "j_per_decode_token": 2.0,
+        "j_per_cached_token": 0.05,
+        "j_per_cache_creation_token": 0.6,
+        "pue": 1.2,
+        "grid_intensity_kg_per_kwh": 0.37,
+    }
+    factors.update({k: overrides.pop(k) for k in list(overrides) if k in factors})  # type: ignore[misc]
+    it_j = (
+        tokens["input_tokens_uncached"] * factors["j_per_prefill_token"]
+        + tokens["input_tokens_cached"] * factors["j_per_cached_token"]
+        + tokens["input_tokens_cache_creation"] * factors["j_per_cache_creation_token"]
+        + tokens["output_tokens"] * factors["j_per_decode_token"]
+    )
+    energy = it_j * factors["pue"]
+    co2 = energy / 3.6e6 * factors["grid_intensity_kg_per_kwh"]
+    values: dict = {
+        "event_id": event_id,
+        "revision": revision,
+        "source": "poller",
+        "org_id": "org_a",
+        "project_id": "proj_1",
+        "workload_id": "wl_1",
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "bucket_start": bucket_start,
+        "bucket_end": bucket_start + timedelta(hours=1),
+        "event_timestamp": bucket_start + timedelta(minutes=59),
+        **tokens,
+        "request_count": 3,
+        "labels": {"team": "search"},
+        "model_tier": "small",
+        "factors_version": "v1.0",
+        "is_estimated": False,
+        **factors,
+        "energy_j": energy,
+        "energy_j_low": energy * 0.5,
+        "energy_j_high": energy * 2.0,
+        "co2_kg": co2,
+        "co2_kg_low": co2 * 0.5,
+        "co2_kg_high": co2 * 2.0,
+        "enriched_at": datetime(2025, 3, 1, 13, tzinfo=UTC),
+    }
+    values.update(overrides)
+    return EnrichedUsage(**values)
+
+
+@pytest.fixture
+def make_enriched():
+    """Factory of valid EnrichedUsage events for warehouse tests: make_enriched(event_id, revision, **fields)."""
+    return _make_enriched
