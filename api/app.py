@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from api.deps import AppContext, Check, LastPoll
 from api.errors import install_error_handlers
-from api.routers import carbon_factors, health, methodology, projects
+from api.routers import carbon_factors, connections, health, methodology, projects
 from api.telemetry import NullTelemetry, TelemetryProvider
 from core.controlplane import FactorVersions, get_engine, upgrade
 from core.controlplane.jwt import JwtSettings, JwtVerifier
@@ -97,4 +97,5 @@ def create_app(
     app.include_router(projects.router, prefix=API_PREFIX)
     app.include_router(carbon_factors.router, prefix=API_PREFIX)
     app.include_router(methodology.router, prefix=API_PREFIX)
+    app.include_router(connections.router, prefix=API_PREFIX)
     return app

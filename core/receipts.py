@@ -110,7 +110,7 @@ def _encode(obj: Any, out: list[str]) -> None:
             if not isinstance(key, str):
                 raise CanonicalJsonError(f"object key {key!r} is not a string")
         out.append("{")
-        for i, key in enumerate(sorted(keys, key=lambda k: k.encode("utf-16-be"))):
+        for i, key in enumerate(sorted(keys, key=lambda k: k.encode("utf-16-be", "surrogatepass"))):
             if i:
                 out.append(",")
             out.append(json.dumps(key, ensure_ascii=False))

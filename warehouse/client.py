@@ -150,7 +150,9 @@ def ensure_database(client: Client, database: str) -> None:
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
     except ClickHouseError:
-        if not client.command("SELECT count() FROM system.databases WHERE name = {d:String}", {"d": database}):
+        if not client.command(
+            "SELECT count() FROM system.databases WHERE name = {d:String}", {"d": database}
+        ):
             raise
 
 

@@ -33,9 +33,10 @@ class Totals(BaseModel):
     co2_kg_high: float = 0.0
 
     def approx_equal(self, other: Totals, rel_tol: float = 1e-9, abs_tol: float = 1e-12) -> bool:
-        """Counts equal exactly, float sums within `rel_tol` (sums of floats depend on summation order)."""
-        for name, value in self:
-            theirs = getattr(other, name)
+        """The figures (not group keys) match: counts exactly, float sums within `rel_tol` (a float sum
+        depends on summation order, so rollup and ledger sums may differ in the last bits)."""
+        for name in Totals.model_fields:
+            value, theirs = getattr(self, name), getattr(other, name)
             if isinstance(value, float):
                 if not math.isclose(value, theirs, rel_tol=rel_tol, abs_tol=abs_tol):
                     return False
@@ -158,7 +159,12 @@ def ledger_totals(
     """The same totals computed straight from the signed ledger (sum of sign × value): the reference the
     rollups must equal."""
     where, params = _where(
-        day_expr="toDate(e.bucket_start)", org_id=org_id, project_id=project_id, start=start, end=end, prefix="e."
+        day_expr="toDate(e.bucket_start)",
+        org_id=org_id,
+        project_id=project_id,
+        start=start,
+        end=end,
+        prefix="e.",
     )
     result = client.query(f"SELECT {_LEDGER_SUMS} FROM usage_events AS e{where}", parameters=params)
     return _totals(dict(zip(result.column_names, result.result_rows[0], strict=True)))
@@ -187,4 +193,8 @@ def cached_vs_uncached(
 def live_event_count(client: Client, org_id: str | None = None) -> int:
     """Number of live events (net sign summed over the ledger)."""
     where, params = _where(day_expr="", org_id=org_id, project_id=None, start=None, end=None)
-    return int(client.query(f"SELECT sum(toInt64(sign)) FROM usage_events{where}", parameters=params).result_rows[0][0])
+    return int(
+        client.query(f"SELECT sum(toInt64(sign)) FROM usage_events{where}", parameters=params).result_rows[0][
+            0
+        ]
+    )

@@ -41,9 +41,7 @@ MICROS_PER_USD = 1_000_000
 org_balances = Table(
     "org_balances",
     metadata,
-    Column(
-        "org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
-    ),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
     Column("balance_micros", BigInteger(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
@@ -98,7 +96,9 @@ class Balances:
         if not n:
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(insert(org_balances).values(org_id=org_id, balance_micros=micros, updated_at=now))
+                    conn.execute(
+                        insert(org_balances).values(org_id=org_id, balance_micros=micros, updated_at=now)
+                    )
             except IntegrityError:  # opened concurrently, or the org does not exist
                 with self.engine.begin() as conn:
                     if not conn.execute(add).rowcount:
@@ -179,7 +179,9 @@ class GatewayReceipts:
             ids = [v["id"] for v in values]
             with self.engine.connect() as conn:
                 have = set(
-                    conn.execute(select(gateway_receipts.c.id).where(gateway_receipts.c.id.in_(ids))).scalars()
+                    conn.execute(
+                        select(gateway_receipts.c.id).where(gateway_receipts.c.id.in_(ids))
+                    ).scalars()
                 )
             missing = [v for v in values if v["id"] not in have]
             if missing:

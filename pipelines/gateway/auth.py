@@ -82,7 +82,9 @@ class Authenticator:
                     fut.set_exception(exc)
                     fut.exception()  # retrieved: no "never retrieved" warning when nobody else waits
                     raise GatewayError(
-                        503, "authentication is temporarily unavailable, retry", type="api_error",
+                        503,
+                        "authentication is temporarily unavailable, retry",
+                        type="api_error",
                         code="auth_unavailable",
                     ) from exc
                 finally:
@@ -96,7 +98,9 @@ class Authenticator:
                     found = await fut
                 except Exception as exc:
                     raise GatewayError(
-                        503, "authentication is temporarily unavailable, retry", type="api_error",
+                        503,
+                        "authentication is temporarily unavailable, retry",
+                        type="api_error",
                         code="auth_unavailable",
                     ) from exc
         if found is None:

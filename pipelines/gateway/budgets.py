@@ -6,9 +6,11 @@ request and is charged the request's actual tokens when it finishes (one request
 waits until it refills). With N gateway processes an org gets up to N× its budget.
 
 Prepaid balances live in the control plane (`core.controlplane.gateway.Balances`, micro-USD). Before a
-request is forwarded, its worst-case price (estimated input + max output tokens at the most expensive
-candidate upstream) is *reserved* with one `UPDATE … WHERE balance >= price`; when it ends, the difference
-to the actual price is settled by a background task (batched). An org without a balance row is not prepaid
+request is forwarded, its maximum price at the first-choice upstream (estimated input tokens + max_tokens,
+or `billing.default_output_reserve_tokens`) is *reserved* with one `UPDATE … WHERE balance >= price`; when
+it ends, the difference to the actual price is settled by a background task (batched). A request that
+costs more than its reservation (a fallback to a dearer upstream, a longer prompt than estimated) is
+charged the difference at settlement, so a balance can end at most one request below zero. An org without a balance row is not prepaid
 (no 402, no charge) unless `billing.require_prepaid` is set.
 """
 
@@ -82,7 +84,12 @@ class RateLimiter:
 
     def budget_for(self, caller: Caller) -> Budget:
         b = self.budgets
-        return b.orgs.get(caller.org_slug) or b.orgs.get(caller.org_id) or b.plans.get(caller.plan_tier) or b.default
+        return (
+            b.orgs.get(caller.org_slug)
+            or b.orgs.get(caller.org_id)
+            or b.plans.get(caller.plan_tier)
+            or b.default
+        )
 
     def _buckets(self, caller: Caller) -> _OrgBuckets:
         ob = self._orgs.get(caller.org_id)

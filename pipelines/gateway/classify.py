@@ -8,7 +8,7 @@ accounting. The rules are documented in docs/gateway.md ("Classification"); firs
   L1    tools / functions / tool_choice, or `response_format` json_object / json_schema; or an extraction
         hint (extract, parse, "as JSON", fill in, list all …)
   L2    estimated prompt ≥ 2,000 tokens; or more than 6 messages; or max output ≥ 1,024 tokens; or an
-        aggregation hint (summarize, rewrite, translate, compare, combine, synthesize, outline, review …)
+        aggregation hint (summarize, rewrite, translate, compare, combine, synthesize, outline, review this …)
   L0    everything else (short question, short answer); embeddings are always L0
 """
 
@@ -43,7 +43,7 @@ _EXTRACTION = re.compile(
 )
 _AGGREGATION = re.compile(
     r"\bsummar|\btl;?dr\b|\brewrite\b|\brephrase\b|\bparaphrase\b|\btranslate\b|\bcompare\b|\bcombine\b|"
-    r"\bmerge\b|\bsynthesi[sz]e\b|\bcondense\b|\boutline\b|\breview\b|\bdigest\b",
+    r"\bmerge\b|\bsynthesi[sz]e\b|\bcondense\b|\boutline\b|\breview (?:this|the|these|my)\b|\bdigest\b",
     re.IGNORECASE,
 )
 _HINT_HEADER_VALUES = {t.value: t for t in RoutingTier}
@@ -102,8 +102,9 @@ def estimate_prompt_input(prompt: Any) -> int:
     return 0
 
 
-def estimate_output_text(text: str) -> int:
-    return _estimate_text(text)
+def tokens_for_chars(n_chars: int) -> int:
+    """Estimated tokens of a generated text of `n_chars` characters."""
+    return (n_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
 def user_text(messages: list[dict[str, Any]]) -> str:

@@ -27,7 +27,7 @@ class GatewayError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        type: str = "invalid_request_error",  # OpenAI's field name
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
@@ -48,5 +48,9 @@ class GatewayError(Exception):
 
 def unauthorized(message: str) -> GatewayError:
     return GatewayError(
-        401, message, type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        401,
+        message,
+        type="authentication_error",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
     )

@@ -191,7 +191,7 @@ class UsagePublisher:
             await asyncio.wait_for(ensure_topics(self.settings, timeout_s=timeout), timeout + 1)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to connect means "Kafka unavailable": spool
             self._fail(exc)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(p.stop(), 1.0)
@@ -211,7 +211,7 @@ class UsagePublisher:
             return True
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any send failure means "Kafka unavailable": spool
             self._fail(exc)
             await self._close_producer()
             return False

@@ -25,7 +25,9 @@ log = logging.getLogger("joulestream.gateway.receipts")
 
 
 class ReceiptWriter:
-    def __init__(self, engine: Engine, keyring: Keyring, flush_s: float = 0.05, batch_max: int = 2000) -> None:
+    def __init__(
+        self, engine: Engine, keyring: Keyring, flush_s: float = 0.05, batch_max: int = 2000
+    ) -> None:
         self.store = GatewayReceipts(engine)
         self.keyring = keyring
         self.flush_s, self.batch_max = flush_s, batch_max

@@ -88,7 +88,7 @@ class Router:
             raise GatewayError(
                 404,
                 f"The model `{model}` does not exist or is not routed by this gateway; "
-                "see GET /v1/models, or use model \"auto\"",
+                'see GET /v1/models, or use model "auto"',
                 type="invalid_request_error",
                 param="model",
                 code="model_not_found",
@@ -105,7 +105,9 @@ class Router:
         cands = self._rank([(u, model) for u in on_endpoint], in_tokens, out_tokens)
         if self.config.routing.pinned_fallback_to_tier:
             pinned = {c.upstream.name for c in cands}
-            cands += [c for c in self.auto(endpoint, tier, in_tokens, out_tokens) if c.upstream.name not in pinned]
+            cands += [
+                c for c in self.auto(endpoint, tier, in_tokens, out_tokens) if c.upstream.name not in pinned
+            ]
         return cands
 
     def model_list(self) -> list[dict]:
@@ -156,10 +158,11 @@ class Router:
 
 
 def cost_tier(price_in: float, price_out: float) -> str:
-    """Coarse price class of a model (blended 3:1 input:output USD per 1M tokens)."""
+    """Coarse price class of a model, by blended 3:1 input:output USD per 1M tokens: low < $0.5 ≤ medium <
+    $2 ≤ high."""
     blended = (3 * price_in + price_out) / 4
     if blended < 0.5:
         return "low"
-    if blended < 5:
+    if blended < 2:
         return "medium"
     return "high"

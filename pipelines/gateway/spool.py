@@ -20,11 +20,13 @@ Not thread-safe: the publisher calls it from one task at a time (through a worke
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
 import zlib
 from pathlib import Path
 
+log = logging.getLogger("joulestream.gateway.spool")
 MAGIC = 0xA5
 _HEADER = struct.Struct("<BII")
 _KEYLEN = struct.Struct("<H")
@@ -57,7 +59,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    def __init__(self, directory: str | Path, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self, directory: str | Path, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20
+    ) -> None:
         self.dir = Path(directory)
         self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +122,8 @@ class Spool:
                 if not ok:
                     if not truncate_tail:
                         raise SpoolError(f"corrupt record in {path} at offset {pos}")
+                    size = os.fstat(f.fileno()).st_size
+                    log.error("spool %s: truncating %d bytes of torn/corrupt tail at offset %d", path, size - pos, pos)
                     f.truncate(pos)
                     f.flush()
                     os.fsync(f.fileno())

@@ -110,7 +110,9 @@ class StubUpstream:
         self.stats.last_auth = auth
         cfg = self.config
         if cfg.require_key is not None and auth != f"Bearer {cfg.require_key}":
-            await self._error(send, 401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+            await self._error(
+                send, 401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"
+            )
             return
         if cfg.delay_s:
             await asyncio.sleep(cfg.delay_s)
@@ -122,7 +124,9 @@ class StubUpstream:
         try:
             req = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
-            await self._error(send, 400, "We could not parse the JSON body of your request.", "invalid_request_error")
+            await self._error(
+                send, 400, "We could not parse the JSON body of your request.", "invalid_request_error"
+            )
             return
         self.stats.last_body = req
         if path == "/v1/chat/completions" and method == "POST":
@@ -132,7 +136,14 @@ class StubUpstream:
         elif path == "/v1/embeddings" and method == "POST":
             await self._embeddings(send, req)
         elif path == "/v1/models" and method == "GET":
-            await self._json(send, 200, {"object": "list", "data": [{"id": "stub-model", "object": "model", "created": 0, "owned_by": cfg.name}]})
+            await self._json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "stub-model", "object": "model", "created": 0, "owned_by": cfg.name}],
+                },
+            )
         else:
             await self._error(send, 404, f"Unknown path {path}", "invalid_request_error")
 
@@ -147,7 +158,10 @@ class StubUpstream:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": min(cfg.cached_tokens, prompt_tokens), "audio_tokens": 0},
+            "prompt_tokens_details": {
+                "cached_tokens": min(cfg.cached_tokens, prompt_tokens),
+                "audio_tokens": 0,
+            },
             "completion_tokens_details": {
                 "reasoning_tokens": cfg.reasoning_tokens,
                 "audio_tokens": 0,
@@ -207,7 +221,10 @@ class StubUpstream:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")],
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                ],
             }
         )
 
@@ -251,7 +268,8 @@ class StubUpstream:
         prompt = req.get("prompt", "")
         if isinstance(prompt, list):
             prompt_tokens = sum(
-                len(p) if isinstance(p, list) else (1 if isinstance(p, int) else _count_tokens(str(p))) for p in prompt
+                len(p) if isinstance(p, list) else (1 if isinstance(p, int) else _count_tokens(str(p)))
+                for p in prompt
             )
         else:
             prompt_tokens = _count_tokens(str(prompt))
@@ -298,7 +316,9 @@ class StubUpstream:
 
     # ------------------------------------------------------------------------------------------ plumbing
     async def _error(self, send: Any, status: int, message: str, etype: str, code: str | None = None) -> None:
-        await self._json(send, status, {"error": {"message": message, "type": etype, "param": None, "code": code}})
+        await self._json(
+            send, status, {"error": {"message": message, "type": etype, "param": None, "code": code}}
+        )
 
     async def _json(self, send: Any, status: int, obj: Any) -> None:
         await self._raw(send, status, orjson.dumps(obj), b"application/json")

@@ -66,7 +66,9 @@ class UpstreamPool:
                 headers["Authorization"] = f"Bearer {key}"
             self._headers[u.name] = headers
             self._sessions[u.name] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=u.max_connections, ttl_dns_cache=300, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(
+                    limit=u.max_connections, ttl_dns_cache=300, keepalive_timeout=30
+                ),
                 timeout=aiohttp.ClientTimeout(total=None, connect=u.connect_timeout_s, sock_read=u.timeout_s),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
@@ -116,7 +118,9 @@ class UpstreamPool:
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
-            raise UpstreamFailure(Attempt(u.name, BAD_ANSWER, "answered 2xx with a body that is not a JSON object"))
+            raise UpstreamFailure(
+                Attempt(u.name, BAD_ANSWER, "answered 2xx with a body that is not a JSON object")
+            )
         return Answer(status, body, data)
 
     async def open_stream(self, u: Upstream, path: str, payload: bytes) -> aiohttp.ClientResponse:
@@ -128,7 +132,13 @@ class UpstreamPool:
             ctype = resp.headers.get("Content-Type", "")
             if "text/event-stream" not in ctype:
                 body = await _read_quietly(resp)
-                raise UpstreamFailure(Attempt(u.name, BAD_ANSWER, f"expected an event stream, got {ctype or 'no content type'}: {body[:80]!r}"))
+                raise UpstreamFailure(
+                    Attempt(
+                        u.name,
+                        BAD_ANSWER,
+                        f"expected an event stream, got {ctype or 'no content type'}: {body[:80]!r}",
+                    )
+                )
             return resp
         body = await _read_quietly(resp)
         if status in CLIENT_ERRORS:

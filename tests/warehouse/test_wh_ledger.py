@@ -152,9 +152,22 @@ def test_overcounted_revision_is_repaired(warehouse, make_enriched):
     assert_rollups_match_ledger(client)
 
 
+def test_two_live_revisions_heal_whichever_revision_arrives(warehouse, make_enriched):
+    """Broken state r1 and r3 both live: a re-sent r1 (stale) still cancels r1 and keeps r3."""
+    client, _ = warehouse
+    _insert_by_hand(client, [make_enriched("p", 1)])
+    _insert_by_hand(client, [make_enriched("p", 3)])
+    res = write_enriched(client, [make_enriched("p", 1)])
+    assert res == WriteResult(inserted=0, cancelled=1, skipped_duplicates=0, skipped_stale=1)
+    assert live_revisions(client) == {"p": 3}
+    assert_rollups_match_ledger(client)
+
+
 def test_cancel_row_is_an_exact_copy_of_the_live_row(warehouse, make_enriched):
     client, _ = warehouse
-    e0 = make_enriched("p", 0, labels={"a": "1", "b": "2"}, estimation_reasons=["model_fallback"], region="eu")
+    e0 = make_enriched(
+        "p", 0, labels={"a": "1", "b": "2"}, estimation_reasons=["model_fallback"], region="eu"
+    )
     write_enriched(client, [e0])
     write_enriched(client, [make_enriched("p", 1)])
     cols = "* EXCEPT (sign, ingested_at)"
@@ -197,7 +210,11 @@ def test_many_distinct_buckets_use_range_lookup(warehouse, make_enriched):
     base = datetime(2025, 3, 1, tzinfo=UTC)
     batch = [make_enriched(f"g{i}", bucket_start=base + timedelta(seconds=37 * i)) for i in range(600)]
     assert write_enriched(client, batch).inserted == 600
-    res = write_enriched(client, [make_enriched(f"g{i}", 1, bucket_start=base + timedelta(seconds=37 * i)) for i in range(0, 600, 2)] + batch[1::2])
+    res = write_enriched(
+        client,
+        [make_enriched(f"g{i}", 1, bucket_start=base + timedelta(seconds=37 * i)) for i in range(0, 600, 2)]
+        + batch[1::2],
+    )
     assert res == WriteResult(inserted=300, cancelled=300, skipped_duplicates=300, skipped_stale=0)
     assert live_event_count(client) == 600
     assert_rollups_match_ledger(client)

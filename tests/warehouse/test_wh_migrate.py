@@ -9,7 +9,9 @@ from warehouse.migrate import MIGRATIONS_DIR, Migration, MigrationError, load_mi
 
 
 def _tables(client, database: str) -> set[str]:
-    rows = client.query("SELECT name FROM system.tables WHERE database = {d:String}", parameters={"d": database})
+    rows = client.query(
+        "SELECT name FROM system.tables WHERE database = {d:String}", parameters={"d": database}
+    )
     return {r[0] for r in rows.result_rows}
 
 
@@ -23,7 +25,9 @@ def test_fixture_database_is_migrated(warehouse):
         "usage_hourly_mv",
         "usage_daily_mv",
     } <= _tables(client, database)
-    versions = client.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version").result_rows
+    versions = client.query(
+        "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+    ).result_rows
     assert [(v, n) for v, n, _ in versions] == [(m.version, m.name) for m in load_migrations()]
     assert [c for _, _, c in versions] == [m.checksum for m in load_migrations()]
 

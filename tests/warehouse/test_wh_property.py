@@ -23,7 +23,11 @@ from warehouse.queries import ledger_totals, live_event_count, totals, totals_by
 
 N_EVENTS = 12
 ORGS = ("org_a", "org_b")
-DAYS = (datetime(2025, 2, 28, 23, tzinfo=UTC), datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 3, 2, 5, tzinfo=UTC))
+DAYS = (
+    datetime(2025, 2, 28, 23, tzinfo=UTC),
+    datetime(2025, 3, 1, tzinfo=UTC),
+    datetime(2025, 3, 2, 5, tzinfo=UTC),
+)
 
 
 @contextmanager
@@ -83,7 +87,9 @@ class CrashingClient:
 
 
 batch_item = st.tuples(st.integers(0, N_EVENTS - 1), st.integers(0, 4))
-step = st.tuples(st.lists(batch_item, min_size=1, max_size=15), st.sampled_from(["ok", "ok", "replay", "crash"]))
+step = st.tuples(
+    st.lists(batch_item, min_size=1, max_size=15), st.sampled_from(["ok", "ok", "replay", "crash"])
+)
 
 
 @settings(

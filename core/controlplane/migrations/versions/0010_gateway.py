@@ -51,9 +51,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
     )
-    op.create_index(
-        "ix_gateway_receipts_org_id_created_at", "gateway_receipts", ["org_id", "created_at"]
-    )
+    op.create_index("ix_gateway_receipts_org_id_created_at", "gateway_receipts", ["org_id", "created_at"])
 
 
 def downgrade() -> None:

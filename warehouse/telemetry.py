@@ -1,0 +1,557 @@
+"""Read queries behind the dashboard API's telemetry and export endpoints (every SQL string they use).
+
+* Sums come from the rollups (`usage_daily`, `usage_hourly`), aggregated with sum() … GROUP BY and groups
+  whose events cancelled out (`events = 0`) dropped — exact without merges or FINAL.
+* Event lists come from the signed ledger `usage_events`: an event is listed once per *live* revision, i.e. a
+  (event_id, revision) whose rows sum to sign 1 (`GROUP BY … HAVING sum(sign) = 1`); a cancelled revision
+  (+1 then −1) never shows, nor counts.
+* Every query is scoped by `org_id` (the tenancy invariant): `Scope.org_id` is required.
+* Date ranges are **inclusive** calendar days in UTC, `start <= day <= end`, either side optional. They are
+  clamped to ClickHouse's `Date` range (1970-01-01 … 2149-06-06) so any ISO date is a valid bound.
+* Times are returned as epoch milliseconds / seconds from SQL and turned into aware UTC datetimes here (the
+  chdb engine may drop the zone of `DateTime('UTC')` columns in its output).
+
+The export is streamed: `open_export` starts one query whose result is read block by block (CSV and JSON
+as raw ClickHouse output, Parquet as Native column blocks). On the embedded engine a streaming query holds
+its client handle until closed, so exports run on their own client (`stream_client`), never on the one
+serving the other queries.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from clickhouse_connect.driver import Client
+
+MIN_DAY = date(1970, 1, 1)  # ClickHouse Date range
+MAX_DAY = date(2149, 6, 6)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+TOKEN_COLUMNS = (
+    "input_tokens_uncached",
+    "input_tokens_cached",
+    "input_tokens_cache_creation",
+    "output_tokens",
+)
+EXPORT_COLUMNS = (
+    "date",
+    "model",
+    "provider",
+    "project_name",
+    "input_tokens_uncached",
+    "input_tokens_cached",
+    "input_tokens_cache_creation",
+    "output_tokens",
+    "energy_j",
+    "co2_kg",
+    "co2_kg_low",
+    "co2_kg_high",
+    "factors_version",
+)
+ExportFormat = Literal["csv", "json", "parquet"]
+
+
+def clamp_day(d: date) -> date:
+    return min(max(d, MIN_DAY), MAX_DAY)
+
+
+def _ms_to_dt(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=int(ms))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which rows a query sees: one org, optionally a day range (inclusive), a project, a model."""
+
+    org_id: str
+    start: date | None = None
+    end: date | None = None
+    project_id: str | None = None
+    model: str | None = None
+
+    def where(self, *, ledger: bool = False, alias: str = "") -> tuple[str, dict[str, Any]]:
+        """The WHERE clause over a rollup (`day` column) or the ledger (`bucket_start`)."""
+        p = alias
+        parts = [f"{p}org_id = {{org_id:String}}"]
+        params: dict[str, Any] = {"org_id": self.org_id}
+        if ledger:  # the ledger's primary key is (org_id, bucket_start, …): range on bucket_start itself
+            if self.start is not None:
+                parts.append(f"{p}bucket_start >= {{start_ts:DateTime64(3, 'UTC')}}")
+                params["start_ts"] = datetime.combine(clamp_day(self.start), datetime.min.time(), UTC)
+            if self.end is not None:
+                parts.append(f"{p}bucket_start < {{end_ts:DateTime64(3, 'UTC')}}")
+                params["end_ts"] = datetime.combine(
+                    clamp_day(self.end), datetime.min.time(), UTC
+                ) + timedelta(days=1)
+        else:
+            if self.start is not None:
+                parts.append(f"{p}day >= {{start:Date}}")
+                params["start"] = clamp_day(self.start)
+            if self.end is not None:
+                parts.append(f"{p}day <= {{end:Date}}")
+                params["end"] = clamp_day(self.end)
+        if self.project_id is not None:
+            parts.append(f"{p}project_id = {{project_id:String}}")
+            params["project_id"] = self.project_id
+        if self.model is not None:
+            parts.append(f"{p}model = {{model:String}}")
+            params["model"] = self.model
+        return " AND ".join(parts), params
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True)
+class DailyModelRow:
+    """Sums of one (day, provider, model, factors_version) group of the daily rollup."""
+
+    day: date
+    provider: str
+    model: str
+    factors_version: str
+    events: int
+    input_tokens_uncached: int
+    input_tokens_cached: int
+    input_tokens_cache_creation: int
+    output_tokens: int
+    energy_j: float
+    co2_kg: float
+    co2_kg_low: float
+    co2_kg_high: float
+    co2_cached_savings_kg: float
+    energy_cached_savings_j: float
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens_uncached
+            + self.input_tokens_cached
+            + self.input_tokens_cache_creation
+            + self.output_tokens
+        )
+
+
+_DAILY_SUMS = (
+    "events",
+    *TOKEN_COLUMNS,
+    "energy_j",
+    "co2_kg",
+    "co2_kg_low",
+    "co2_kg_high",
+    "co2_cached_savings_kg",
+    "energy_cached_savings_j",
+)
+
+
+def daily_by_model(client: Client, scope: Scope) -> list[DailyModelRow]:
+    """The daily rollup grouped by (day, provider, model, factors_version): everything a dashboard summary
+    needs (totals, bounds, cache split, per-model shares, daily chart) in one round trip."""
+    where, params = scope.where(alias="d.")
+    sums = ", ".join(f"sum(d.{c}) AS {c}" for c in _DAILY_SUMS)
+    result = client.query(
+        f"SELECT d.day AS day, d.provider AS provider, d.model AS model, d.factors_version AS factors_version, "
+        f"{sums} FROM usage_daily AS d WHERE {where} "
+        "GROUP BY day, provider, model, factors_version HAVING events != 0 "
+        "ORDER BY day, provider, model, factors_version",
+        parameters=params,
+    )
+    return [DailyModelRow(*row) for row in result.result_rows]
+
+
+def project_co2(
+    client: Client, org_id: str, project_ids: Sequence[str], start: date | None, end: date | None
+) -> dict[str, float]:
+    """project id → total CO2e (kg) over [start, end] (inclusive), from the daily rollup."""
+    if not project_ids:
+        return {}
+    where, params = Scope(org_id, start, end).where(alias="d.")
+    params["project_ids"] = list(project_ids)
+    result = client.query(
+        "SELECT d.project_id AS project_id, sum(d.co2_kg) AS co2_kg, sum(d.events) AS events "
+        f"FROM usage_daily AS d WHERE {where} AND d.project_id IN {{project_ids:Array(String)}} "
+        "GROUP BY project_id HAVING events != 0",
+        parameters=params,
+    )
+    return {pid: float(co2) for pid, co2, _ in result.result_rows}
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def models(client: Client, scope: Scope) -> list[dict[str, Any]]:
+    """Per (provider, model): tokens, CO2e, live event count, first and last hour with usage (from the
+    hourly rollup, so at hour precision: the start of the first / last active hour). Largest CO2e first."""
+    where, params = scope.where(alias="h.")
+    tokens = " + ".join(f"h.{c}" for c in TOKEN_COLUMNS)
+    result = client.query(
+        "SELECT provider, model, sum(ev) AS event_count, sum(tok) AS total_tokens, "
+        + ", ".join(f"sum({c}) AS {c}" for c in TOKEN_COLUMNS)
+        + ", sum(co2) AS total_co2_kg, sum(co2_low) AS co2_low, sum(co2_high) AS co2_high, sum(energy) AS energy, "
+        "toUnixTimestamp(min(hour)) AS first_seen, toUnixTimestamp(max(hour)) AS last_seen FROM ("
+        "SELECT h.provider AS provider, h.model AS model, h.hour AS hour, sum(h.events) AS ev, "
+        f"sum({tokens}) AS tok, "
+        + ", ".join(f"sum(h.{c}) AS {c}" for c in TOKEN_COLUMNS)
+        + ", sum(h.co2_kg) AS co2, sum(h.co2_kg_low) AS co2_low, sum(h.co2_kg_high) AS co2_high, "
+        f"sum(h.energy_j) AS energy FROM usage_hourly AS h WHERE {where} "
+        "GROUP BY provider, model, hour HAVING ev != 0) "
+        "GROUP BY provider, model ORDER BY total_co2_kg DESC, provider, model",
+        parameters=params,
+    )
+    out = []
+    for r in result.named_results():
+        out.append(
+            {
+                "model": r["model"],
+                "provider": r["provider"],
+                "total_tokens": int(r["total_tokens"]),
+                **{c: int(r[c]) for c in TOKEN_COLUMNS},
+                "total_co2_kg": float(r["total_co2_kg"]),
+                "total_co2_lower_bound_kg": float(r["co2_low"]),
+                "total_co2_upper_bound_kg": float(r["co2_high"]),
+                "energy_j": float(r["energy"]),
+                "event_count": int(r["event_count"]),
+                "first_seen": _ms_to_dt(int(r["first_seen"]) * 1000),
+                "last_seen": _ms_to_dt(int(r["last_seen"]) * 1000),
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------- events
+
+EVENT_COLUMNS = (
+    "event_id",
+    "revision",
+    "source",
+    "project_id",
+    "workload_id",
+    "provider",
+    "model",
+    "model_tier",
+    "region",
+    "routing_tier",
+    *TOKEN_COLUMNS,
+    "request_count",
+    "energy_j",
+    "co2_kg",
+    "co2_kg_low",
+    "co2_kg_high",
+    "factors_version",
+    "is_estimated",
+)
+_EVENT_TIMES = ("bucket_start", "bucket_end", "event_timestamp")
+
+
+def events_page(client: Client, scope: Scope, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of live events, newest first (bucket_start, then event_id, then revision, descending — a
+    total order, so pages are stable), and the number of live events in scope.
+
+    Live = the (event_id, revision) rows sum to sign 1. The -1 rows are copies of the +1 row they cancel, so
+    any() of a column over the group is the live row's value."""
+    where, params = scope.where(ledger=True, alias="e.")
+    keep = ", ".join(f"any(e.{c}) AS {c}" for c in EVENT_COLUMNS[2:])
+    times = ", ".join(f"toUnixTimestamp64Milli(any(e.{c})) AS {c}" for c in _EVENT_TIMES[1:])
+    grouped = (
+        f"SELECT e.bucket_start AS bs, e.event_id AS event_id, e.revision AS revision, {keep}, {times} "
+        f"FROM usage_events AS e WHERE {where} "
+        "GROUP BY bs, event_id, revision HAVING sum(e.sign) = 1"
+    )
+    params.update(offset=int(offset), limit=int(limit))
+    result = client.query(
+        f"SELECT toUnixTimestamp64Milli(bs) AS bucket_start, * EXCEPT (bs), count() OVER () AS _total "
+        f"FROM ({grouped}) ORDER BY bs DESC, event_id DESC, revision DESC "
+        "LIMIT {limit:UInt64} OFFSET {offset:UInt64}",
+        parameters=params,
+    )
+    rows = list(result.named_results())
+    if rows:
+        total = int(rows[0]["_total"])
+    elif offset == 0:
+        total = 0
+    else:  # a page past the end: count separately
+        total = live_event_count(client, scope)
+    out = []
+    for r in rows:
+        r.pop("_total")
+        for c in _EVENT_TIMES:
+            r[c] = _ms_to_dt(r[c])
+        out.append(r)
+    return out, total
+
+
+def live_event_count(client: Client, scope: Scope) -> int:
+    """Number of live (event_id, revision) pairs in scope."""
+    where, params = scope.where(ledger=True, alias="e.")
+    return int(
+        client.query(
+            "SELECT count() FROM (SELECT 1 FROM usage_events AS e "
+            f"WHERE {where} GROUP BY e.event_id, e.revision HAVING sum(e.sign) = 1)",
+            parameters=params,
+        ).result_rows[0][0]
+    )
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def export_query(scope: Scope, project_names: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The export rows: the daily rollup per day × project × provider × model × factors version, in that
+    order. Grouped on a prefix of the rollup's sort key (org_id, day, project_id, provider, model,
+    model_tier, factors_version), so ClickHouse aggregates in order and streams the result with bounded
+    memory. project_name is the control-plane name (the project id when the control plane has none)."""
+    where, params = scope.where(alias="d.")
+    params["pids"] = list(project_names)
+    params["pnames"] = list(project_names.values())
+    sums = ", ".join(
+        f"sum(d.{c}) AS {c}" for c in (*TOKEN_COLUMNS, "energy_j", "co2_kg", "co2_kg_low", "co2_kg_high")
+    )
+    cols = ", ".join(EXPORT_COLUMNS[4:12])
+    sql = (
+        "SELECT day AS date, model, provider, "
+        "transform(project_id, {pids:Array(String)}, {pnames:Array(String)}, project_id) AS project_name, "
+        f"{cols}, factors_version FROM ("
+        "SELECT d.org_id AS org_id, d.day AS day, d.project_id AS project_id, d.provider AS provider, "
+        "d.model AS model, d.model_tier AS model_tier, d.factors_version AS factors_version, "
+        f"sum(d.events) AS events, {sums} FROM usage_daily AS d WHERE {where} "
+        "GROUP BY org_id, day, project_id, provider, model, model_tier, factors_version HAVING events != 0 "
+        "ORDER BY org_id, day, project_id, provider, model, model_tier, factors_version) "
+        "SETTINGS optimize_aggregation_in_order = 1, output_format_json_quote_64bit_integers = 0, "
+        "output_format_json_quote_64bit_floats = 0, output_format_decimal_trailing_zeros = 0"
+    )
+    return sql, params
+
+
+def stream_client(client: Client) -> tuple[Client, bool]:
+    """A client to run one streaming query on, and whether the caller owns (must close) it.
+
+    The embedded engine (chdb) holds a client's handle for as long as a stream is open, and any other call on
+    that handle fails or waits: a stream gets a fresh client on the same path (another handle to the one
+    engine). An HTTP client streams over its own pooled connection, so it is shared."""
+    path = getattr(client, "path", None)
+    if type(client).__name__ == "ChdbClient" and path:
+        import clickhouse_connect
+
+        fresh = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        fresh.database = client.database
+        return fresh, True
+    return client, False
+
+
+class ExportStream:
+    """One export query being read. `next_chunk()` returns the next piece of the response body (bytes), b""
+    at the end; `close()` releases the query. Both block: call them on the warehouse thread. Not thread-safe.
+
+    CSV: a header line, then ClickHouse's CSV. JSON: `{"data":[` + rows (JSONEachRow joined with commas) +
+    `],"export_metadata":{…, "total_records": N}}` — the metadata comes last, once the rows are counted.
+    Parquet: pyarrow writes one row group per `row_group_rows` rows; each chunk is what it wrote since the
+    last one, the footer last."""
+
+    def __init__(
+        self,
+        client: Client,
+        fmt: ExportFormat,
+        sql: str,
+        params: dict[str, Any],
+        *,
+        json_metadata: dict[str, Any] | None = None,
+        chunk_bytes: int = 1 << 18,
+        row_group_rows: int = 131_072,
+    ) -> None:
+        self.fmt = fmt
+        self.rows = 0
+        self._chunk = chunk_bytes
+        self._meta = json_metadata or {}
+        self._done = False
+        self._tail = b""
+        self._first = True
+        if fmt == "parquet":
+            self._ctx = client.query_column_block_stream(sql, parameters=params)
+            self._blocks = iter(self._ctx.__enter__())
+            self._sink = _Drain()
+            self._writer = pq.ParquetWriter(self._sink, EXPORT_SCHEMA, compression="zstd")
+            self._pending: list[pa.RecordBatch] = []
+            self._pending_rows = 0
+            self._row_group = row_group_rows
+            self._raw = None
+        else:
+            self._raw = client.raw_stream(
+                sql, parameters=params, fmt="CSV" if fmt == "csv" else "JSONEachRow"
+            )
+        self._started = False
+
+    def next_chunk(self) -> bytes:
+        if self._done:
+            return b""
+        if self.fmt == "csv":
+            return self._csv()
+        if self.fmt == "json":
+            return self._json()
+        return self._parquet()
+
+    # CSV ---------------------------------------------------------------------------------------------
+    def _csv(self) -> bytes:
+        data = self._raw.read(self._chunk)
+        head = b""
+        if not self._started:
+            self._started = True
+            head = (",".join(EXPORT_COLUMNS) + "\n").encode()
+        if not data:
+            self._finish()
+            return head
+        self.rows += data.count(b"\n")
+        return head + data
+
+    # JSON --------------------------------------------------------------------------------------------
+    def _json(self) -> bytes:
+        import orjson
+
+        out = []
+        if not self._started:
+            self._started = True
+            out.append(b'{"data":[')
+        while True:
+            data = self._raw.read(self._chunk)
+            if not data:
+                rest = self._tail.strip()
+                if rest:  # cannot happen with JSONEachRow (every row ends with a newline), kept for safety
+                    out.append(self._rows(rest + b"\n"))
+                self._finish()
+                meta = {**self._meta, "total_records": self.rows}
+                out.append(b'],"export_metadata":' + orjson.dumps(meta) + b"}")
+                return b"".join(out)
+            data = self._tail + data
+            cut = data.rfind(b"\n") + 1
+            self._tail = data[cut:]
+            if cut:
+                out.append(self._rows(data[:cut]))
+                return b"".join(out)
+
+    def _rows(self, lines: bytes) -> bytes:
+        """Complete JSONEachRow lines → array elements separated by commas."""
+        n = lines.count(b"\n")
+        body = lines[:-1].replace(b"\n", b",\n")
+        sep = b"" if self._first else b",\n"
+        self._first = False
+        self.rows += n
+        return sep + body
+
+    # Parquet -----------------------------------------------------------------------------------------
+    def _parquet(self) -> bytes:
+        while True:
+            block = next(self._blocks, None)
+            if block is None:
+                self._flush_row_group()
+                self._writer.close()
+                self._finish()
+                return self._sink.take()
+            batch = _parquet_batch(block)
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            self.rows += batch.num_rows
+            if self._pending_rows >= self._row_group:
+                self._flush_row_group()
+                return self._sink.take()
+
+    def _flush_row_group(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending), row_group_size=self._pending_rows)
+            self._pending, self._pending_rows = [], 0
+
+    def _finish(self) -> None:
+        self._done = True
+        self.close()
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        elif self.fmt == "parquet" and self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
+
+
+EXPORT_SCHEMA = pa.schema(
+    [
+        ("date", pa.date32()),
+        ("model", pa.string()),
+        ("provider", pa.string()),
+        ("project_name", pa.string()),
+        ("input_tokens_uncached", pa.int64()),
+        ("input_tokens_cached", pa.int64()),
+        ("input_tokens_cache_creation", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("energy_j", pa.float64()),
+        ("co2_kg", pa.float64()),
+        ("co2_kg_low", pa.float64()),
+        ("co2_kg_high", pa.float64()),
+        ("factors_version", pa.string()),
+    ]
+)
+
+
+def _parquet_batch(block: Sequence[Sequence[Any]]) -> pa.RecordBatch:
+    arrays = []
+    for field, col in zip(EXPORT_SCHEMA, block, strict=True):
+        if isinstance(col, array.array):  # numeric columns arrive as array.array: no per-value conversion
+            col = np.frombuffer(col, dtype=col.typecode)
+        arrays.append(pa.array(col, type=field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=EXPORT_SCHEMA)
+
+
+class _Drain(io.RawIOBase):
+    """A write-only file whose content is taken (and forgotten) chunk by chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        data = bytes(b)
+        self._parts.append(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def take(self) -> bytes:
+        out = b"".join(self._parts)
+        self._parts = []
+        return out
+
+
+def open_export(
+    client: Client,
+    scope: Scope,
+    fmt: ExportFormat,
+    project_names: dict[str, str],
+    *,
+    json_metadata: dict[str, Any] | None = None,
+) -> ExportStream:
+    sql, params = export_query(scope, project_names)
+    return ExportStream(client, fmt, sql, params, json_metadata=json_metadata)
+
+
+def iter_export(
+    client: Client, scope: Scope, fmt: ExportFormat, project_names: dict[str, str]
+) -> Iterator[bytes]:
+    """The whole export body, synchronously (tools, tests)."""
+    stream = open_export(client, scope, fmt, project_names)
+    try:
+        while chunk := stream.next_chunk():
+            yield chunk
+    finally:
+        stream.close()
