@@ -12,11 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
+import orjson
+from pydantic import BaseModel, ValidationError
 
 from core.contracts import DeadLetter, EnrichedUsage, UsageEvent
 from core.kafka import OutRecord
 from core.methodology import FactorSet, enrich
+
+
+def to_json(model: BaseModel) -> bytes:
+    """A contract model as JSON, byte-identical to `model.model_dump_json()` (tested) and ~3× faster:
+    orjson over the validated attribute dict (enums as values, UTC datetimes with "Z")."""
+    return orjson.dumps(model.__dict__, option=orjson.OPT_UTC_Z)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +128,31 @@ class Enricher:
             except (ValueError, ArithmeticError) as exc:
                 res.dlq.append(dead_letter(rec, "enrich", f"{type(exc).__name__}: {exc}"))
                 continue
-            res.out.append(OutRecord(key=ev.event_id.encode(), value=enriched.model_dump_json().encode()))
+            res.out.append(OutRecord(key=ev.event_id.encode(), value=to_json(enriched)))
         return res
 
 
+def decode_enriched(records: Sequence[InRecord]) -> tuple[list[dict], list[OutRecord]]:
+    """The sink's fast path: JSON → dicts, without model validation (the enrich agent produced them).
+    Rows that do not fit the ledger's columns make the writer raise; the sink then falls back to
+    `parse_enriched` to find them."""
+    rows: list[dict] = []
+    bad: list[OutRecord] = []
+    for rec in records:
+        try:
+            row = orjson.loads(rec.value) if rec.value is not None else None
+        except orjson.JSONDecodeError as exc:
+            bad.append(dead_letter(rec, "sink", f"invalid JSON: {exc}"))
+            continue
+        if not isinstance(row, dict):
+            bad.append(dead_letter(rec, "sink", "not an EnrichedUsage object"))
+            continue
+        rows.append(row)
+    return rows, bad
+
+
 def parse_enriched(records: Sequence[InRecord]) -> tuple[list[EnrichedUsage], list[OutRecord]]:
-    """Decode the enriched topic for the sink; anything that is not a valid EnrichedUsage → DLQ."""
+    """Decode the enriched topic with full validation; anything that is not a valid EnrichedUsage → DLQ."""
     good: list[EnrichedUsage] = []
     bad: list[OutRecord] = []
     for rec in records:

@@ -8,22 +8,22 @@ the HTTP server of the process that holds the warehouse.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+import pyarrow as pa
 from mode import Service
-from pydantic import ValidationError
-from warehouse.ledger import reconcile_rollups, write_enriched
 
 from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.methodology import FactorSet, load_factor_set
 from core.settings import Settings
 from streams.agents import BatchAgent, RetryableError
-from streams.processing import Enricher, InRecord, StageResult, dead_letter, parse_enriched
+from streams.processing import Enricher, InRecord, StageResult, dead_letter, decode_enriched, parse_enriched
 from warehouse.aio import AsyncWarehouse
 from warehouse.client import get_client
+from warehouse.ledger import WriteResult, reconcile_rollups, write_enriched
 from warehouse.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ SINK_GROUP = "joulestream-sink"
 # At start-up the sink re-derives the rollups of everything ingested in this window from the ledger,
 # which closes the one gap materialized views leave: a crash between the ledger part and the MV part.
 RECONCILE_WINDOW = timedelta(minutes=30)
+# What the ledger writer raises for a row that does not fit its columns (missing field, wrong type, a
+# negative count for a UInt64), before anything is inserted.
+LEDGER_ROW_ERRORS = (ValueError, TypeError, KeyError, OverflowError, pa.ArrowException)
 
 
 class Pipeline:
@@ -125,14 +128,17 @@ class Pipeline:
 
     async def handle_enriched(self, records: list[InRecord]) -> None:
         assert self.warehouse is not None
-        events, bad = parse_enriched(records)
+        rows, bad = decode_enriched(records)
         try:
-            result = await self.warehouse.run(write_enriched, events)
-        except ValidationError as exc:  # our own contract violated: a bug upstream, keep the bytes
-            bad.extend(dead_letter(r, "sink", f"cannot store: {exc}") for r in records)
-            result = None
-        except Exception as exc:
-            raise RetryableError(f"warehouse write failed: {exc!r}") from exc
+            result = await self._write(rows)
+        except LEDGER_ROW_ERRORS:
+            # some record does not fit the contract: validate each one, store the good, DLQ the rest
+            good, bad = parse_enriched(records)
+            try:
+                result = await self._write(good)
+            except LEDGER_ROW_ERRORS as exc:  # valid events the ledger cannot take: a bug, keep the bytes
+                bad.extend(dead_letter(r, "sink", f"cannot store: {exc!r}") for r in records)
+                result = None
         await self._publish(self.settings.dlq_topic, bad)
         self.dlq_count += len(bad)
         agent = self._agent("sink")
@@ -141,6 +147,15 @@ class Pipeline:
             agent.stats.add("cancelled", result.cancelled)
             agent.stats.add("skipped", result.skipped_duplicates + result.skipped_stale)
             agent.stats.add("dlq", len(bad))
+
+    async def _write(self, rows: Sequence[Any]) -> WriteResult:
+        assert self.warehouse is not None
+        try:
+            return await self.warehouse.run(write_enriched, rows)
+        except LEDGER_ROW_ERRORS:
+            raise
+        except Exception as exc:  # warehouse down/locked/timeout: retry the batch, never skip it
+            raise RetryableError(f"warehouse write failed: {exc!r}") from exc
 
     def _agent(self, name: str) -> BatchAgent | None:
         return next((a for a in self.agents if a.agent_name == name), None)

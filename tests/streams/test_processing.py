@@ -123,3 +123,26 @@ def test_sink_parser_sends_foreign_bytes_to_the_dlq() -> None:
     good, bad = parse_enriched([rec(enriched), rec(b"garbage"), rec(event().model_dump_json().encode())])
     assert len(good) == 1 and len(bad) == 2
     assert all(DeadLetter.model_validate_json(b.value).stage == "sink" for b in bad)
+
+
+def test_fast_json_is_byte_identical_to_pydantic() -> None:
+    from pipelines.simulate import generate
+    from streams.processing import to_json
+
+    fs = load_factor_set()
+    traffic = generate(300, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=5)
+    e = Enricher(lambda: fs)
+    for m in traffic.messages:
+        ev = UsageEvent.model_validate_json(m.value)
+        assert to_json(ev) == ev.model_dump_json().encode()
+        out = e.process([rec(m.value)]).out[0].value
+        assert out == EnrichedUsage.model_validate_json(out).model_dump_json().encode()
+
+
+def test_sink_fast_decoder_keeps_dicts_and_rejects_non_objects() -> None:
+    from streams.processing import decode_enriched
+
+    enriched = enricher().process([rec(event().model_dump_json().encode())]).out[0].value
+    rows, bad = decode_enriched([rec(enriched), rec(b"[1]"), rec(b"{bad"), rec(None)])
+    assert len(rows) == 1 and rows[0]["event_id"] == "ev-1"
+    assert [DeadLetter.model_validate_json(b.value).stage for b in bad] == ["sink"] * 3
