@@ -19,7 +19,8 @@ from sqlalchemy import Engine
 
 from api.deps import AppContext, Check, LastPoll
 from api.errors import install_error_handlers
-from api.routers import carbon_factors, connections, health, methodology, projects
+from api.routers import carbon_factors, connections, export, health, methodology, projects
+from api.routers import telemetry as telemetry_routes
 from api.telemetry import NullTelemetry, TelemetryProvider
 from core.controlplane import FactorVersions, get_engine, upgrade
 from core.controlplane.jwt import JwtSettings, JwtVerifier
@@ -57,7 +58,9 @@ def create_app(
     warehouse_check, kafka_check  `() -> Any` or `async () -> Any`: raise when unhealthy
     last_poll                 `() -> datetime | None` (sync or async): newest successful provider poll,
                               None when no poller is configured
-    telemetry                 TelemetryProvider (api.telemetry); default NullTelemetry (zeros)
+    telemetry                 TelemetryProvider (api.telemetry); default: the warehouse-backed
+                              api.telemetry_provider.WarehouseTelemetry when warehouse_client_factory is
+                              given, else NullTelemetry (zeros)
     jwt_settings              default `JwtSettings.from_env()` (None → API keys only)
     migrate                   run the control-plane migrations and seed factor v1.0 first
     """
@@ -68,6 +71,10 @@ def create_app(
         FactorVersions(engine).ensure_seeded()
     jwt_settings = jwt_settings or JwtSettings.from_env()
     version = _version()
+    if telemetry is None and warehouse_client_factory is not None:
+        from api.telemetry_provider import WarehouseTelemetry
+
+        telemetry = WarehouseTelemetry(client_factory=warehouse_client_factory)
 
     app = FastAPI(
         title="joulestream API",
@@ -97,5 +104,7 @@ def create_app(
     app.include_router(projects.router, prefix=API_PREFIX)
     app.include_router(carbon_factors.router, prefix=API_PREFIX)
     app.include_router(methodology.router, prefix=API_PREFIX)
+    app.include_router(telemetry_routes.router, prefix=API_PREFIX)
+    app.include_router(export.router, prefix=API_PREFIX)
     app.include_router(connections.router, prefix=API_PREFIX)
     return app

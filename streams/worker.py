@@ -16,10 +16,12 @@ import faust
 import pyarrow as pa
 from mode import Service
 
+from core.controlplane import get_engine
 from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.methodology import FactorSet, load_factor_set
 from core.settings import Settings
 from streams.agents import BatchAgent, RetryableError
+from streams.factors import CurrentFactors
 from streams.processing import Enricher, InRecord, StageResult, dead_letter, decode_enriched, parse_enriched
 from warehouse.aio import AsyncWarehouse
 from warehouse.client import get_client
@@ -48,13 +50,15 @@ class Pipeline:
         factors: Callable[[], FactorSet] | None = None,
         with_enrich: bool = True,
         with_sink: bool = True,
-        max_records: int = 5_000,
+        enrich_batch: int = 10_000,
+        sink_batch: int = 20_000,
     ) -> None:
         self.settings = settings
-        self.factors = factors or (lambda: load_factor_set())
-        self.enricher = Enricher(self.factors)
+        if with_enrich and factors is None:
+            factors = CurrentFactors(get_engine(settings.database))
+        self.enricher = Enricher(factors or load_factor_set)
         self.with_enrich, self.with_sink = with_enrich, with_sink
-        self.max_records = max_records
+        self.enrich_batch, self.sink_batch = enrich_batch, sink_batch
         self.producer: Any = None
         self.warehouse: AsyncWarehouse | None = None
         self.agents: list[BatchAgent] = []
@@ -90,7 +94,7 @@ class Pipeline:
                     topic=s.raw_topic,
                     group_id=ENRICH_GROUP,
                     handler=self.handle_raw,
-                    max_records=self.max_records,
+                    max_records=self.enrich_batch,
                     **service_kwargs,
                 )
             )
@@ -102,7 +106,7 @@ class Pipeline:
                     topic=s.enriched_topic,
                     group_id=SINK_GROUP,
                     handler=self.handle_enriched,
-                    max_records=self.max_records,
+                    max_records=self.sink_batch,
                     **service_kwargs,
                 )
             )

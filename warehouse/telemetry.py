@@ -77,27 +77,30 @@ class Scope:
     project_id: str | None = None
     model: str | None = None
 
-    def where(self, *, ledger: bool = False, alias: str = "") -> tuple[str, dict[str, Any]]:
-        """The WHERE clause over a rollup (`day` column) or the ledger (`bucket_start`)."""
+    def where(
+        self, table: Literal["daily", "hourly", "ledger"] = "daily", alias: str = ""
+    ) -> tuple[str, dict]:
+        """The WHERE clause (and its parameters) over the daily rollup (`day`), the hourly rollup (`hour`) or
+        the ledger (`bucket_start`, its primary key after org_id: ranged on the column itself)."""
         p = alias
         parts = [f"{p}org_id = {{org_id:String}}"]
         params: dict[str, Any] = {"org_id": self.org_id}
-        if ledger:  # the ledger's primary key is (org_id, bucket_start, …): range on bucket_start itself
-            if self.start is not None:
-                parts.append(f"{p}bucket_start >= {{start_ts:DateTime64(3, 'UTC')}}")
-                params["start_ts"] = datetime.combine(clamp_day(self.start), datetime.min.time(), UTC)
-            if self.end is not None:
-                parts.append(f"{p}bucket_start < {{end_ts:DateTime64(3, 'UTC')}}")
-                params["end_ts"] = datetime.combine(
-                    clamp_day(self.end), datetime.min.time(), UTC
-                ) + timedelta(days=1)
-        else:
-            if self.start is not None:
-                parts.append(f"{p}day >= {{start:Date}}")
-                params["start"] = clamp_day(self.start)
-            if self.end is not None:
-                parts.append(f"{p}day <= {{end:Date}}")
-                params["end"] = clamp_day(self.end)
+        if self.start is not None:
+            params["start"] = clamp_day(self.start)
+            if table == "ledger":
+                parts.append(f"{p}bucket_start >= toDateTime64({{start:Date}}, 3, 'UTC')")
+            else:
+                parts.append(
+                    f"{p}day >= {{start:Date}}" if table == "daily" else f"toDate({p}hour) >= {{start:Date}}"
+                )
+        if self.end is not None:
+            params["end"] = clamp_day(self.end)
+            if table == "ledger":
+                parts.append(f"{p}bucket_start < toDateTime64({{end:Date}}, 3, 'UTC') + INTERVAL 1 DAY")
+            else:
+                parts.append(
+                    f"{p}day <= {{end:Date}}" if table == "daily" else f"toDate({p}hour) <= {{end:Date}}"
+                )
         if self.project_id is not None:
             parts.append(f"{p}project_id = {{project_id:String}}")
             params["project_id"] = self.project_id
@@ -128,7 +131,6 @@ class DailyModelRow:
     co2_kg_low: float
     co2_kg_high: float
     co2_cached_savings_kg: float
-    energy_cached_savings_j: float
 
     @property
     def total_tokens(self) -> int:
@@ -148,14 +150,13 @@ _DAILY_SUMS = (
     "co2_kg_low",
     "co2_kg_high",
     "co2_cached_savings_kg",
-    "energy_cached_savings_j",
 )
 
 
 def daily_by_model(client: Client, scope: Scope) -> list[DailyModelRow]:
     """The daily rollup grouped by (day, provider, model, factors_version): everything a dashboard summary
     needs (totals, bounds, cache split, per-model shares, daily chart) in one round trip."""
-    where, params = scope.where(alias="d.")
+    where, params = scope.where("daily", alias="d.")
     sums = ", ".join(f"sum(d.{c}) AS {c}" for c in _DAILY_SUMS)
     result = client.query(
         f"SELECT d.day AS day, d.provider AS provider, d.model AS model, d.factors_version AS factors_version, "
@@ -173,7 +174,7 @@ def project_co2(
     """project id → total CO2e (kg) over [start, end] (inclusive), from the daily rollup."""
     if not project_ids:
         return {}
-    where, params = Scope(org_id, start, end).where(alias="d.")
+    where, params = Scope(org_id, start, end).where("daily", alias="d.")
     params["project_ids"] = list(project_ids)
     result = client.query(
         "SELECT d.project_id AS project_id, sum(d.co2_kg) AS co2_kg, sum(d.events) AS events "
@@ -188,42 +189,64 @@ def project_co2(
 
 
 def models(client: Client, scope: Scope) -> list[dict[str, Any]]:
-    """Per (provider, model): tokens, CO2e, live event count, first and last hour with usage (from the
-    hourly rollup, so at hour precision: the start of the first / last active hour). Largest CO2e first."""
-    where, params = scope.where(alias="h.")
-    tokens = " + ".join(f"h.{c}" for c in TOKEN_COLUMNS)
+    """Per (provider, model): tokens, CO2e (with bounds), energy, live event count, and the first and last
+    hour with usage (the start of that hour). Largest CO2e first.
+
+    Sums and the first / last *day* come from the daily rollup; the hours are then looked up in the hourly
+    rollup for those few days only (the hourly rollup of a whole org is ~24x the daily one)."""
+    where, params = scope.where("daily", alias="d.")
+    sums = ", ".join(f"sum(d.{c}) AS {c}" for c in _MODEL_SUMS)
     result = client.query(
-        "SELECT provider, model, sum(ev) AS event_count, sum(tok) AS total_tokens, "
-        + ", ".join(f"sum({c}) AS {c}" for c in TOKEN_COLUMNS)
-        + ", sum(co2) AS total_co2_kg, sum(co2_low) AS co2_low, sum(co2_high) AS co2_high, sum(energy) AS energy, "
-        "toUnixTimestamp(min(hour)) AS first_seen, toUnixTimestamp(max(hour)) AS last_seen FROM ("
-        "SELECT h.provider AS provider, h.model AS model, h.hour AS hour, sum(h.events) AS ev, "
-        f"sum({tokens}) AS tok, "
-        + ", ".join(f"sum(h.{c}) AS {c}" for c in TOKEN_COLUMNS)
-        + ", sum(h.co2_kg) AS co2, sum(h.co2_kg_low) AS co2_low, sum(h.co2_kg_high) AS co2_high, "
-        f"sum(h.energy_j) AS energy FROM usage_hourly AS h WHERE {where} "
-        "GROUP BY provider, model, hour HAVING ev != 0) "
-        "GROUP BY provider, model ORDER BY total_co2_kg DESC, provider, model",
+        "SELECT provider, model, "
+        + ", ".join(f"sum({c}) AS {c}" for c in _MODEL_SUMS)
+        + ", min(day) AS first_day, max(day) AS last_day FROM ("
+        "SELECT d.provider AS provider, d.model AS model, d.day AS day, "
+        f"{sums} FROM usage_daily AS d WHERE {where} GROUP BY provider, model, day HAVING events != 0) "
+        "GROUP BY provider, model",
         parameters=params,
     )
+    rows = list(result.named_results())
+    if not rows:
+        return []
+    days = sorted({r["first_day"] for r in rows} | {r["last_day"] for r in rows})
+    where, params = scope.where("hourly", alias="h.")
+    params["days"] = days
+    hours: dict[tuple[str, str, date], tuple[int, int]] = {}
+    for provider, model, day, first, last in client.query(
+        "SELECT provider, model, toDate(hour) AS day, toUnixTimestamp(min(hour)), toUnixTimestamp(max(hour)) "
+        "FROM (SELECT h.provider AS provider, h.model AS model, h.hour AS hour, sum(h.events) AS ev "
+        f"FROM usage_hourly AS h WHERE {where} AND toDate(h.hour) IN {{days:Array(Date)}} "
+        "GROUP BY provider, model, hour HAVING ev != 0) GROUP BY provider, model, day",
+        parameters=params,
+    ).result_rows:
+        hours[(provider, model, day)] = (int(first), int(last))
     out = []
-    for r in result.named_results():
+    for r in rows:
+        first_day = datetime.combine(r["first_day"], datetime.min.time(), UTC)
+        last_day = datetime.combine(r["last_day"], datetime.min.time(), UTC)
+        first = hours.get((r["provider"], r["model"], r["first_day"]))
+        last = hours.get((r["provider"], r["model"], r["last_day"]))
         out.append(
             {
                 "model": r["model"],
                 "provider": r["provider"],
-                "total_tokens": int(r["total_tokens"]),
+                "total_tokens": sum(int(r[c]) for c in TOKEN_COLUMNS),
                 **{c: int(r[c]) for c in TOKEN_COLUMNS},
-                "total_co2_kg": float(r["total_co2_kg"]),
-                "total_co2_lower_bound_kg": float(r["co2_low"]),
-                "total_co2_upper_bound_kg": float(r["co2_high"]),
-                "energy_j": float(r["energy"]),
-                "event_count": int(r["event_count"]),
-                "first_seen": _ms_to_dt(int(r["first_seen"]) * 1000),
-                "last_seen": _ms_to_dt(int(r["last_seen"]) * 1000),
+                "total_co2_kg": float(r["co2_kg"]),
+                "total_co2_lower_bound_kg": float(r["co2_kg_low"]),
+                "total_co2_upper_bound_kg": float(r["co2_kg_high"]),
+                "energy_j": float(r["energy_j"]),
+                "event_count": int(r["events"]),
+                # the hourly rollup can only disagree if it is being reconciled: fall back to the day
+                "first_seen": _ms_to_dt(first[0] * 1000) if first else first_day,
+                "last_seen": _ms_to_dt(last[1] * 1000) if last else last_day,
             }
         )
+    out.sort(key=lambda m: (-m["total_co2_kg"], m["provider"], m["model"]))
     return out
+
+
+_MODEL_SUMS = ("events", *TOKEN_COLUMNS, "energy_j", "co2_kg", "co2_kg_low", "co2_kg_high")
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -251,37 +274,84 @@ EVENT_COLUMNS = (
 _EVENT_TIMES = ("bucket_start", "bucket_end", "event_timestamp")
 
 
-def events_page(client: Client, scope: Scope, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """One page of live events, newest first (bucket_start, then event_id, then revision, descending — a
-    total order, so pages are stable), and the number of live events in scope.
+def _slab(counts: Sequence[tuple[Any, int]], offset: int, limit: int) -> tuple[Any, Any, int] | None:
+    """`counts`: (bucket, live events) newest bucket first. The buckets holding positions
+    [offset, offset + limit) of the newest-first list: (oldest bucket, newest bucket, events in the buckets
+    newer than the newest one), or None when offset is past the end."""
+    seen = 0
+    newest = oldest = None
+    newer = 0
+    for bucket, n in counts:
+        if n <= 0:
+            continue
+        if newest is None:
+            if seen + n <= offset:
+                seen += n
+                continue
+            newest, newer = bucket, seen
+        oldest = bucket
+        seen += n
+        if seen >= offset + limit:
+            break
+    return None if newest is None else (oldest, newest, newer)
 
-    Live = the (event_id, revision) rows sum to sign 1. The -1 rows are copies of the +1 row they cancel, so
-    any() of a column over the group is the live row's value."""
-    where, params = scope.where(ledger=True, alias="e.")
+
+def events_page(client: Client, scope: Scope, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of live events, newest first — by bucket_start, then event_id, then revision, all descending:
+    a total order, so pages are stable — and the number of live events in scope.
+
+    Live = the (event_id, revision) rows of the ledger sum to sign 1 (`GROUP BY … HAVING sum(sign) = 1`); the
+    −1 rows are copies of the +1 row they cancel, so any() of a column over the group is the live row's value.
+
+    Grouping a whole org's ledger for every page would cost seconds at millions of events, so the rollups
+    serve as an index: their `events` column is the number of live events per (org, day|hour, project,
+    model, …). The daily rollup gives the total and the days holding the page, the hourly rollup narrows that
+    to hours, and only those hours of the ledger are grouped. (All rows of an event share its bucket_start,
+    so an event never straddles two hours.)"""
+    where, params = scope.where("daily", alias="d.")
+    per_day = client.query(
+        f"SELECT d.day AS day, sum(d.events) AS n FROM usage_daily AS d WHERE {where} "
+        "GROUP BY day HAVING n != 0 ORDER BY day DESC",
+        parameters=params,
+    ).result_rows
+    total = sum(int(n) for _, n in per_day)
+    days = _slab([(d, int(n)) for d, n in per_day], offset, limit)
+    if days is None:
+        return [], total
+    old_day, new_day, newer_days = days
+    where, params = scope.where("hourly", alias="h.")
+    params.update(old_day=old_day, new_day=new_day)
+    per_hour = client.query(
+        f"SELECT toUnixTimestamp(h.hour) AS hour, sum(h.events) AS n FROM usage_hourly AS h WHERE {where} "
+        "AND h.hour >= toDateTime({old_day:Date}, 'UTC') "
+        "AND h.hour < toDateTime({new_day:Date}, 'UTC') + INTERVAL 1 DAY "
+        "GROUP BY hour HAVING n != 0 ORDER BY hour DESC",
+        parameters=params,
+    ).result_rows
+    hours = _slab([(int(h), int(n)) for h, n in per_hour], offset - newer_days, limit)
+    if hours is None:  # the hourly rollup disagrees with the daily one (being reconciled): whole days
+        lo = datetime.combine(old_day, datetime.min.time(), UTC)
+        hi = datetime.combine(new_day, datetime.min.time(), UTC) + timedelta(days=1)
+        skip = offset - newer_days
+    else:
+        old_hour, new_hour, newer_hours = hours
+        lo, hi = _ms_to_dt(old_hour * 1000), _ms_to_dt(new_hour * 1000) + timedelta(hours=1)
+        skip = offset - newer_days - newer_hours
+    where, params = scope.where("ledger", alias="e.")
+    params.update(lo=lo, hi=hi, skip=max(0, skip), limit=int(limit))
     keep = ", ".join(f"any(e.{c}) AS {c}" for c in EVENT_COLUMNS[2:])
     times = ", ".join(f"toUnixTimestamp64Milli(any(e.{c})) AS {c}" for c in _EVENT_TIMES[1:])
-    grouped = (
+    result = client.query(
+        "SELECT toUnixTimestamp64Milli(bs) AS bucket_start, * EXCEPT (bs) FROM ("
         f"SELECT e.bucket_start AS bs, e.event_id AS event_id, e.revision AS revision, {keep}, {times} "
         f"FROM usage_events AS e WHERE {where} "
-        "GROUP BY bs, event_id, revision HAVING sum(e.sign) = 1"
-    )
-    params.update(offset=int(offset), limit=int(limit))
-    result = client.query(
-        f"SELECT toUnixTimestamp64Milli(bs) AS bucket_start, * EXCEPT (bs), count() OVER () AS _total "
-        f"FROM ({grouped}) ORDER BY bs DESC, event_id DESC, revision DESC "
-        "LIMIT {limit:UInt64} OFFSET {offset:UInt64}",
+        "AND e.bucket_start >= {lo:DateTime64(3, 'UTC')} AND e.bucket_start < {hi:DateTime64(3, 'UTC')} "
+        "GROUP BY bs, event_id, revision HAVING sum(e.sign) = 1) "
+        "ORDER BY bs DESC, event_id DESC, revision DESC LIMIT {limit:UInt64} OFFSET {skip:UInt64}",
         parameters=params,
     )
-    rows = list(result.named_results())
-    if rows:
-        total = int(rows[0]["_total"])
-    elif offset == 0:
-        total = 0
-    else:  # a page past the end: count separately
-        total = live_event_count(client, scope)
     out = []
-    for r in rows:
-        r.pop("_total")
+    for r in result.named_results():
         for c in _EVENT_TIMES:
             r[c] = _ms_to_dt(r[c])
         out.append(r)
@@ -289,8 +359,9 @@ def events_page(client: Client, scope: Scope, offset: int, limit: int) -> tuple[
 
 
 def live_event_count(client: Client, scope: Scope) -> int:
-    """Number of live (event_id, revision) pairs in scope."""
-    where, params = scope.where(ledger=True, alias="e.")
+    """Number of live (event_id, revision) pairs in scope, straight from the ledger (the reference the
+    rollup-based count of `events_page` must equal)."""
+    where, params = scope.where("ledger", alias="e.")
     return int(
         client.query(
             "SELECT count() FROM (SELECT 1 FROM usage_events AS e "
@@ -308,7 +379,7 @@ def export_query(scope: Scope, project_names: dict[str, str]) -> tuple[str, dict
     order. Grouped on a prefix of the rollup's sort key (org_id, day, project_id, provider, model,
     model_tier, factors_version), so ClickHouse aggregates in order and streams the result with bounded
     memory. project_name is the control-plane name (the project id when the control plane has none)."""
-    where, params = scope.where(alias="d.")
+    where, params = scope.where("daily", alias="d.")
     params["pids"] = list(project_names)
     params["pnames"] = list(project_names.values())
     sums = ", ".join(

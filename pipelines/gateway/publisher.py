@@ -119,14 +119,18 @@ class UsagePublisher:
         return [self._queue.popleft() for _ in range(n)]
 
     async def _run(self) -> None:
+        await self._ensure_producer()  # connect early: /health tells the truth before the first event
         while True:
-            if not self._queue and (self.spool.empty or self._stopping):
+            if not self._queue:
                 if self._stopping:
                     return
-                self._wake.clear()
-                timeout = None if self.spool.empty else max(0.05, self._next_attempt - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                # idle: wait for new events, or (with a spool to replay) for the next connection attempt
+                timeout = None if self.spool.empty else self._next_attempt - time.monotonic()
+                if timeout is None or timeout > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    continue
             try:
                 await self._step()
             except asyncio.CancelledError:
@@ -135,6 +139,7 @@ class UsagePublisher:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("usage publisher step failed")
                 await asyncio.sleep(0.5)
+            await asyncio.sleep(0)  # let the request path run between steps
 
     async def _step(self) -> None:
         batch = self._take()

@@ -1,0 +1,95 @@
+"""`joulestream poll`: run the provider usage poll scheduler (pipelines/pollers) as its own process.
+
+The lead mounts it in cli/main.py as:
+
+    @app.command()
+    def poll(
+        once: Annotated[bool, typer.Option(help="Poll every due connection once, then exit")] = False,
+        interval: Annotated[
+            float | None, typer.Option(help="Seconds between polls of a connection (default 3600)")
+        ] = None,
+        loglevel: str = "INFO",
+    ) -> None:
+        '''Poll the providers' usage APIs for every active connection (long-running).'''
+        from cli.poll import poll as run_poll
+
+        run_poll(once=once, interval_s=interval, loglevel=loglevel)
+
+Inside `joulestream up` run the same scheduler in the process instead:
+`await pipelines.pollers.scheduler.run_scheduler(settings, engine, producer, stop_event)` (and give the API
+`last_poll=lambda: pipelines.pollers.scheduler.last_poll_at(engine)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.config
+import signal
+import sys
+from datetime import timedelta
+
+from core.logs import logging_config
+from core.settings import load_settings
+
+log = logging.getLogger("joulestream.poll")
+
+
+def poll(once: bool = False, interval_s: float | None = None, loglevel: str = "INFO") -> int:
+    """Poll until SIGINT/SIGTERM (or one round with `once`). Refuses to start without a usable secret store
+    (JOULESTREAM_MASTER_KEY outside the embedded demo): exit status 2. Returns 0 on a clean stop."""
+    from aiokafka.errors import KafkaError
+
+    from core.controlplane import get_engine, upgrade
+    from core.kafka import ensure_topics, producer
+    from core.secrets import SecretStoreError, SecretStores
+    from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler
+
+    settings = load_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    logging.config.dictConfig(logging_config(loglevel.upper()))
+    try:
+        secrets = SecretStores.from_settings(settings)
+    except SecretStoreError as exc:
+        print(f"joulestream poll: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    overrides = {"interval": timedelta(seconds=interval_s)} if interval_s else {}
+    try:
+        config = PollerConfig.from_env(**overrides)
+    except ValueError as exc:
+        print(f"joulestream poll: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    engine = get_engine(settings.database)
+    upgrade(engine)
+
+    async def main() -> int:
+        try:
+            await ensure_topics(settings)
+        except KafkaError as exc:
+            print(f"joulestream poll: Kafka at {settings.kafka} is unreachable ({exc})", file=sys.stderr)
+            return 1
+        prod = producer(settings)
+        await prod.start()
+        try:
+            if once:
+                sched = PollScheduler(settings, engine, prod, secrets=secrets, config=config)
+                try:
+                    results = await sched.run_once()
+                finally:
+                    await sched.aclose()
+                for r in results:
+                    print(
+                        f"{r.provider:<10} {r.connection_id}  {r.outcome:<9} published={r.published} "
+                        f"unchanged={r.unchanged}" + (f"  error={r.error}" if r.error else "")
+                    )
+                return 1 if any(r.outcome == "failed" for r in results) else 0
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await run_scheduler(settings, engine, prod, stop, secrets=secrets, config=config)
+            return 0
+        finally:
+            await prod.stop()
+
+    return asyncio.run(main())

@@ -1,0 +1,492 @@
+"""/api/v1/telemetry/summary, /events, /models over warehouse data written by the pipeline's own code path
+(tests/api/telemetry_data.py: Enricher → parse_enriched → write_enriched), on SQLite and PostgreSQL.
+
+Plus one end-to-end test (slow): the real worker subprocess fed through Kafka, then the API in its own
+process over the worker's warehouse, whose summary figures must equal the runtime's totals.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.api.telemetry_data import Dataset, build
+from tests.e2e.expectations import FLOAT_FIELDS, TOKEN_FIELDS
+from tests.fixtures_api import bearer, client_for
+
+pytestmark = pytest.mark.anyio
+
+T = "/api/v1/telemetry"
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.fixture
+def wh(warehouse):
+    return warehouse[0]
+
+
+@pytest.fixture
+def tapp(make_app, wh):
+    app = make_app(warehouse_client_factory=lambda: wh)
+    yield app
+    app.state.ctx.telemetry.close()
+
+
+@pytest.fixture
+def ds(wh, engine, tenants) -> Dataset:
+    return build(wh, engine, tenants)
+
+
+@pytest.fixture
+async def c(tapp):
+    async with client_for(tapp) as client:
+        yield client
+
+
+def tokens(e) -> int:
+    return sum(getattr(e, f) for f in TOKEN_FIELDS)
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+async def test_summary_default_period_matches_the_events(c, ds):
+    r = await c.get(f"{T}/summary", headers=ds.a.h)
+    assert r.status_code == 200, r.text
+    s = r.json()
+    start, end = ds.today - timedelta(days=30), ds.today
+    assert s["period"] == {"start": start.isoformat(), "end": end.isoformat()}
+    events = ds.events(ds.a.org.id, start=start, end=end)
+    assert events and len(events) < len(ds.events(ds.a.org.id))  # the window excludes older events
+    want = ds.expected(events)[""]
+    assert close(s["total_co2_kg"], want["co2_kg"])
+    assert close(s["total_co2_lower_bound_kg"], want["co2_kg_low"])
+    assert close(s["total_co2_upper_bound_kg"], want["co2_kg_high"])
+    assert s["total_co2_lower_bound_kg"] < s["total_co2_kg"] < s["total_co2_upper_bound_kg"]
+    assert s["total_tokens"] == sum(int(want[f]) for f in TOKEN_FIELDS)
+    assert s["output_tokens"] == want["output_tokens"]
+    assert s["event_count"] == len(events)
+    assert close(s["total_energy_kwh"], want["energy_j"] / 3.6e6)
+    cache = s["cached_vs_uncached"]
+    assert cache["uncached_tokens"] == want["input_tokens_uncached"]
+    assert cache["cached_tokens"] == want["input_tokens_cached"] > 0
+    assert cache["cache_creation_tokens"] == want["input_tokens_cache_creation"] > 0
+    assert close(cache["cached_co2_savings_kg"], ds.savings(events)) and cache["cached_co2_savings_kg"] > 0
+    assert s["factors_version"] == "v1.0" and s["factors_versions"] == ["v1.0"]
+
+    # per model: every model, CO2 shares summing to 100 %, largest first
+    by_model = ds.expected(events, "model")
+    got = {m["model"]: m for m in s["per_model"]}
+    assert set(got) == set(by_model)
+    for name, w in by_model.items():
+        assert close(got[name]["co2_kg"], w["co2_kg"])
+        assert got[name]["total_tokens"] == sum(int(w[f]) for f in TOKEN_FIELDS)
+        assert got[name]["event_count"] == w["events"]
+        assert abs(got[name]["percentage"] - 100 * w["co2_kg"] / want["co2_kg"]) < 0.01
+    assert abs(sum(m["percentage"] for m in s["per_model"]) - 100) < 0.1
+    co2s = [m["co2_kg"] for m in s["per_model"]]
+    assert co2s == sorted(co2s, reverse=True)
+
+    # daily chart: every day of the period, zeros included
+    chart = s["daily_chart"]
+    assert [p["date"] for p in chart] == [(start + timedelta(days=i)).isoformat() for i in range(31)]
+    by_day = ds.expected(events, "day")
+    for p in chart:
+        w = by_day.get(p["date"])
+        assert close(p["co2_kg"], w["co2_kg"] if w else 0.0)
+        assert p["tokens"] == (sum(int(w[f]) for f in TOKEN_FIELDS) if w else 0)
+
+
+async def test_summary_filters_and_the_projects_router_share_the_figures(c, ds):
+    alpha = ds.projects["Alpha"].id
+    start, end = ds.today - timedelta(days=44), ds.today
+    q = {"start_date": start.isoformat(), "end_date": end.isoformat()}
+    s = (await c.get(f"{T}/summary", params={**q, "project_id": alpha}, headers=ds.a.h)).json()
+    events = ds.events(ds.a.org.id, start=start, end=end, project_id=alpha)
+    assert close(s["total_co2_kg"], ds.expected(events)[""]["co2_kg"])
+    assert len(s["daily_chart"]) == 45
+
+    # GET /projects/{id} and GET /projects use this provider
+    detail = (await c.get(f"/api/v1/projects/{alpha}", params=q, headers=ds.a.h)).json()
+    assert close(detail["summary"]["total_co2_kg"], s["total_co2_kg"])
+    assert detail["summary"]["per_model"] == s["per_model"]
+    listed = (await c.get("/api/v1/projects", params=q, headers=ds.a.h)).json()["projects"]
+    for p in listed:
+        want = ds.expected(ds.events(ds.a.org.id, start=start, end=end, project_id=p["id"]))
+        assert close(p["total_co2_kg"], want[""]["co2_kg"] if want else 0.0), p["name"]
+
+    # a deleted project of the caller's org keeps its history
+    gamma = ds.projects["Gamma"].id
+    r = await c.get(f"{T}/summary", params={**q, "project_id": gamma}, headers=ds.a.h)
+    assert r.status_code == 200
+    assert close(
+        r.json()["total_co2_kg"], ds.expected(ds.events(ds.a.org.id, start=start, end=end, project_id=gamma))[""]["co2_kg"]
+    )
+
+
+async def test_summary_of_an_empty_period_is_zeros_with_the_current_version(c, ds):
+    r = await c.get(
+        f"{T}/summary", params={"start_date": "2001-01-01", "end_date": "2001-01-03"}, headers=ds.a.h
+    )
+    assert r.status_code == 200
+    s = r.json()
+    assert s["total_co2_kg"] == 0 and s["total_tokens"] == 0 and s["per_model"] == []
+    assert [p["co2_kg"] for p in s["daily_chart"]] == [0, 0, 0]
+    assert s["factors_version"] == "v1.0" and s["factors_versions"] == []
+
+
+async def test_summary_of_a_very_long_period_lists_active_days_only(c, ds):
+    r = await c.get(
+        f"{T}/summary", params={"start_date": "0001-01-01", "end_date": "9999-12-31"}, headers=ds.a.h
+    )
+    assert r.status_code == 200
+    s = r.json()
+    events = ds.events(ds.a.org.id)
+    assert close(s["total_co2_kg"], ds.expected(events)[""]["co2_kg"])
+    assert {p["date"] for p in s["daily_chart"]} == {e.bucket_start.date().isoformat() for e in events}
+
+
+async def test_summary_validation_and_tenancy(c, ds):
+    h = ds.a.h
+    for params in (
+        {"start_date": "2026-02-30"},
+        {"end_date": "yesterday"},
+        {"start_date": "2026-03-02", "end_date": "2026-03-01"},
+        {"project_id": ""},
+        {"project_id": "x" * 65},
+    ):
+        r = await c.get(f"{T}/summary", params=params, headers=h)
+        assert r.status_code == 422, params
+        assert isinstance(r.json()["detail"], list)
+    for pid in (ds.projects["Bravo"].id, "no-such-project"):
+        r = await c.get(f"{T}/summary", params={"project_id": pid}, headers=h)
+        assert r.status_code == 404 and r.json() == {"detail": "project not found"}
+    # org B sees only its own figures
+    s = (await c.get(f"{T}/summary", headers=ds.b.h)).json()
+    b_events = ds.events(ds.b.org.id, start=ds.today - timedelta(days=30))
+    assert close(s["total_co2_kg"], ds.expected(b_events)[""]["co2_kg"])
+    assert s["event_count"] == len(b_events)
+
+
+# --------------------------------------------------------------------------------------------- events
+
+
+async def _all_events(c, headers, **params) -> tuple[list[dict], int]:
+    out, page, total = [], 1, None
+    while True:
+        r = await c.get(f"{T}/events", params={**params, "page": page, "page_size": 37}, headers=headers)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        total = body["pagination"]["total_items"]
+        assert body["pagination"]["page"] == page and body["pagination"]["page_size"] == 37
+        assert body["pagination"]["total_pages"] == (total + 36) // 37
+        if not body["events"]:
+            return out, total
+        out += body["events"]
+        page += 1
+
+
+async def test_events_are_the_live_revisions_newest_first(c, ds):
+    events, total = await _all_events(c, ds.a.h)
+    final = {e.event_id: e for e in ds.events(ds.a.org.id)}
+    assert total == len(final) == len(events)
+    assert [e["id"] for e in events if e["id"] in final] == [e["id"] for e in events]
+    assert len({e["id"] for e in events}) == len(events)  # each event once: no cancelled revision listed
+    keys = [(e["bucket_start"], e["id"], e["revision"]) for e in events]
+    assert keys == sorted(keys, reverse=True)
+    names = {p.id: n for n, p in ds.projects.items()}
+    revised = 0
+    for e in events:
+        want = final[e["id"]]
+        assert (e["id"], e["revision"]) not in ds.superseded
+        assert e["revision"] == want.revision
+        revised += want.revision > 0
+        for f in (*TOKEN_FIELDS, "request_count", "model", "provider", "project_id", "source"):
+            assert e[f] == getattr(want, f), f
+        x = ds.enriched[(want.event_id, want.revision)]
+        for f in FLOAT_FIELDS[:1] + ("co2_kg", "co2_kg_low", "co2_kg_high"):
+            assert close(e[f], getattr(x, f))
+        assert e["project_name"] == names[want.project_id]
+        assert datetime.fromisoformat(e["bucket_start"]) == want.bucket_start
+        assert datetime.fromisoformat(e["bucket_end"]) == want.bucket_end
+        assert datetime.fromisoformat(e["event_timestamp"]) == want.event_timestamp
+        assert e["factors_version"] == "v1.0" and e["model_tier"] == x.model_tier
+    assert revised == 20
+
+
+async def test_event_filters(c, ds):
+    start, end = ds.today - timedelta(days=10), ds.today - timedelta(days=2)
+    beta = ds.projects["Beta"].id
+    cases = [
+        ({"start_date": start.isoformat()}, {"start": start}),
+        ({"end_date": end.isoformat()}, {"end": end}),
+        ({"start_date": start.isoformat(), "end_date": end.isoformat()}, {"start": start, "end": end}),
+        ({"model": "gpt-4o"}, {"model": "gpt-4o"}),
+        ({"project_id": beta, "model": "gpt-4o-mini"}, {"project_id": beta, "model": "gpt-4o-mini"}),
+        ({"model": "no-such-model"}, {"model": "no-such-model"}),
+    ]
+    for params, filters in cases:
+        got, total = await _all_events(c, ds.a.h, **params)
+        want = {e.event_id for e in ds.events(ds.a.org.id, **filters)}
+        assert total == len(want) and {e["id"] for e in got} == want, params
+
+
+async def test_events_pagination_rules(c, ds):
+    h = ds.a.h
+    total = len(ds.events(ds.a.org.id))
+    r = await c.get(f"{T}/events", headers=h)
+    body = r.json()
+    assert len(body["events"]) == 50
+    assert body["pagination"] == {"page": 1, "page_size": 50, "total_items": total, "total_pages": 5}
+    r = await c.get(f"{T}/events", params={"page_size": 200}, headers=h)
+    assert r.status_code == 200 and len(r.json()["events"]) == 200
+    last = await c.get(f"{T}/events", params={"page": 5}, headers=h)
+    assert len(last.json()["events"]) == total - 200
+    past = await c.get(f"{T}/events", params={"page": 99}, headers=h)
+    assert past.status_code == 200 and past.json()["events"] == []
+    assert past.json()["pagination"]["total_items"] == total
+    for params in (
+        {"page_size": 201},
+        {"page_size": 0},
+        {"page": 0},
+        {"page": "x"},
+        {"start_date": "2026-13-01"},
+    ):
+        r = await c.get(f"{T}/events", params=params, headers=h)
+        assert r.status_code == 422, params
+        assert isinstance(r.json()["detail"], list)
+    r = await c.get(f"{T}/events", params={"start_date": "2026-03-02", "end_date": "2026-03-01"}, headers=h)
+    assert r.status_code == 422
+
+
+async def test_events_tenancy(c, ds):
+    got, total = await _all_events(c, ds.b.h)
+    assert total == len(ds.events(ds.b.org.id)) == len(got)
+    a_ids = {e.event_id for e in ds.events(ds.a.org.id)}
+    assert not a_ids & {e["id"] for e in got}
+    for pid in (ds.projects["Alpha"].id, "unknown"):
+        r = await c.get(f"{T}/events", params={"project_id": pid}, headers=ds.b.h)
+        assert r.status_code == 404 and r.json() == {"detail": "project not found"}
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+async def test_models(c, ds):
+    r = await c.get(f"{T}/models", headers=ds.a.h)
+    assert r.status_code == 200
+    models = r.json()["models"]
+    events = ds.events(ds.a.org.id)
+    want = ds.expected(events, "model")
+    assert {m["model"] for m in models} == set(want)
+    hours: dict[str, list[datetime]] = defaultdict(list)
+    for e in events:
+        hours[e.model].append(e.bucket_start.replace(minute=0, second=0, microsecond=0))
+    for m in models:
+        w = want[m["model"]]
+        assert m["event_count"] == w["events"]
+        assert m["total_tokens"] == sum(int(w[f]) for f in TOKEN_FIELDS)
+        for f in TOKEN_FIELDS:
+            assert m[f] == w[f]
+        assert close(m["total_co2_kg"], w["co2_kg"]) and close(m["energy_j"], w["energy_j"])
+        assert close(m["total_co2_lower_bound_kg"], w["co2_kg_low"])
+        assert close(m["total_co2_upper_bound_kg"], w["co2_kg_high"])
+        assert datetime.fromisoformat(m["first_seen"]) == min(hours[m["model"]])
+        assert datetime.fromisoformat(m["last_seen"]) == max(hours[m["model"]])
+        assert m["provider"] == next(e.provider for e in events if e.model == m["model"])
+    co2s = [m["total_co2_kg"] for m in models]
+    assert co2s == sorted(co2s, reverse=True)
+
+    # filters: dates and project; tenancy
+    alpha = ds.projects["Alpha"].id
+    start = ds.today - timedelta(days=7)
+    r = await c.get(
+        f"{T}/models", params={"project_id": alpha, "start_date": start.isoformat()}, headers=ds.a.h
+    )
+    want = ds.expected(ds.events(ds.a.org.id, project_id=alpha, start=start), "model")
+    assert {m["model"]: m["event_count"] for m in r.json()["models"]} == {
+        k: v["events"] for k, v in want.items()
+    }
+    b_models = (await c.get(f"{T}/models", headers=ds.b.h)).json()["models"]
+    assert sum(m["event_count"] for m in b_models) == len(ds.events(ds.b.org.id))
+    r = await c.get(f"{T}/models", params={"project_id": alpha}, headers=ds.b.h)
+    assert r.status_code == 404
+    r = await c.get(
+        f"{T}/models", params={"start_date": "2026-03-02", "end_date": "2026-03-01"}, headers=ds.a.h
+    )
+    assert r.status_code == 422
+
+
+# --------------------------------------------------------------------------------------------- auth, failures
+
+
+ENDPOINTS = [f"{T}/summary", f"{T}/events", f"{T}/models", "/api/v1/export/telemetry?format=csv"]
+
+
+async def test_auth_errors(c, ds):
+    for url in ENDPOINTS:
+        r = await c.get(url)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", url
+        r = await c.get(url, headers=bearer("js_live_notakey"))
+        assert r.status_code == 401 and "detail" in r.json(), url
+        r = await c.get(url, headers=bearer(ds.a.ingest))
+        assert r.status_code == 403 and r.json() == {"detail": "missing scope: read"}, url
+        r = await c.get(url, headers=bearer(ds.a.admin))
+        assert r.status_code == 403, url
+        r = await c.get(url, headers=bearer(ds.a.read))
+        assert r.status_code == 200, url
+
+
+class _Boom:
+    def query(self, *a, **k):
+        raise ConnectionError("clickhouse at 10.0.0.7:8123 refused")
+
+    raw_stream = query_column_block_stream = command = query
+    database = "x"
+
+
+async def test_warehouse_failure_is_503_without_details(make_app, tenants):
+    app = make_app(warehouse_client_factory=lambda: _Boom())
+    a = tenants[0]
+    try:
+        async with client_for(app) as c:
+            for url in ENDPOINTS:
+                r = await c.get(url, headers=a.h)
+                assert r.status_code == 503, url
+                assert r.json() == {"detail": "telemetry store unavailable, retry later"}
+            p = (await c.get("/api/v1/projects", headers=a.h)).json()
+            assert "10.0.0.7" not in str(p)
+    finally:
+        app.state.ctx.telemetry.close()
+
+
+async def test_without_a_warehouse_everything_is_empty(api, tenants):
+    a = tenants[0]
+    s = (await api.get(f"{T}/summary", headers=a.h)).json()
+    assert s["total_co2_kg"] == 0 and s["per_model"] == [] and s["factors_version"] == "v1.0"
+    assert s["cached_vs_uncached"]["cached_co2_savings_kg"] == 0 and len(s["daily_chart"]) == 31
+    e = (await api.get(f"{T}/events", headers=a.h)).json()
+    assert e == {"events": [], "pagination": {"page": 1, "page_size": 50, "total_items": 0, "total_pages": 0}}
+    assert (await api.get(f"{T}/models", headers=a.h)).json() == {"models": []}
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_e2e_worker_then_api_summary_equals_runtime_totals(stack, worker, tmp_path):
+    """simulated traffic → Kafka → the real worker (enrich + sink, its own chdb) → runtime /internal/v1/totals;
+    then the worker stops and the API, in its own process on the same warehouse, must report the same
+    figures per org in /telemetry/summary and /telemetry/models."""
+    from sqlalchemy import insert
+
+    from core.controlplane import ApiKeys, get_engine, upgrade
+    from core.controlplane.schema import organizations
+    from pipelines.simulate import generate
+    from tests.stack import free_port, publish
+
+    traffic = generate(
+        3000, orgs=2, days=5, duplicate_rate=0.05, revision_rate=0.03, invalid_rate=0.01, seed=3
+    )
+    n_events = len(traffic.final)
+    worker.start()
+    publish(stack, traffic.messages)
+    worker.wait_for(
+        lambda s: (
+            s["totals"]["totals"]["events"] == n_events
+            and s["stats"].get("enrich", {}).get("consumed", 0) >= len(traffic.messages)
+        ),
+        what=f"{n_events} live events",
+    )
+    runtime_orgs = {r["org_id"]: r for r in worker.totals("org")["rows"]}
+    runtime_models = {r["model"]: r for r in worker.totals("model")["rows"]}
+    assert worker.stop() == 0
+
+    # control plane with the simulator's org ids, and a read key each
+    db_url = f"sqlite:///{tmp_path / 'control.db'}"
+    engine = get_engine(db_url)
+    upgrade(engine)
+    keys = {}
+    with engine.begin() as conn:
+        for org_id in runtime_orgs:
+            conn.execute(
+                insert(organizations).values(
+                    id=org_id,
+                    slug=org_id,
+                    name=org_id,
+                    plan_tier="free",
+                    stripe_customer_id=None,
+                    created_at=datetime.now(UTC),
+                )
+            )
+    for org_id in runtime_orgs:
+        keys[org_id] = ApiKeys(engine).create(org_id, ["read"])[1]
+    engine.dispose()
+
+    port = free_port()
+    env = {**stack.env, "JOULESTREAM_DATABASE": db_url}
+    code = (
+        "import uvicorn\n"
+        "from api.app import create_app\n"
+        "from core.settings import load_settings\n"
+        "from warehouse.client import get_client\n"
+        "s = load_settings()\n"
+        "app = create_app(s, warehouse_client_factory=lambda: get_client(s))\n"
+        f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log = open(tmp_path / "api.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+            time.sleep(0.2)
+        window = {"start_date": (date.today() - timedelta(days=10)).isoformat(), "end_date": "2100-01-01"}
+        api_models: dict[str, dict] = defaultdict(lambda: defaultdict(float))
+        for org_id, want in runtime_orgs.items():
+            h = bearer(keys[org_id])
+            s = httpx.get(f"{base}{T}/summary", params=window, headers=h, timeout=30).json()
+            assert s["event_count"] == want["events"]
+            assert s["total_tokens"] == want["total_tokens"]
+            assert s["output_tokens"] == want["output_tokens"]
+            c = s["cached_vs_uncached"]
+            assert c["uncached_tokens"] == want["input_tokens_uncached"]
+            assert c["cached_tokens"] == want["input_tokens_cached"]
+            assert c["cache_creation_tokens"] == want["input_tokens_cache_creation"]
+            assert close(s["total_co2_kg"], want["co2_kg"])
+            assert close(s["total_co2_lower_bound_kg"], want["co2_kg_low"])
+            assert close(s["total_co2_upper_bound_kg"], want["co2_kg_high"])
+            assert close(s["total_energy_kwh"] * 3.6e6, want["energy_j"])
+            ev = httpx.get(f"{base}{T}/events", params={"page_size": 1}, headers=h, timeout=30).json()
+            assert ev["pagination"]["total_items"] == want["events"]
+            for m in httpx.get(f"{base}{T}/models", headers=h, timeout=30).json()["models"]:
+                api_models[m["model"]]["events"] += m["event_count"]
+                api_models[m["model"]]["co2_kg"] += m["total_co2_kg"]
+        assert set(api_models) == set(runtime_models)
+        for name, want in runtime_models.items():
+            assert api_models[name]["events"] == want["events"]
+            assert math.isclose(api_models[name]["co2_kg"], want["co2_kg"], rel_tol=1e-9)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
