@@ -138,6 +138,7 @@ class WarehouseTelemetry:
         self._lock = asyncio.Lock()
         self._idle: list[Any] = []  # stream clients owned by this provider, ready for the next export
         self._max_idle = idle_stream_clients
+        self.active_exports = 0  # exports whose query is open (observability, tests)
 
     async def warehouse(self) -> AsyncWarehouse:
         if self._warehouse is None:
@@ -177,6 +178,7 @@ class WarehouseTelemetry:
         wh = await self.warehouse()
         client, owned = await wh.run(self._checkout)
         stream: ExportStream | None = None
+        self.active_exports += 1
         try:
             stream = await wh.run(_open, client, scope, fmt, project_names, metadata)
             while chunk := await wh.run(_next_chunk, stream):
@@ -184,10 +186,14 @@ class WarehouseTelemetry:
         finally:
             # runs on cancellation too: finish the clean-up on the warehouse thread even if we are cancelled
             cleanup = asyncio.ensure_future(wh.run(self._release, stream, client, owned))
+            cleanup.add_done_callback(self._export_done)
             try:
                 await asyncio.shield(cleanup)
             except asyncio.CancelledError:
                 pass
+
+    def _export_done(self, _task: Any) -> None:
+        self.active_exports -= 1
 
     def _checkout(self, main_client: Any) -> tuple[Any, bool]:
         if self._idle:

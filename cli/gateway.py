@@ -16,8 +16,10 @@ The lead mounts it in cli/main.py as:
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging.config
+import sys
 from pathlib import Path
 
 from core.logs import logging_config
@@ -35,6 +37,12 @@ def gateway(host: str = "127.0.0.1", port: int = 8788, routes_file: str | Path =
     settings.home.mkdir(parents=True, exist_ok=True)
     logging.config.dictConfig(logging_config("INFO"))
     app = create_gateway_app(settings, load_routes(routes_file))
+    # Tail latency: background threads (receipt signing/storing, SQL) hand the GIL back to the event loop
+    # after 1 ms instead of Python's default 5 ms, and the start-up objects are moved out of the garbage
+    # collector's reach so full collections stay short.
+    sys.setswitchinterval(0.001)
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=host,

@@ -121,12 +121,57 @@ def _encode(obj: Any, out: list[str]) -> None:
         raise CanonicalJsonError(f"unsupported type {type(obj).__name__} in canonical JSON")
 
 
+class _Unsafe(Exception):
+    """The value needs the exact (slow) encoder."""
+
+
+def _normalise(obj: Any) -> Any:
+    """A copy that the C `json` encoder writes exactly as RFC 8785 does, or _Unsafe.
+
+    Python's float repr equals ECMAScript's for non-integral values in [1e-4, 1e16); integral floats are
+    written as ints (100.0 → 100, -0.0 → 0, as ECMAScript does); keys sort alike unless they hold
+    characters beyond the BMP (UTF-16 surrogate pairs sort differently from code points)."""
+    t = type(obj)
+    if t is str or obj is None or t is bool:
+        return obj
+    if t is int:
+        if -MAX_SAFE_INT <= obj <= MAX_SAFE_INT:
+            return obj
+        raise _Unsafe
+    if t is float:
+        if obj.is_integer() and abs(obj) < 1e16:
+            return int(obj)
+        a = abs(obj)
+        if 1e-4 <= a < 1e16:
+            return obj
+        raise _Unsafe
+    if t is dict:
+        out = {}
+        for k, v in obj.items():
+            if type(k) is not str or (not k.isascii() and any(ord(c) > 0xFFFF for c in k)):
+                raise _Unsafe
+            out[k] = _normalise(v)
+        return out
+    if t is list or t is tuple:
+        return [_normalise(v) for v in obj]
+    raise _Unsafe
+
+
+_fast_dumps = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+).encode
+
+
 def canonical_json(obj: Any) -> bytes:
     """RFC 8785 canonical JSON of `obj` (dicts, lists, str, int, float, bool, None), UTF-8."""
-    out: list[str] = []
-    _encode(obj, out)
     try:
-        return "".join(out).encode("utf-8")
+        text = _fast_dumps(_normalise(obj))
+    except _Unsafe:
+        out: list[str] = []
+        _encode(obj, out)
+        text = "".join(out)
+    try:
+        return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate
         raise CanonicalJsonError(f"string is not valid Unicode: {exc}") from exc
 
@@ -161,11 +206,12 @@ def sign(payload: Mapping[str, Any], key: SigningKey, key_version: str | None = 
     """Sign `payload`. `key_version` defaults to the key's derived version (`key_version_of`)."""
     canonical = canonical_json(payload)
     signature = key.sign(canonical).signature
-    return SignedRecord(
+    return SignedRecord.model_construct(  # every field is made here, already valid: skip re-validation
         payload=dict(payload),
         sha256=sha256_hex(canonical),
         signature=base64.b64encode(signature).decode("ascii"),
         key_version=key_version or key_version_of(key.verify_key),
+        algorithm=ALGORITHM,
     )
 
 

@@ -80,18 +80,18 @@ class SecretStore(Protocol):
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """`text` with every secret (and any 12+ character run of it) replaced by `***`."""
+    """`text` with every secret, and any 12+ character run of its non-public part, replaced by `***`
+    (providers sometimes echo a truncated or partly masked key). The first characters of a key are its
+    public prefix (`sk-admin-`, `sk-ant-admin01-`, …) and stay readable."""
+    n = 12
     for s in secrets:
         if not s:
             continue
         text = text.replace(s, "***")
-        # providers sometimes echo a masked or truncated key: hide long fragments too
-        n = 12
-        if len(s) > n:
-            for i in range(len(s) - n + 1):
-                frag = s[i : i + n]
-                if frag in text:
-                    text = text.replace(frag, "***")
+        for i in range(min(16, len(s) // 3), len(s) - n + 1):
+            frag = s[i : i + n]
+            if frag in text:
+                text = text.replace(frag, "***")
     return text
 
 

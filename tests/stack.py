@@ -137,7 +137,7 @@ class WorkerProcess:
             if predicate(stats):
                 return stats
             time.sleep(0.05)
-        raise TimeoutError(f"stats condition not reached in {timeout_s}s: {self.stats()}")
+        raise TimeoutError(f"stats condition not reached in {timeout_s}s: {self.stats()}\n{self.log_tail()}")
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from clickhouse_connect.driver import Client
@@ -375,10 +376,9 @@ def live_event_count(client: Client, scope: Scope) -> int:
 
 
 def export_query(scope: Scope, project_names: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    """The export rows: the daily rollup per day × project × provider × model × factors version, in that
-    order. Grouped on a prefix of the rollup's sort key (org_id, day, project_id, provider, model,
-    model_tier, factors_version), so ClickHouse aggregates in order and streams the result with bounded
-    memory. project_name is the control-plane name (the project id when the control plane has none)."""
+    """The export rows of `scope`: the daily rollup per day × project × provider × model × factors version,
+    in that order. project_name is the control-plane name (the project id when the control plane has
+    none). Output settings: 64-bit integers unquoted in JSON, small blocks (bounded chunks)."""
     where, params = scope.where("daily", alias="d.")
     params["pids"] = list(project_names)
     params["pnames"] = list(project_names.values())
@@ -390,15 +390,44 @@ def export_query(scope: Scope, project_names: dict[str, str]) -> tuple[str, dict
         "SELECT day AS date, model, provider, "
         "transform(project_id, {pids:Array(String)}, {pnames:Array(String)}, project_id) AS project_name, "
         f"{cols}, factors_version FROM ("
-        "SELECT d.org_id AS org_id, d.day AS day, d.project_id AS project_id, d.provider AS provider, "
-        "d.model AS model, d.model_tier AS model_tier, d.factors_version AS factors_version, "
-        f"sum(d.events) AS events, {sums} FROM usage_daily AS d WHERE {where} "
-        "GROUP BY org_id, day, project_id, provider, model, model_tier, factors_version HAVING events != 0 "
-        "ORDER BY org_id, day, project_id, provider, model, model_tier, factors_version) "
-        "SETTINGS optimize_aggregation_in_order = 1, output_format_json_quote_64bit_integers = 0, "
-        "output_format_json_quote_64bit_floats = 0, output_format_decimal_trailing_zeros = 0"
+        "SELECT d.day AS day, d.project_id AS project_id, d.provider AS provider, d.model AS model, "
+        f"d.factors_version AS factors_version, sum(d.events) AS events, {sums} "
+        f"FROM usage_daily AS d WHERE {where} "
+        "GROUP BY day, project_id, provider, model, factors_version HAVING events != 0) "
+        "ORDER BY date, project_id, provider, model, factors_version "
+        f"SETTINGS max_block_size = {EXPORT_BLOCK_ROWS}, output_format_json_quote_64bit_integers = 0, "
+        "output_format_json_quote_64bit_floats = 0"
     )
     return sql, params
+
+
+EXPORT_BLOCK_ROWS = 8192  # rows per ClickHouse block: one chunk of the response is ~1-2 MB
+EXPORT_QUERY_ROWS = 65_536  # rollup rows per export query (a run of whole days): bounds the server's memory
+
+
+def export_plan(client: Client, scope: Scope, max_rows: int = EXPORT_QUERY_ROWS) -> list[tuple[date, date]]:
+    """Split the export of `scope` into runs of whole days holding at most ~`max_rows` rollup rows each
+    (a single day may hold more), oldest first. Each run is one query: ClickHouse aggregates and sorts
+    one run at a time, so its memory is bounded by the run, not by the export."""
+    where, params = scope.where("daily", alias="d.")
+    per_day = client.query(
+        f"SELECT d.day AS day, count() AS n FROM usage_daily AS d WHERE {where} GROUP BY day ORDER BY day",
+        parameters=params,
+    ).result_rows
+    runs: list[tuple[date, date]] = []
+    first: date | None = None
+    last: date | None = None
+    rows = 0
+    for day, n in per_day:
+        if first is not None and rows + n > max_rows:
+            runs.append((first, last))  # type: ignore[arg-type]
+            first, rows = None, 0
+        if first is None:
+            first = day
+        last, rows = day, rows + int(n)
+    if first is not None:
+        runs.append((first, last))  # type: ignore[arg-type]
+    return runs
 
 
 def stream_client(client: Client) -> tuple[Client, bool]:
@@ -418,46 +447,75 @@ def stream_client(client: Client) -> tuple[Client, bool]:
 
 
 class ExportStream:
-    """One export query being read. `next_chunk()` returns the next piece of the response body (bytes), b""
-    at the end; `close()` releases the query. Both block: call them on the warehouse thread. Not thread-safe.
+    """One export being read. `next_chunk()` returns the next piece of the response body (bytes), b"" at the
+    end; `close()` releases the open query. Both block: call them on the warehouse thread. Not thread-safe.
 
-    CSV: a header line, then ClickHouse's CSV. JSON: `{"data":[` + rows (JSONEachRow joined with commas) +
-    `],"export_metadata":{…, "total_records": N}}` — the metadata comes last, once the rows are counted.
-    Parquet: pyarrow writes one row group per `row_group_rows` rows; each chunk is what it wrote since the
-    last one, the footer last."""
+    The rows are read run by run (`export_plan`), each run one streaming query read block by block:
+    CSV and JSON as ClickHouse's own CSV / JSONEachRow output, Parquet as Native column blocks.
+
+    * CSV: a header line, then the rows.
+    * JSON: `{"data":[` + rows (JSONEachRow joined with commas) + `],"export_metadata":{…, "total_records":
+      N}}` — the metadata comes last, once the rows are counted.
+    * Parquet: pyarrow writes a row group per `row_group_rows` rows; each chunk is what it wrote since the
+      last one, the footer last."""
 
     def __init__(
         self,
         client: Client,
         fmt: ExportFormat,
-        sql: str,
-        params: dict[str, Any],
+        scope: Scope,
+        project_names: dict[str, str],
         *,
         json_metadata: dict[str, Any] | None = None,
-        chunk_bytes: int = 1 << 18,
-        row_group_rows: int = 131_072,
+        row_group_rows: int = 65_536,
+        query_rows: int = EXPORT_QUERY_ROWS,
     ) -> None:
         self.fmt = fmt
         self.rows = 0
-        self._chunk = chunk_bytes
+        self._client = client
+        self._scope = scope
+        self._names = project_names
         self._meta = json_metadata or {}
+        self._runs = export_plan(client, scope, query_rows)
+        self._source: Any = None  # the open query: a raw stream (csv, json) or a block iterator (parquet)
+        self._ctx: Any = None
         self._done = False
+        self._started = False
+        self._first_row = True
         self._tail = b""
-        self._first = True
         if fmt == "parquet":
-            self._ctx = client.query_column_block_stream(sql, parameters=params)
-            self._blocks = iter(self._ctx.__enter__())
             self._sink = _Drain()
             self._writer = pq.ParquetWriter(self._sink, EXPORT_SCHEMA, compression="zstd")
             self._pending: list[pa.RecordBatch] = []
             self._pending_rows = 0
             self._row_group = row_group_rows
-            self._raw = None
+
+    def _open_next(self) -> bool:
+        """Open the next run's query; False when there is none left."""
+        self._close_source()
+        if not self._runs:
+            return False
+        first, last = self._runs.pop(0)
+        s = self._scope
+        sql, params = export_query(Scope(s.org_id, first, last, s.project_id, s.model), self._names)
+        if self.fmt == "parquet":
+            self._ctx = self._client.query_column_block_stream(sql, parameters=params)
+            self._source = iter(self._ctx.__enter__())
         else:
-            self._raw = client.raw_stream(
-                sql, parameters=params, fmt="CSV" if fmt == "csv" else "JSONEachRow"
+            self._source = self._client.raw_stream(
+                sql, parameters=params, fmt="CSV" if self.fmt == "csv" else "JSONEachRow"
             )
-        self._started = False
+        return True
+
+    def _read(self) -> bytes:
+        """The next block of the current run's raw output, moving on to the next run as they end."""
+        while True:
+            if self._source is not None:
+                data = self._source.read(1 << 20)
+                if data:
+                    return data
+            if not self._open_next():
+                return b""
 
     def next_chunk(self) -> bytes:
         if self._done:
@@ -470,11 +528,11 @@ class ExportStream:
 
     # CSV ---------------------------------------------------------------------------------------------
     def _csv(self) -> bytes:
-        data = self._raw.read(self._chunk)
         head = b""
         if not self._started:
             self._started = True
             head = (",".join(EXPORT_COLUMNS) + "\n").encode()
+        data = self._read()
         if not data:
             self._finish()
             return head
@@ -483,18 +541,15 @@ class ExportStream:
 
     # JSON --------------------------------------------------------------------------------------------
     def _json(self) -> bytes:
-        import orjson
-
         out = []
         if not self._started:
             self._started = True
             out.append(b'{"data":[')
         while True:
-            data = self._raw.read(self._chunk)
+            data = self._read()
             if not data:
-                rest = self._tail.strip()
-                if rest:  # cannot happen with JSONEachRow (every row ends with a newline), kept for safety
-                    out.append(self._rows(rest + b"\n"))
+                if self._tail.strip():  # JSONEachRow ends every row with a newline: cannot happen
+                    out.append(self._json_rows(self._tail + b"\n"))
                 self._finish()
                 meta = {**self._meta, "total_records": self.rows}
                 out.append(b'],"export_metadata":' + orjson.dumps(meta) + b"}")
@@ -503,23 +558,24 @@ class ExportStream:
             cut = data.rfind(b"\n") + 1
             self._tail = data[cut:]
             if cut:
-                out.append(self._rows(data[:cut]))
+                out.append(self._json_rows(data[:cut]))
                 return b"".join(out)
 
-    def _rows(self, lines: bytes) -> bytes:
+    def _json_rows(self, lines: bytes) -> bytes:
         """Complete JSONEachRow lines → array elements separated by commas."""
-        n = lines.count(b"\n")
         body = lines[:-1].replace(b"\n", b",\n")
-        sep = b"" if self._first else b",\n"
-        self._first = False
-        self.rows += n
+        sep = b"" if self._first_row else b",\n"
+        self._first_row = False
+        self.rows += lines.count(b"\n")
         return sep + body
 
     # Parquet -----------------------------------------------------------------------------------------
     def _parquet(self) -> bytes:
         while True:
-            block = next(self._blocks, None)
+            block = next(self._source, None) if self._source is not None else None
             if block is None:
+                if self._open_next():
+                    continue
                 self._flush_row_group()
                 self._writer.close()
                 self._finish()
@@ -541,13 +597,17 @@ class ExportStream:
         self._done = True
         self.close()
 
+    def _close_source(self) -> None:
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)
+        elif self._source is not None:
+            self._source.close()
+        self._source = None
+
     def close(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
-            self._raw = None
-        elif self.fmt == "parquet" and self._ctx is not None:
-            self._ctx.__exit__(None, None, None)
-            self._ctx = None
+        self._runs = []
+        self._close_source()
 
 
 EXPORT_SCHEMA = pa.schema(
@@ -612,8 +672,7 @@ def open_export(
     *,
     json_metadata: dict[str, Any] | None = None,
 ) -> ExportStream:
-    sql, params = export_query(scope, project_names)
-    return ExportStream(client, fmt, sql, params, json_metadata=json_metadata)
+    return ExportStream(client, fmt, scope, project_names, json_metadata=json_metadata)
 
 
 def iter_export(

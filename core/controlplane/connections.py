@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from core.controlplane.errors import Conflict, NotFound
+from core.controlplane.errors import Conflict, Invalid, NotFound
 from core.controlplane.repos import Projects, Workloads
 from core.controlplane.schema import UTCDateTime, metadata, projects, workloads
 
@@ -243,7 +243,7 @@ class Connections:
         """A new active connection mapped to `project_id` (default: the org's Default project), with its
         workload, in one transaction. Conflict when the org already has a live one for `provider`."""
         if provider not in PROVIDERS:
-            raise NotFound(f"unknown provider {provider!r}")
+            raise Invalid(f"unknown provider {provider!r}; providers: {', '.join(PROVIDERS)}")
         if project_id is None:
             project_id = Projects(self.engine).ensure_default_project(org_id).id
         elif Projects(self.engine).get(org_id, project_id) is None:

@@ -1,7 +1,7 @@
 """Background publisher of the gateway's usage events: memory → Kafka, or memory → spool → Kafka.
 
 The request path only calls `publish(key, value)`: an append to an in-memory deque, never a wait on Kafka.
-One background task drains the deque in order:
+One background task drains the deque in order, in batches gathered for up to `linger_s` (20 ms):
 
 - *direct* mode (spool empty): each batch goes to `usage.raw.v1` with `send_many`, bounded by
   `send_timeout_s`. A failure or timeout (Kafka unreachable or slow) appends the batch to the spool and
@@ -44,11 +44,12 @@ class UsagePublisher:
         send_timeout_s: float = 5.0,
         connect_timeout_s: float = 5.0,
         retry_s: float = 1.0,
+        linger_s: float = 0.02,
         producer_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.settings, self.spool = settings, spool
         self.topic = settings.raw_topic
-        self.batch_max, self.replay_chunk = batch_max, replay_chunk
+        self.batch_max, self.replay_chunk, self.linger_s = batch_max, replay_chunk, linger_s
         self.send_timeout_s, self.connect_timeout_s, self.retry_s = send_timeout_s, connect_timeout_s, retry_s
         self._producer_factory = producer_factory or (
             lambda: producer(settings, request_timeout_ms=int(send_timeout_s * 1000), linger_ms=1)
@@ -131,6 +132,8 @@ class UsagePublisher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout)
                     continue
+            if self.linger_s and len(self._queue) < self.batch_max and not self._stopping:
+                await asyncio.sleep(self.linger_s)  # gather a batch: one produce request per linger, not per event
             try:
                 await self._step()
             except asyncio.CancelledError:

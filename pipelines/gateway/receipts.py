@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from core.controlplane.gateway import GatewayReceipts
 from core.receipts import Keyring, SignedRecord
 
 log = logging.getLogger("joulestream.gateway.receipts")
+CHUNK = 8
 
 
 class ReceiptWriter:
@@ -61,8 +63,12 @@ class ReceiptWriter:
         return await asyncio.to_thread(self.store.get, org_id, receipt_id)
 
     def _flush_sync(self, batch: list[tuple[str, str, datetime, dict[str, Any]]]) -> None:
-        rows = [(rid, org, ts, self._sign(rid, payload)) for rid, org, ts, payload in batch]
-        self.store.insert_many(rows)
+        # Small chunks, with the GIL handed back between them: this runs in a worker thread next to the
+        # event loop, and one long stretch of Python here would stall every request for its duration.
+        for i in range(0, len(batch), CHUNK):
+            rows = [(rid, org, ts, self._sign(rid, payload)) for rid, org, ts, payload in batch[i : i + CHUNK]]
+            self.store.insert_many(rows)
+            time.sleep(0)
 
     async def _flush(self) -> None:
         items = list(self._pending.items())[: self.batch_max]

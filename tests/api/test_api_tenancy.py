@@ -22,7 +22,10 @@ except ImportError:  # older FastAPI: app.routes is already flat
 
 
 from core.controlplane import Projects, Workloads
+from core.controlplane.connections import Connections
+from core.secrets import LocalSecretStore
 from tests.fixtures_api import bearer, client_for
+from tests.pollers.stubs import ADMIN_KEYS, OpenRouterStub
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +50,12 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("GET", "/api/v1/projects/{project_id}"): (ORG_ITEM, None),
     ("PATCH", "/api/v1/projects/{project_id}"): (ORG_ITEM, {"name": "Hijacked by B"}),
     ("DELETE", "/api/v1/projects/{project_id}"): (ORG_ITEM, None),
+    ("GET", "/api/v1/connections"): (ORG_LIST, None),
+    ("POST", "/api/v1/connections"): (ORG_CREATE, {"provider": "openrouter", "api_key": ADMIN_KEYS["openrouter"]}),
+    ("GET", "/api/v1/connections/{connection_id}"): (ORG_ITEM, None),
+    ("DELETE", "/api/v1/connections/{connection_id}"): (ORG_ITEM, None),
+    ("POST", "/api/v1/connections/{connection_id}/sync"): (ORG_ITEM, None),
+    ("PUT", "/api/v1/connections/{connection_id}/project"): (ORG_ITEM, {"project_id": "x"}),
 }
 
 
@@ -57,9 +66,10 @@ class OrgA:
     project_id: str
     project_name: str
     workload_ref: str
+    connection_id: str
 
     def markers(self) -> list[str]:
-        return [self.org_id, self.slug, self.project_id, self.project_name, self.workload_ref]
+        return [self.org_id, self.slug, self.project_id, self.project_name, self.workload_ref, self.connection_id]
 
 
 def _app_routes(app) -> set[tuple[str, str]]:
@@ -76,7 +86,7 @@ def _app_routes(app) -> set[tuple[str, str]]:
 
 
 def _path_value(name: str, a: OrgA) -> str:
-    values = {"project_id": a.project_id, "version": "v1.0"}
+    values = {"project_id": a.project_id, "version": "v1.0", "connection_id": a.connection_id}
     assert name in values, f"path parameter {{{name}}} has no tenancy value: add it to _path_value"
     return values[name]
 
@@ -100,9 +110,15 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants):
     name = f"Secret-A-{uuid.uuid4().hex[:8]}"
     project = Projects(engine).create(a_t.org.id, name)
     Workloads(engine).create(a_t.org.id, project.id, "connection", "conn-secret-a")
-    a = OrgA(a_t.org.id, a_t.org.slug, project.id, name, "conn-secret-a")
+    conn_a = Connections(engine).create(a_t.org.id, "openai", "local:v1:00000000:AAAA", project.id)
+    a = OrgA(a_t.org.id, a_t.org.slug, project.id, name, "conn-secret-a", conn_a.id)
     b_headers = bearer(b_t.rw)  # read + admin
     app = make_app()
+    stub = OpenRouterStub().start()  # B's POST /connections validates its key against a local stub
+    stub.keys[ADMIN_KEYS["openrouter"]] = "admin"
+    app.state.ctx.extras.update(
+        secret_store=LocalSecretStore(b"k" * 32), provider_base_urls={"openrouter": stub.url}
+    )
 
     async with client_for(app) as c:
         a_before = (await c.get(f"/api/v1/projects/{a.project_id}", headers=a_t.h)).json()

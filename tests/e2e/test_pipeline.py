@@ -108,9 +108,15 @@ def test_exact_totals_dedup_revisions_and_dlq(stack: Stack, worker: WorkerProces
 def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(stack: Stack, worker: WorkerProcess) -> None:
     traffic = generate(60_000, duplicate_rate=0.05, revision_rate=0.02, invalid_rate=0.01, seed=23)
     publish(stack, traffic.messages)
-    for stored_before_kill in (5_000, 15_000):  # two different points
+    kill_points = [
+        # 1: right after the enrich agent's first batch (of 10k, out of 60k): both stages mid-stream
+        ("enrich mid-stream", lambda st: st.get("enrich", {}).get("consumed", 0) >= 1),
+        # 2: after the restarted sink's first stored batch, with most of the enriched topic still to go
+        ("sink mid-stream", lambda st: st.get("sink", {}).get("stored", 0) >= 1),
+    ]
+    for _what, predicate in kill_points:
         worker.start()
-        worker.wait_for_stats(lambda s, n=stored_before_kill: s.get("sink", {}).get("stored", 0) >= n)
+        worker.wait_for_stats(predicate)
         worker.kill()
     worker.start()
     wait_done(worker, 0, len(traffic.final))

@@ -119,3 +119,33 @@ def test_keyring_from_env(tmp_path):
     assert not (tmp_path / "keys").exists()  # nothing written
     with pytest.raises(ValueError, match="JOULESTREAM_SIGNING_KEY"):
         Keyring.load(tmp_path, env={"JOULESTREAM_SIGNING_KEY": "not base64!"})
+
+
+def test_fast_and_exact_encoders_agree():
+    import random
+
+    from core.receipts import _encode
+
+    rng = random.Random(5)
+
+    def value(depth=0):
+        kind = rng.randrange(9 if depth < 3 else 6)
+        if kind == 0:
+            return rng.choice([0.0, -0.0, 1.0, 100.0, 1e-7, 1e-5, 2.5e-4, 0.31, 1e15 + 0.5, 1e16, 1e21, -3.75, 1 / 3])
+        if kind == 1:
+            return rng.randrange(-(2**53), 2**53)
+        if kind == 2:
+            return rng.choice(["", "é", "\n\t\"\\", "\u2028", "\x7f", "\x01", "日本", "\U0001f600"])
+        if kind == 3:
+            return rng.choice([True, False, None])
+        if kind in (4, 5):
+            return rng.random() * 10 ** rng.randrange(-8, 22)
+        if kind in (6, 7):
+            return {rng.choice(["a", "B", "é", "\U0001f600", "\ufb33", "1", "aa"]) + str(i): value(depth + 1) for i in range(3)}
+        return [value(depth + 1) for _ in range(3)]
+
+    for _ in range(3000):
+        v = value()
+        out: list[str] = []
+        _encode(v, out)
+        assert canonical_json(v) == "".join(out).encode(), v
