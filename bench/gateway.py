@@ -46,7 +46,11 @@ from tests.stack import free_port  # noqa: E402
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
 MASTER_KEY = "sk-bench-master-key"
 BODY = orjson.dumps(
-    {"model": "MODEL", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32}
+    {
+        "model": "MODEL",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 32,
+    }
 )
 
 
@@ -140,7 +144,12 @@ def start_gateway(work: Path, stub_port: int, kafka: str) -> tuple[subprocess.Po
         """)
     )
     port = free_port()
-    env = {**os.environ, "JOULESTREAM_HOME": str(home), "JOULESTREAM_KAFKA": kafka, "JOULESTREAM_TOPIC_PREFIX": "bench."}
+    env = {
+        **os.environ,
+        "JOULESTREAM_HOME": str(home),
+        "JOULESTREAM_KAFKA": kafka,
+        "JOULESTREAM_TOPIC_PREFIX": "bench.",
+    }
     env.pop("JOULESTREAM_DATABASE", None)
     code = f"from cli.gateway import gateway; gateway('127.0.0.1', {port}, {str(routes)!r})"
     proc = spawn([sys.executable, "-c", code], env, work / "gateway.log")
@@ -187,7 +196,11 @@ def start_litellm(work: Path, stub_port: int) -> tuple[subprocess.Popen, int]:
     }
     for k in ("JOULESTREAM_DATABASE", "DATABASE_URL"):
         env.pop(k, None)
-    proc = spawn([str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)], env, work / "litellm.log")
+    proc = spawn(
+        [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        work / "litellm.log",
+    )
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, 180)
     return proc, port
 
@@ -195,7 +208,9 @@ def start_litellm(work: Path, stub_port: int) -> tuple[subprocess.Popen, int]:
 # --------------------------------------------------------------------------------------------- load
 
 
-async def latency(session: aiohttp.ClientSession, url: str, headers: dict, body: bytes, n: int) -> list[float]:
+async def latency(
+    session: aiohttp.ClientSession, url: str, headers: dict, body: bytes, n: int
+) -> list[float]:
     for _ in range(max(200, n // 10)):  # warm-up
         async with session.post(url, data=body, headers=headers) as r:
             await r.read()
@@ -211,7 +226,9 @@ async def latency(session: aiohttp.ClientSession, url: str, headers: dict, body:
     return out
 
 
-async def throughput(session: aiohttp.ClientSession, url: str, headers: dict, body: bytes, n: int, conc: int) -> float:
+async def throughput(
+    session: aiohttp.ClientSession, url: str, headers: dict, body: bytes, n: int, conc: int
+) -> float:
     left = n
     errors = 0
 
@@ -267,7 +284,11 @@ def main() -> None:
         procs.append(gw)
         ctype = {"Content-Type": "application/json"}
         targets = {
-            "direct": (f"http://127.0.0.1:{stub_port}/v1/chat/completions", ctype, body_for("llama-3.3-70b-instruct")),
+            "direct": (
+                f"http://127.0.0.1:{stub_port}/v1/chat/completions",
+                ctype,
+                body_for("llama-3.3-70b-instruct"),
+            ),
             "gateway": (
                 f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                 {**ctype, "Authorization": f"Bearer {key}"},
@@ -300,23 +321,37 @@ def main() -> None:
 
     d = res["direct"]
     print()
-    print(f"{'target':<16} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s @' + str(args.concurrency):>12}")
+    print(
+        f"{'target':<16} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s @' + str(args.concurrency):>12}"
+    )
     for name, r in res.items():
         added50 = "" if name == "direct" else f"{r['p50_ms'] - d['p50_ms']:.2f}"
         added99 = "" if name == "direct" else f"{r['p99_ms'] - d['p99_ms']:.2f}"
-        print(f"{name:<16} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {added50:>10} {added99:>10} {r['rps']:>12.0f}")
+        print(
+            f"{name:<16} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {added50:>10} {added99:>10} {r['rps']:>12.0f}"
+        )
     g = res["gateway"]
     print()
-    print(f"gateway added p50 {g['p50_ms'] - d['p50_ms']:.2f} ms (target ≤ 3), added p99 {g['p99_ms'] - d['p99_ms']:.2f} ms (target ≤ 10)")
+    print(
+        f"gateway added p50 {g['p50_ms'] - d['p50_ms']:.2f} ms (target ≤ 3), added p99 {g['p99_ms'] - d['p99_ms']:.2f} ms (target ≤ 10)"
+    )
     if "litellm" in res:
         ll = res["litellm"]
         print(f"gateway req/s ÷ LiteLLM req/s = {g['rps'] / ll['rps']:.1f}× (target ≥ 3×)")
-        print(f"LiteLLM added p50 {ll['p50_ms'] - d['p50_ms']:.2f} ms, p99 {ll['p99_ms'] - d['p99_ms']:.2f} ms")
-        print(f"gateway added p50 is {(ll['p50_ms'] - d['p50_ms']) / max(1e-9, g['p50_ms'] - d['p50_ms']):.1f}× smaller than LiteLLM's")
-    print(f"gateway after the run: served {health.get('served')}, kafka {health['kafka']['kafka']}, "
-          f"sent {health['kafka']['sent']}, spool depth {health['spool']['depth']}, receipts pending {health['receipts_pending']}")
+        print(
+            f"LiteLLM added p50 {ll['p50_ms'] - d['p50_ms']:.2f} ms, p99 {ll['p99_ms'] - d['p99_ms']:.2f} ms"
+        )
+        print(
+            f"gateway added p50 is {(ll['p50_ms'] - d['p50_ms']) / max(1e-9, g['p50_ms'] - d['p50_ms']):.1f}× smaller than LiteLLM's"
+        )
+    print(
+        f"gateway after the run: served {health.get('served')}, kafka {health['kafka']['kafka']}, "
+        f"sent {health['kafka']['sent']}, spool depth {health['spool']['depth']}, receipts pending {health['receipts_pending']}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"results": res, "requests": args.requests, "concurrency": args.concurrency}, indent=2))
+        args.json.write_text(
+            json.dumps({"results": res, "requests": args.requests, "concurrency": args.concurrency}, indent=2)
+        )
 
 
 if __name__ == "__main__":

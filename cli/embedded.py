@@ -19,7 +19,7 @@ from rich.table import Table
 
 from api.internal import internal_router
 from cli.runtime import RuntimeInfo, clear_runtime, publish_runtime
-from core.kafka import OutRecord, send_many
+from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
 from core.settings import Settings
 from pipelines import simulate
@@ -29,17 +29,74 @@ log = logging.getLogger(__name__)
 
 
 def http_app(settings: Settings, pipeline: Pipeline, runtime: RuntimeInfo) -> FastAPI:
-    api = FastAPI(title="joulestream runtime", docs_url=None, redoc_url=None, openapi_url=None)
+    """The runtime's one HTTP server: the public API (/api/v1, /health) over the warehouse this process
+    holds, plus the token-protected /internal/v1 endpoints for operator commands."""
+    from api.app import create_app
+    from api.telemetry_provider import WarehouseTelemetry
+    from core.controlplane import get_engine
+    from pipelines.pollers.scheduler import last_poll_at
+
+    warehouse = pipeline.open_warehouse()
+    engine = get_engine(settings.database)
+
+    async def kafka_check() -> int:
+        if pipeline.producer is None:
+            raise RuntimeError("Kafka producer not started yet")
+        return await check_kafka(pipeline.producer, settings.raw_topic)
+
+    async def warehouse_check() -> None:
+        await warehouse.run(lambda client: client.command("SELECT 1"))
+
+    api = create_app(
+        settings,
+        engine=engine,
+        telemetry=WarehouseTelemetry(warehouse),
+        warehouse_check=warehouse_check,
+        kafka_check=kafka_check,
+        last_poll=lambda: last_poll_at(engine),
+    )
     api.include_router(internal_router(runtime.token, lambda: pipeline.warehouse, pipeline.stats))
     return api
+
+
+class Pollers(Service):
+    """The provider usage poll scheduler (pipelines/pollers), in the runtime's process."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.settings, self.pipeline = settings, pipeline
+        self._stop = asyncio.Event()
+
+    @Service.task
+    async def _poll(self) -> None:
+        from core.controlplane import get_engine
+        from pipelines.pollers.scheduler import run_scheduler
+
+        while self.pipeline.producer is None:
+            await asyncio.sleep(0.1)
+        await run_scheduler(
+            self.settings, get_engine(self.settings.database), self.pipeline.producer, self._stop
+        )
+
+    async def on_stop(self) -> None:
+        self._stop.set()
 
 
 class SimulatedTraffic(Service):
     """A burst of `initial` events spread over the past week, then `rate` live events per second."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, initial: int, rate: float, **kw: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        initial: int,
+        rate: float,
+        tenants: simulate.Tenants | None,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.settings, self.pipeline, self.initial, self.rate = settings, pipeline, initial, rate
+        self.tenants = tenants
         self.published = 0
 
     @Service.task
@@ -48,14 +105,14 @@ class SimulatedTraffic(Service):
             await asyncio.sleep(0.1)
         prod = self.pipeline.producer
         if self.initial:
-            traffic = simulate.generate(self.initial, seed=int(time.time()))
+            traffic = simulate.generate(self.initial, seed=int(time.time()), tenants=self.tenants)
             for i in range(0, len(traffic.messages), 5000):
                 self.published += await send_many(
                     prod, self.settings.raw_topic, traffic.messages[i : i + 5000]
                 )
         rng = random.Random()
         while not self.should_stop and self.rate > 0:
-            batch = [simulate.live_event(rng) for _ in range(max(1, int(self.rate)))]
+            batch = [simulate.live_event(rng, self.tenants) for _ in range(max(1, int(self.rate)))]
             self.published += await send_many(
                 prod,
                 self.settings.raw_topic,
@@ -107,6 +164,8 @@ def run_worker(
     simulate_initial: int = 0,
     simulate_rate: float = 0.0,
     console_banner: list[str] | None = None,
+    with_pollers: bool = False,
+    tenants: simulate.Tenants | None = None,
     loglevel: str = "INFO",
     logfile: str | None = None,
 ) -> None:
@@ -121,10 +180,12 @@ def run_worker(
             app, http_app(settings, pipeline, runtime), host="127.0.0.1", port=http_port, log_level="warning"
         )
         app.conf.web_enabled = True
+    if with_pollers:
+        app.add_dependency(Pollers(settings, pipeline, loop=app.loop, beacon=app.beacon))
     traffic = None
     if simulate_initial or simulate_rate:
         traffic = SimulatedTraffic(
-            settings, pipeline, simulate_initial, simulate_rate, loop=app.loop, beacon=app.beacon
+            settings, pipeline, simulate_initial, simulate_rate, tenants, loop=app.loop, beacon=app.beacon
         )
         app.add_dependency(traffic)
     if console_banner is not None:

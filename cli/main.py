@@ -74,6 +74,20 @@ def worker(
 
 
 @app.command()
+def poll(
+    once: Annotated[bool, typer.Option(help="Poll every due connection once, then exit")] = False,
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between polls of a connection (default 3600)")
+    ] = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Poll the providers' usage APIs for every active connection (long-running)."""
+    from cli.poll import poll as run_poll
+
+    raise typer.Exit(run_poll(once=once, interval_s=interval, loglevel=loglevel))
+
+
+@app.command()
 def simulate(
     events: Annotated[int, typer.Argument(help="Number of messages to publish")] = 10_000,
     orgs: int = 3,
@@ -120,6 +134,9 @@ def up(
     s.home.mkdir(parents=True, exist_ok=True)
     log_dir = s.home / "logs"
     log_dir.mkdir(exist_ok=True)
+    from cli.demo import ensure_demo_tenant
+
+    tenants, demo_key = ensure_demo_tenant(s)
     b = None
     if s.kafka_embedded:
         b = EmbeddedBroker(_kafka_port(s), log_path=log_dir / "broker.log").start()
@@ -127,7 +144,9 @@ def up(
         "[bold green]joulestream is up[/]",
         f"  Kafka        {s.kafka} ({'embedded Tansu' if b else 'external'}); topics {s.raw_topic}, {s.enriched_topic}, {s.dlq_topic}",
         f"  Warehouse    {s.clickhouse} (database {s.ch_database})",
-        f"  Runtime HTTP http://127.0.0.1:{http_port} (token in {s.home / 'runtime.json'})",
+        f"  API          http://127.0.0.1:{http_port}/api/v1/docs  (health: http://127.0.0.1:{http_port}/health)",
+        f"  Demo key     {demo_key}  (org 'demo', scopes read+ingest; shown once)",
+        f"  Try          curl -H 'Authorization: Bearer {demo_key}' http://127.0.0.1:{http_port}/api/v1/telemetry/summary",
         f"  Logs         {log_dir / 'worker.log'}",
         "  Totals       in another terminal: [bold].venv/bin/joulestream totals --by model[/]",
         f"  Traffic      {events} simulated events (synthetic=true), then {rate:g}/s live",
@@ -139,6 +158,8 @@ def up(
             simulate_initial=events,
             simulate_rate=rate,
             console_banner=banner,
+            with_pollers=True,
+            tenants=tenants,
             logfile=str(log_dir / "worker.log"),
         )
     finally:

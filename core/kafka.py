@@ -118,3 +118,9 @@ async def send_many(prod: AIOKafkaProducer, topic: str, records: Iterable[OutRec
     if futures:
         await asyncio.gather(*futures)
     return n
+
+
+async def check_kafka(prod: AIOKafkaProducer, topic: str, timeout_s: float = 3.0) -> int:
+    """Health check: the broker answers a metadata request for `topic`; returns its partition count."""
+    partitions = await asyncio.wait_for(prod.partitions_for(topic), timeout_s)
+    return len(partitions)

@@ -58,10 +58,18 @@ def _tokens(rng: random.Random, typical: int) -> int:
     return 0 if typical == 0 else max(1, int(rng.lognormvariate(0, 0.8) * typical))
 
 
-def _event(rng: random.Random, now: datetime, days: int, orgs: list[str], projects: int) -> UsageEvent:
+Tenants = dict[str, list[str]]  # org_id -> its project ids
+
+
+def sim_tenants(orgs: int = 3, projects: int = 2) -> Tenants:
+    """Made-up tenants for pipeline tests; `joulestream up` passes real control-plane ids instead."""
+    return {f"org-sim-{i}": [f"org-sim-{i}-proj-{j}" for j in range(projects)] for i in range(orgs)}
+
+
+def _event(rng: random.Random, now: datetime, days: int, tenants: Tenants) -> UsageEvent:
     provider, model, region, _, tin, tout, cache = rng.choices(MODELS, weights=[m[3] for m in MODELS])[0]
-    org = rng.choice(orgs)
-    project = f"{org}-proj-{rng.randrange(projects)}"
+    org = rng.choice(sorted(tenants))
+    project = rng.choice(tenants[org])
     hourly = rng.random() < 0.3  # a provider's hourly bucket rather than one request
     n_req = rng.randint(20, 400) if hourly else 1
     ts = now - timedelta(seconds=rng.uniform(0, days * 86400))
@@ -117,11 +125,12 @@ def generate(
     invalid_rate: float = 0.01,
     seed: int = 7,
     now: datetime | None = None,
+    tenants: Tenants | None = None,
 ) -> Traffic:
     """`n` messages in all: valid originals plus the given shares of duplicates, revisions, invalid."""
     rng = random.Random(seed)
     now = now or datetime.now(UTC)
-    org_ids = [f"org-sim-{i}" for i in range(orgs)]
+    tenants = tenants or sim_tenants(orgs, projects)
     t = Traffic()
     sent: list[UsageEvent] = []
     n_dup, n_rev, n_bad = int(n * duplicate_rate), int(n * revision_rate), int(n * invalid_rate)
@@ -132,7 +141,7 @@ def generate(
     rng.shuffle(tail)
     for kind in head + tail:
         if kind == "orig" or not sent:
-            ev = _event(rng, now, days, org_ids, projects)
+            ev = _event(rng, now, days, tenants)
             sent.append(ev)
             t.final[ev.event_id] = ev
             t.messages.append(OutRecord(ev.event_id.encode(), ev.model_dump_json().encode()))
@@ -154,7 +163,7 @@ def generate(
             sent.append(ev)
             t.messages.append(OutRecord(ev.event_id.encode(), ev.model_dump_json().encode()))
         else:
-            src = _event(rng, now, days, org_ids, projects)
+            src = _event(rng, now, days, tenants)
             t.invalid += 1
             t.messages.append(
                 OutRecord(src.event_id.encode(), rng.choice(_INVALID)(src.model_dump(mode="json")))
@@ -162,9 +171,9 @@ def generate(
     return t
 
 
-def live_event(rng: random.Random, orgs: int = 3, projects: int = 2) -> UsageEvent:
+def live_event(rng: random.Random, tenants: Tenants | None = None) -> UsageEvent:
     """One request-sized event stamped now, for a steady trickle of live traffic."""
-    return _event(rng, datetime.now(UTC), 0, [f"org-sim-{i}" for i in range(orgs)], projects)
+    return _event(rng, datetime.now(UTC), 0, tenants or sim_tenants())
 
 
 async def publish(

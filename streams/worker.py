@@ -70,12 +70,19 @@ class Pipeline:
         self.producer = producer(self.settings)
         await self.producer.start()
         if self.with_sink:
-            client = get_client(self.settings)
-            migrate(client, self.settings.ch_database)
-            self.warehouse = AsyncWarehouse(client)
+            self.open_warehouse()
+            assert self.warehouse is not None
             repaired = await self.warehouse.run(reconcile_rollups, datetime.now(UTC) - RECONCILE_WINDOW)
             if repaired:
                 log.warning("reconciled %d rollup keys at start-up", repaired)
+
+    def open_warehouse(self) -> AsyncWarehouse:
+        """Open (and migrate) the warehouse now: the embedded runtime shares it with its HTTP API."""
+        if self.warehouse is None:
+            client = get_client(self.settings)
+            migrate(client, self.settings.ch_database)
+            self.warehouse = AsyncWarehouse(client)
+        return self.warehouse
 
     async def close(self) -> None:
         if self.producer is not None:

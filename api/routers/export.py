@@ -1,6 +1,6 @@
 """Export: GET /api/v1/export/telemetry?format=csv|json|parquet. Scope `read`, the caller's org only.
 
-One row per day × project × provider × model × factor version (the daily rollup), columns
+`format` defaults to csv. One row per day × project × provider × model × factor version (the daily rollup), columns
 `EXPORT_COLUMNS`; at most a 90-day window (`end_date - start_date <= 90 days`, else 400 with the reason);
 default window: the 30 days before end_date (default today, UTC). The body is streamed from ClickHouse
 chunk by chunk (memory does not grow with the row count):
@@ -63,7 +63,7 @@ async def export_telemetry(
     ctx: Ctx,
     principal: ReadPrincipal,
     dates: Dates,
-    format: Annotated[Literal["csv", "json", "parquet"], Query(description="file format")],
+    format: Annotated[Literal["csv", "json", "parquet"], Query(description="file format")] = "csv",
     project_id: ProjectFilter = None,
     model: ModelFilter = None,
 ) -> StreamingResponse:

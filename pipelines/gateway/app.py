@@ -651,7 +651,10 @@ class _StreamRelay:
         finally:
             self.resp.release()
             if not self.booked:
-                self._book()
+                try:
+                    self._book()
+                except Exception:
+                    log.exception("booking a stream's usage failed request_id=%s", self.ctx.request_id)
 
 
 # --------------------------------------------------------------------------------------------- app

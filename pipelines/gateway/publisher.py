@@ -133,7 +133,9 @@ class UsagePublisher:
                         await asyncio.wait_for(self._wake.wait(), timeout)
                     continue
             if self.linger_s and len(self._queue) < self.batch_max and not self._stopping:
-                await asyncio.sleep(self.linger_s)  # gather a batch: one produce request per linger, not per event
+                await asyncio.sleep(
+                    self.linger_s
+                )  # gather a batch: one produce request per linger, not per event
             try:
                 await self._step()
             except asyncio.CancelledError:

@@ -66,7 +66,9 @@ class ReceiptWriter:
         # Small chunks, with the GIL handed back between them: this runs in a worker thread next to the
         # event loop, and one long stretch of Python here would stall every request for its duration.
         for i in range(0, len(batch), CHUNK):
-            rows = [(rid, org, ts, self._sign(rid, payload)) for rid, org, ts, payload in batch[i : i + CHUNK]]
+            rows = [
+                (rid, org, ts, self._sign(rid, payload)) for rid, org, ts, payload in batch[i : i + CHUNK]
+            ]
             self.store.insert_many(rows)
             time.sleep(0)
 

@@ -123,7 +123,12 @@ class Spool:
                     if not truncate_tail:
                         raise SpoolError(f"corrupt record in {path} at offset {pos}")
                     size = os.fstat(f.fileno()).st_size
-                    log.error("spool %s: truncating %d bytes of torn/corrupt tail at offset %d", path, size - pos, pos)
+                    log.error(
+                        "spool %s: truncating %d bytes of torn/corrupt tail at offset %d",
+                        path,
+                        size - pos,
+                        pos,
+                    )
                     f.truncate(pos)
                     f.flush()
                     os.fsync(f.fileno())

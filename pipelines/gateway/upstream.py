@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,8 @@ class UpstreamPool:
 
     def _fail_status(self, name: str, status: int, body: bytes) -> UpstreamFailure:
         kind = UNAVAILABLE if status == 429 else BAD_ANSWER
-        snippet = _error_message(body)
+        # an upstream's 401/403 text may quote (part of) our credential: never pass it on
+        snippet = "credential rejected by the upstream" if status in (401, 403) else _error_message(body)
         return UpstreamFailure(Attempt(name, kind, f"HTTP {status}" + (f": {snippet}" if snippet else "")))
 
     async def _post(self, u: Upstream, path: str, payload: bytes) -> aiohttp.ClientResponse:
@@ -163,9 +165,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
+_SECRETISH = re.compile(
+    r"(?i)\b(?:sk|js_live|rk|pk|api|key)[-_][A-Za-z0-9*_\-]{6,}|[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9*_\-]*|"
+    r"\bbearer\s+\S+"
+)
+
+
 def _error_message(body: bytes) -> str:
+    """The upstream's error message, shortened, with anything that looks like a key redacted."""
     with contextlib.suppress(Exception):
         err = orjson.loads(body).get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"][:200]
+            return _SECRETISH.sub("[redacted]", err["message"][:200])
     return ""

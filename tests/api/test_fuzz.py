@@ -4,7 +4,7 @@ Every operation gets generated requests (valid and invalid parameters and bodies
 (scopes read + admin, so the write routes run too) to the app over its ASGI interface, with the warehouse
 holding telemetry written by the pipeline's code path, and provider connections wired to a local secret store
 and a stub provider API. Checked: no 5xx, every response conforms to its
-documented schema and content type. Bounded: `JOULESTREAM_FUZZ_EXAMPLES` (default 30) examples per
+documented schema and content type. Bounded: `JOULESTREAM_FUZZ_EXAMPLES` (default 50) examples per
 operation, a minute or two in all.
 
 The schema is read from the app's /api/v1/openapi.json at collection time (from an app instance that never
@@ -30,7 +30,7 @@ from core.secrets import LocalSecretStore
 from core.settings import load_settings
 from tests.api.telemetry_data import build
 
-MAX_EXAMPLES = int(os.environ.get("JOULESTREAM_FUZZ_EXAMPLES", "30"))
+MAX_EXAMPLES = int(os.environ.get("JOULESTREAM_FUZZ_EXAMPLES", "50"))
 
 
 def _openapi() -> dict:

@@ -25,7 +25,7 @@ from core.controlplane.gateway import Balances  # noqa: E402
 from pipelines.gateway import create_gateway_app, parse_routes  # noqa: E402
 from pipelines.gateway.stub import StubConfig, StubStats, StubUpstream  # noqa: E402
 from tests.fixtures_controlplane import db_url, pg_admin  # noqa: E402, F401
-from tests.stack import Stack, free_port, kafka, stack, worker  # noqa: E402, F401
+from tests.stack import Stack, free_port  # noqa: E402  (kafka, stack, worker: root conftest plugin)
 
 
 class ServerThread:
@@ -103,10 +103,46 @@ def tenants(cp_engine: Any) -> Tenants:
 
 # upstream name -> (provider, region, silicon, models, price in, price out, tiers, endpoints)
 UPSTREAMS: dict[str, tuple] = {
-    "small": ("google", "europe-west1", "tpu-v5e", ["gemini-2.0-flash"], 0.10, 0.40, ["L0", "L1"], ["chat", "completions"]),
-    "cheap-us": ("aws", "us-east-1", "h100-sxm5", ["llama-3.3-70b-instruct"], 0.20, 0.60, ["L0", "L1", "L2"], ["chat", "completions"]),
-    "cheap-eu": ("aws", "eu-north-1", "h100-sxm5", ["llama-3.3-70b-instruct"], 0.20, 0.60, ["L0", "L1", "L2"], ["chat", "completions"]),
-    "big": ("azure", "swedencentral", "h200", ["gpt-4o", "o3-mini"], 2.50, 10.0, ["L0", "L1", "L2", "L3"], ["chat", "completions"]),
+    "small": (
+        "google",
+        "europe-west1",
+        "tpu-v5e",
+        ["gemini-2.0-flash"],
+        0.10,
+        0.40,
+        ["L0", "L1"],
+        ["chat", "completions"],
+    ),
+    "cheap-us": (
+        "aws",
+        "us-east-1",
+        "h100-sxm5",
+        ["llama-3.3-70b-instruct"],
+        0.20,
+        0.60,
+        ["L0", "L1", "L2"],
+        ["chat", "completions"],
+    ),
+    "cheap-eu": (
+        "aws",
+        "eu-north-1",
+        "h100-sxm5",
+        ["llama-3.3-70b-instruct"],
+        0.20,
+        0.60,
+        ["L0", "L1", "L2"],
+        ["chat", "completions"],
+    ),
+    "big": (
+        "azure",
+        "swedencentral",
+        "h200",
+        ["gpt-4o", "o3-mini"],
+        2.50,
+        10.0,
+        ["L0", "L1", "L2", "L3"],
+        ["chat", "completions"],
+    ),
     "embed": ("openai", "us", "a100", ["text-embedding-3-small"], 0.02, 0.0, ["L0"], ["embeddings"]),
 }
 
@@ -216,7 +252,9 @@ def make_gateway(
 ) -> Iterator[GatewayFactory]:
     started: list[ServerThread] = []
 
-    def make(extra: str = "", dead: dict[str, int] | None = None, port: int | None = None, **options: Any) -> GatewayHandle:
+    def make(
+        extra: str = "", dead: dict[str, int] | None = None, port: int | None = None, **options: Any
+    ) -> GatewayHandle:
         routes = parse_routes(routes_yaml(fresh_stubs, extra, dead))
         app = create_gateway_app(
             options.pop("settings", None) or stack.settings,
@@ -245,7 +283,9 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30) -
     from aiokafka import AIOKafkaConsumer
 
     async def _read() -> list[Any]:
-        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+        c = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        )
         await c.start()
         out: list[Any] = []
         try:

@@ -71,7 +71,11 @@ def names(cands):
 def test_auto_is_cheapest_capable_then_lower_grid():
     r = Router(parse_routes(ROUTES), load_factor_set())
     assert names(r.candidates("chat", "auto", RoutingTier.L0, 100, 100)) == ["small", "eu", "us", "big"]
-    assert names(r.candidates("chat", "auto", RoutingTier.L2, 100, 100)) == ["eu", "us", "big"]  # tie → eu (0.008 kg/kWh)
+    assert names(r.candidates("chat", "auto", RoutingTier.L2, 100, 100)) == [
+        "eu",
+        "us",
+        "big",
+    ]  # tie → eu (0.008 kg/kWh)
     assert names(r.candidates("chat", "auto", RoutingTier.L3, 100, 100)) == ["big"]
     assert names(r.candidates("embeddings", "auto", RoutingTier.L0, 100, 0)) == ["emb"]
     assert r.candidates("chat", "auto", RoutingTier.L2, 100, 100)[0].model == "llama-3.3-70b-instruct"
@@ -88,13 +92,24 @@ def test_pinned_models():
         r.candidates("chat", "text-embedding-3-small", RoutingTier.L0, 10, 10)
     assert e.value.status == 400
     fallback = Router(parse_routes(ROUTES + "routing: {pinned_fallback_to_tier: true}\n"), load_factor_set())
-    assert names(fallback.candidates("chat", "gpt-4o", RoutingTier.L0, 10, 10)) == ["big", "small", "eu", "us"]
+    assert names(fallback.candidates("chat", "gpt-4o", RoutingTier.L0, 10, 10)) == [
+        "big",
+        "small",
+        "eu",
+        "us",
+    ]
 
 
 def test_model_list_has_tiers_and_cost_tier():
     r = Router(parse_routes(ROUTES), load_factor_set())
     models = {m["id"]: m for m in r.model_list()}
-    assert set(models) == {"auto", "llama-3.3-70b-instruct", "gemini-2.0-flash", "gpt-4o", "text-embedding-3-small"}
+    assert set(models) == {
+        "auto",
+        "llama-3.3-70b-instruct",
+        "gemini-2.0-flash",
+        "gpt-4o",
+        "text-embedding-3-small",
+    }
     assert models["gpt-4o"]["joulestream"]["tiers"] == ["L0", "L1", "L2", "L3"]
     assert models["gpt-4o"]["joulestream"]["cost_tier"] == "high"
     assert models["gemini-2.0-flash"]["joulestream"]["cost_tier"] == "low"
@@ -105,9 +120,18 @@ def test_model_list_has_tiers_and_cost_tier():
     [
         ("upstreams: []", "upstreams"),
         ("- just a list", "mapping"),
-        ("upstreams: [{name: a, provider: x, base_url: 'ftp://x', models: [m], price_in_per_1m: 1, price_out_per_1m: 1}]", "base_url"),
-        ("upstreams: [{name: a, provider: x, base_url: 'http://x', models: [auto], price_in_per_1m: 1, price_out_per_1m: 1}]", "reserved"),
-        ("upstreams: [{name: a, provider: x, base_url: 'http://x', models: [m], price_in_per_1m: 1, price_out_per_1m: 1, tiers: [L9]}]", "tiers"),
+        (
+            "upstreams: [{name: a, provider: x, base_url: 'ftp://x', models: [m], price_in_per_1m: 1, price_out_per_1m: 1}]",
+            "base_url",
+        ),
+        (
+            "upstreams: [{name: a, provider: x, base_url: 'http://x', models: [auto], price_in_per_1m: 1, price_out_per_1m: 1}]",
+            "reserved",
+        ),
+        (
+            "upstreams: [{name: a, provider: x, base_url: 'http://x', models: [m], price_in_per_1m: 1, price_out_per_1m: 1, tiers: [L9]}]",
+            "tiers",
+        ),
     ],
 )
 def test_bad_routing_files(text, problem):

@@ -149,7 +149,9 @@ def test_streaming_with_include_usage(gateway, fresh_stubs):
 
 def test_streaming_without_include_usage_still_books_actual_usage(gateway, fresh_stubs):
     client = gateway.client()
-    with client.chat.completions.with_streaming_response.create(model="auto", messages=Q, stream=True) as resp:
+    with client.chat.completions.with_streaming_response.create(
+        model="auto", messages=Q, stream=True
+    ) as resp:
         rid = resp.headers["x-receipt-id"]
         chunks = list(resp.parse())
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
@@ -187,7 +189,9 @@ def test_auto_routing_by_tier_and_pinned(gateway):
 
     assert route(model="auto", messages=Q) == ("google/europe-west1/tpu-v5e", "L0", "gemini-2.0-flash")
     # L2: the two llama upstreams cost the same; eu-north-1 has the lower grid intensity
-    assert route(model="auto", messages=[{"role": "user", "content": "summarize this contract"}], max_tokens=512)[:2] == (
+    assert route(
+        model="auto", messages=[{"role": "user", "content": "summarize this contract"}], max_tokens=512
+    )[:2] == (
         "aws/eu-north-1/h100-sxm5",
         "L2",
     )
@@ -219,9 +223,10 @@ def test_fallback_on_connect_error_then_502_and_503(make_gateway, fresh_stubs):
     gw = make_gateway(dead={"cheap-eu": free_port()})
     client = gw.client()
     msgs = [{"role": "user", "content": "summarize this"}]
-    assert client.chat.completions.with_raw_response.create(model="auto", messages=msgs).headers[
-        "x-routed-to"
-    ] == "aws/us-east-1/h100-sxm5"
+    assert (
+        client.chat.completions.with_raw_response.create(model="auto", messages=msgs).headers["x-routed-to"]
+        == "aws/us-east-1/h100-sxm5"
+    )
     for name in ("cheap-us", "big"):
         fresh_stubs.config(name, fail="500")
     with pytest.raises(openai.InternalServerError) as e:
@@ -286,7 +291,9 @@ def test_receipt_verifies_offline_and_is_scoped_to_the_org(gateway):
 def test_receipts_survive_a_restart(make_gateway):
     gw = make_gateway()
     rids = [
-        gw.client().chat.completions.with_raw_response.create(model="auto", messages=Q).headers["x-receipt-id"]
+        gw.client()
+        .chat.completions.with_raw_response.create(model="auto", messages=Q)
+        .headers["x-receipt-id"]
         for _ in range(5)
     ]
     gw.server.stop()  # graceful: pending receipts are flushed
@@ -319,9 +326,17 @@ def test_project_comes_from_the_keys_workload(gateway):
     key = t.new_key(t.org_a.id)
     key_id = ApiKeys(t.engine).authenticate(key).id
     Workloads(t.engine).remap(t.org_a.id, "gateway_key", key_id, proj.id)
-    rid = gateway.client(key=key).chat.completions.with_raw_response.create(model="auto", messages=Q).headers["x-receipt-id"]
+    rid = (
+        gateway.client(key=key)
+        .chat.completions.with_raw_response.create(model="auto", messages=Q)
+        .headers["x-receipt-id"]
+    )
     assert gateway.http("GET", f"/v1/receipts/{rid}").json()["payload"]["project_id"] == proj.id
-    rid = gateway.client().chat.completions.with_raw_response.create(model="auto", messages=Q).headers["x-receipt-id"]
+    rid = (
+        gateway.client()
+        .chat.completions.with_raw_response.create(model="auto", messages=Q)
+        .headers["x-receipt-id"]
+    )
     default = Projects(t.engine).ensure_default_project(t.org_a.id)
     assert gateway.http("GET", f"/v1/receipts/{rid}").json()["payload"]["project_id"] == default.id
 
@@ -357,7 +372,11 @@ def test_prepaid_balance_is_debited_then_402(gateway):
     with pytest.raises(openai.APIStatusError) as e:
         for _ in range(100):
             raw = client.chat.completions.with_raw_response.create(model="auto", messages=Q, max_tokens=20)
-            prices.append(gateway.http("GET", f"/v1/receipts/{raw.headers['x-receipt-id']}").json()["payload"]["price_usd_micros"])
+            prices.append(
+                gateway.http("GET", f"/v1/receipts/{raw.headers['x-receipt-id']}").json()["payload"][
+                    "price_usd_micros"
+                ]
+            )
     assert e.value.status_code == 402 and e.value.code == "insufficient_balance"
     assert prices and all(p > 0 for p in prices)
     deadline = time.monotonic() + 5
@@ -386,7 +405,11 @@ def test_require_prepaid(make_gateway):
         (b"", 400, None),
         (orjson.dumps({"model": "auto"}), 422, "messages"),
         (orjson.dumps({"model": "auto", "messages": []}), 422, "messages"),
-        (orjson.dumps({"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}), 422, "messages.0.role"),
+        (
+            orjson.dumps({"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}),
+            422,
+            "messages.0.role",
+        ),
         (orjson.dumps({"model": "auto", "messages": Q, "max_tokens": "5"}), 422, "max_tokens"),
         (orjson.dumps({"model": "auto", "messages": Q, "max_tokens": -1}), 422, "max_tokens"),
         (orjson.dumps({"model": "", "messages": Q}), 422, "model"),
@@ -395,7 +418,9 @@ def test_require_prepaid(make_gateway):
     ],
 )
 def test_bad_bodies_get_openai_errors(gateway, content, status, param):
-    r = gateway.http("POST", "/v1/chat/completions", content=content, headers={"Content-Type": "application/json"})
+    r = gateway.http(
+        "POST", "/v1/chat/completions", content=content, headers={"Content-Type": "application/json"}
+    )
     err = assert_openai_error(r, status)
     assert err["type"] == "invalid_request_error" and err["param"] == param
     assert r.headers["x-request-id"]
@@ -406,16 +431,26 @@ def test_sdk_raises_typed_errors_for_bad_bodies(gateway):
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model="auto", messages=[])
     with pytest.raises(openai.UnprocessableEntityError):
-        client.embeddings.create(model="auto", input=[], encoding_format="float", extra_body={"input": {"a": 1}})
+        client.embeddings.create(
+            model="auto", input=[], encoding_format="float", extra_body={"input": {"a": 1}}
+        )
 
 
 def test_never_a_500(gateway):
     bodies = [
-        None, 0, "s", [], {}, {"model": None}, {"model": "auto", "messages": [None]},
+        None,
+        0,
+        "s",
+        [],
+        {},
+        {"model": None},
+        {"model": "auto", "messages": [None]},
         {"model": "auto", "messages": [{"role": "user", "content": 5}]},
         {"model": "auto", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
-        {"model": "auto", "messages": Q, "tools": "x"}, {"model": "auto", "messages": Q, "n": 0},
-        {"model": "auto", "prompt": [[1, "a"]]}, {"model": "auto", "input": [-1]},
+        {"model": "auto", "messages": Q, "tools": "x"},
+        {"model": "auto", "messages": Q, "n": 0},
+        {"model": "auto", "prompt": [[1, "a"]]},
+        {"model": "auto", "input": [-1]},
         {"model": "auto", "messages": Q, "stream_options": {"include_usage": "x"}},
     ]
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
@@ -433,8 +468,13 @@ def test_never_a_500(gateway):
 
 def test_one_usage_event_per_request_on_kafka(gateway, stack):
     client = gateway.client()
-    rids = [client.chat.completions.with_raw_response.create(model="auto", messages=Q).headers["x-receipt-id"] for _ in range(5)]
-    with client.chat.completions.with_streaming_response.create(model="auto", messages=Q, stream=True) as resp:
+    rids = [
+        client.chat.completions.with_raw_response.create(model="auto", messages=Q).headers["x-receipt-id"]
+        for _ in range(5)
+    ]
+    with client.chat.completions.with_streaming_response.create(
+        model="auto", messages=Q, stream=True
+    ) as resp:
         rids.append(resp.headers["x-receipt-id"])
         list(resp.parse())
     msgs = read_topic(stack.settings.kafka, stack.settings.raw_topic, expect=6)

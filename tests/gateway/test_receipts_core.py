@@ -46,22 +46,32 @@ def test_numbers_follow_ecmascript(value, expected):
 
 def test_rfc8785_example_and_key_order():
     # keys sort by UTF-16 code units; strings escape like JSON.stringify; no whitespace
-    obj = {"\u20ac": "Euro Sign", "\r": "Carriage Return", "\ufb33": "Hebrew Letter Dalet With Dagesh",
-           "1": "One", "\U0001f600": "Emoji: Grinning Face", "\u0080": "Control", "\u00f6": "Latin Small Letter O With Diaeresis"}
+    obj = {
+        "\u20ac": "Euro Sign",
+        "\r": "Carriage Return",
+        "\ufb33": "Hebrew Letter Dalet With Dagesh",
+        "1": "One",
+        "\U0001f600": "Emoji: Grinning Face",
+        "\u0080": "Control",
+        "\u00f6": "Latin Small Letter O With Diaeresis",
+    }
     out = canonical_json(obj).decode()
     keys = [json.loads("{" + part.split(":", 1)[0] + ":0}") for part in out[1:-1].split(",")]
     assert [next(iter(k)) for k in keys] == ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
-    assert canonical_json({"a": [1, True, None, "x\n\"y"]}) == b'{"a":[1,true,null,"x\\n\\"y"]}'
+    assert canonical_json({"a": [1, True, None, 'x\n"y']}) == b'{"a":[1,true,null,"x\\n\\"y"]}'
 
 
 def test_matches_json_dumps_for_ordinary_payloads():
     payload = {"b": 2, "a": {"z": 0.31, "y": [1, 2.5]}, "c": "é", "t": True}
-    assert canonical_json(payload) == json.dumps(
-        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    assert (
+        canonical_json(payload)
+        == json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {1: "x"}, {"a": object()}, 2**60, b"bytes", "\ud800"])
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), {1: "x"}, {"a": object()}, 2**60, b"bytes", "\ud800"]
+)
 def test_rejects_what_is_not_canonical_json(bad):
     with pytest.raises(CanonicalJsonError):
         canonical_json(bad)
@@ -87,8 +97,12 @@ def test_any_change_fails_verification():
     nested["tokens"]["input"] = 11
     assert not verify(rec.model_copy(update={"payload": nested}), sk.verify_key)
     # a re-hashed payload still fails on the signature
-    forged = SignedRecord(payload=nested, sha256=hashlib.sha256(canonical_json(nested)).hexdigest(),
-                          signature=rec.signature, key_version=rec.key_version)
+    forged = SignedRecord(
+        payload=nested,
+        sha256=hashlib.sha256(canonical_json(nested)).hexdigest(),
+        signature=rec.signature,
+        key_version=rec.key_version,
+    )
     assert not verify(forged, sk.verify_key)
     assert not verify(rec, SigningKey.generate().verify_key)  # another key
     assert not verify(rec, {"rk-other": sk.verify_key})  # unknown key version
@@ -131,17 +145,22 @@ def test_fast_and_exact_encoders_agree():
     def value(depth=0):
         kind = rng.randrange(9 if depth < 3 else 6)
         if kind == 0:
-            return rng.choice([0.0, -0.0, 1.0, 100.0, 1e-7, 1e-5, 2.5e-4, 0.31, 1e15 + 0.5, 1e16, 1e21, -3.75, 1 / 3])
+            return rng.choice(
+                [0.0, -0.0, 1.0, 100.0, 1e-7, 1e-5, 2.5e-4, 0.31, 1e15 + 0.5, 1e16, 1e21, -3.75, 1 / 3]
+            )
         if kind == 1:
             return rng.randrange(-(2**53), 2**53)
         if kind == 2:
-            return rng.choice(["", "é", "\n\t\"\\", "\u2028", "\x7f", "\x01", "日本", "\U0001f600"])
+            return rng.choice(["", "é", '\n\t"\\', "\u2028", "\x7f", "\x01", "日本", "\U0001f600"])
         if kind == 3:
             return rng.choice([True, False, None])
         if kind in (4, 5):
             return rng.random() * 10 ** rng.randrange(-8, 22)
         if kind in (6, 7):
-            return {rng.choice(["a", "B", "é", "\U0001f600", "\ufb33", "1", "aa"]) + str(i): value(depth + 1) for i in range(3)}
+            return {
+                rng.choice(["a", "B", "é", "\U0001f600", "\ufb33", "1", "aa"]) + str(i): value(depth + 1)
+                for i in range(3)
+            }
         return [value(depth + 1) for _ in range(3)]
 
     for _ in range(3000):
