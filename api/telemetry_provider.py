@@ -2,6 +2,7 @@
 ClickHouse warehouse through `warehouse.telemetry`.
 
     provider = WarehouseTelemetry(async_warehouse)                   # share a process's warehouse thread
+    provider = WarehouseTelemetry(lambda: pipeline.warehouse)        # … one that is opened later
     provider = WarehouseTelemetry(client_factory=lambda: get_client())  # or own one (what create_app does)
 
 Every warehouse call runs on the `AsyncWarehouse` thread (one thread for all calls of a process), so the
@@ -125,7 +126,7 @@ class WarehouseTelemetry:
 
     def __init__(
         self,
-        warehouse: AsyncWarehouse | None = None,
+        warehouse: AsyncWarehouse | Callable[[], AsyncWarehouse | None] | None = None,
         *,
         client_factory: Callable[[], Any] | None = None,
         idle_stream_clients: int = 2,
@@ -141,6 +142,11 @@ class WarehouseTelemetry:
         self.active_exports = 0  # exports whose query is open (observability, tests)
 
     async def warehouse(self) -> AsyncWarehouse:
+        if callable(self._warehouse) and not isinstance(self._warehouse, AsyncWarehouse):
+            found = self._warehouse()
+            if found is None:
+                raise RuntimeError("the warehouse is not open (yet)")
+            return found
         if self._warehouse is None:
             async with self._lock:
                 if self._warehouse is None:
@@ -222,7 +228,7 @@ class WarehouseTelemetry:
         for client in self._idle:
             _close_quietly(client)
         self._idle = []
-        if self._owns_warehouse and self._warehouse is not None:
+        if self._owns_warehouse and isinstance(self._warehouse, AsyncWarehouse):
             self._warehouse.close()
 
 

@@ -7,6 +7,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,9 +31,12 @@ from streams.worker import Pipeline, build_app
 log = logging.getLogger(__name__)
 
 
-def http_app(settings: Settings, pipeline: Pipeline, runtime: RuntimeInfo) -> FastAPI:
+def http_app(
+    settings: Settings, pipeline: Pipeline, runtime: RuntimeInfo, gateway_routes: Path | None = None
+) -> FastAPI:
     """The runtime's one HTTP server: the public API (/api/v1, /health) over the warehouse this process
-    holds, plus the token-protected /internal/v1 endpoints for operator commands."""
+    holds, the token-protected /internal/v1 endpoints for operator commands, and — given a routing
+    file — the OpenAI-compatible gateway (/v1/...)."""
     from api.app import create_app
     from api.telemetry_provider import WarehouseTelemetry
     from core.controlplane import get_engine
@@ -56,7 +62,30 @@ def http_app(settings: Settings, pipeline: Pipeline, runtime: RuntimeInfo) -> Fa
         last_poll=lambda: last_poll_at(engine),
     )
     api.include_router(internal_router(runtime.token, lambda: pipeline.warehouse, pipeline.stats))
+    if gateway_routes is not None:
+        _mount_gateway(api, settings, engine, gateway_routes)
     return api
+
+
+def _mount_gateway(api: FastAPI, settings: Settings, engine: Any, routes: Path) -> None:
+    """Serve the gateway's /v1/... next to the API (the API's routes match first). A mounted app gets no
+    lifespan events of its own: the parent's lifespan starts and stops it."""
+    from pipelines.gateway import create_gateway_app, load_routes
+
+    gw_app = create_gateway_app(settings, load_routes(routes), engine=engine)
+    parent_lifespan = api.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with parent_lifespan(app) as state:
+            await gw_app.state.gateway.start()
+            try:
+                yield state
+            finally:
+                await gw_app.state.gateway.stop()
+
+    api.router.lifespan_context = lifespan
+    api.mount("/", gw_app)
 
 
 class Pollers(Service):
@@ -165,6 +194,7 @@ def run_worker(
     simulate_rate: float = 0.0,
     console_banner: list[str] | None = None,
     with_pollers: bool = False,
+    gateway_routes: Path | None = None,
     tenants: simulate.Tenants | None = None,
     loglevel: str = "INFO",
     logfile: str | None = None,
@@ -177,7 +207,11 @@ def run_worker(
     if http_port is not None:
         runtime = publish_runtime(settings, f"http://127.0.0.1:{http_port}")
         serve_asgi(
-            app, http_app(settings, pipeline, runtime), host="127.0.0.1", port=http_port, log_level="warning"
+            app,
+            http_app(settings, pipeline, runtime, gateway_routes),
+            host="127.0.0.1",
+            port=http_port,
+            log_level="warning",
         )
         app.conf.web_enabled = True
     if with_pollers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -74,6 +75,20 @@ def worker(
 
 
 @app.command()
+def gateway(
+    host: str = "127.0.0.1",
+    port: int = 8788,
+    routes: Annotated[
+        Path, typer.Option(help="Routing file (YAML); see pipelines/gateway/routes.example.yaml")
+    ] = Path("routes.yaml"),
+) -> None:
+    """Run the OpenAI-compatible inference gateway (energy headers, signed receipts, usage to Kafka)."""
+    from cli.gateway import gateway as run_gateway
+
+    run_gateway(host, port, routes)
+
+
+@app.command()
 def poll(
     once: Annotated[bool, typer.Option(help="Poll every due connection once, then exit")] = False,
     interval: Annotated[
@@ -126,6 +141,10 @@ def up(
     events: Annotated[int, typer.Option(help="Initial burst of simulated events (past 7 days)")] = 20_000,
     rate: Annotated[float, typer.Option(help="Live simulated events per second afterwards")] = 20.0,
     http_port: int = 8787,
+    gateway_routes: Annotated[
+        Path | None, typer.Option(help="Gateway routing file (default: a local demo upstream)")
+    ] = None,
+    upstream_port: Annotated[int, typer.Option(help="Port of the local demo upstream")] = 8790,
 ) -> None:
     """Start the embedded stack: broker, worker, runtime HTTP, and labelled synthetic traffic."""
     from cli.embedded import run_worker
@@ -135,23 +154,30 @@ def up(
     log_dir = s.home / "logs"
     log_dir.mkdir(exist_ok=True)
     from cli.demo import ensure_demo_tenant
+    from cli.demo_gateway import DemoUpstream
 
     tenants, demo_key = ensure_demo_tenant(s)
-    b = None
-    if s.kafka_embedded:
-        b = EmbeddedBroker(_kafka_port(s), log_path=log_dir / "broker.log").start()
-    banner = [
-        "[bold green]joulestream is up[/]",
-        f"  Kafka        {s.kafka} ({'embedded Tansu' if b else 'external'}); topics {s.raw_topic}, {s.enriched_topic}, {s.dlq_topic}",
-        f"  Warehouse    {s.clickhouse} (database {s.ch_database})",
-        f"  API          http://127.0.0.1:{http_port}/api/v1/docs  (health: http://127.0.0.1:{http_port}/health)",
-        f"  Demo key     {demo_key}  (org 'demo', scopes read+ingest; shown once)",
-        f"  Try          curl -H 'Authorization: Bearer {demo_key}' http://127.0.0.1:{http_port}/api/v1/telemetry/summary",
-        f"  Logs         {log_dir / 'worker.log'}",
-        "  Totals       in another terminal: [bold].venv/bin/joulestream totals --by model[/]",
-        f"  Traffic      {events} simulated events (synthetic=true), then {rate:g}/s live",
-    ]
+    b = upstream = None
     try:
+        if s.kafka_embedded:
+            b = EmbeddedBroker(_kafka_port(s), log_path=log_dir / "broker.log").start()
+        if gateway_routes is None:
+            upstream = DemoUpstream(upstream_port, s.home)
+            gateway_routes = upstream.start()
+        banner = [
+            "[bold green]joulestream is up[/]",
+            f"  Kafka        {s.kafka} ({'embedded Tansu' if b else 'external'}); topics {s.raw_topic}, "
+            f"{s.enriched_topic}, {s.dlq_topic}",
+            f"  Warehouse    {s.clickhouse} (database {s.ch_database})",
+            f"  API          http://127.0.0.1:{http_port}/api/v1/docs  (health: http://127.0.0.1:{http_port}/health)",
+            f"  Demo key     {demo_key}  (org 'demo', scopes read+ingest; shown once)",
+            f"  Try          curl -H 'Authorization: Bearer {demo_key}' "
+            f"http://127.0.0.1:{http_port}/api/v1/telemetry/summary",
+            f'  Gateway      OpenAI base_url http://127.0.0.1:{http_port}/v1 (same key, model "auto"; routes {gateway_routes})',
+            f"  Logs         {log_dir / 'worker.log'}",
+            "  Totals       in another terminal: [bold].venv/bin/joulestream totals --by model[/]",
+            f"  Traffic      {events} simulated events (synthetic=true), then {rate:g}/s live",
+        ]
         run_worker(
             s,
             http_port=http_port,
@@ -159,10 +185,13 @@ def up(
             simulate_rate=rate,
             console_banner=banner,
             with_pollers=True,
+            gateway_routes=gateway_routes,
             tenants=tenants,
             logfile=str(log_dir / "worker.log"),
         )
     finally:
+        if upstream:
+            upstream.stop()
         if b:
             b.stop()
         console.print("stopped.")

@@ -11,10 +11,13 @@
 * Times are returned as epoch milliseconds / seconds from SQL and turned into aware UTC datetimes here (the
   chdb engine may drop the zone of `DateTime('UTC')` columns in its output).
 
-The export is streamed: `open_export` starts one query whose result is read block by block (CSV and JSON
-as raw ClickHouse output, Parquet as Native column blocks). On the embedded engine a streaming query holds
-its client handle until closed, so exports run on their own client (`stream_client`), never on the one
-serving the other queries.
+The export is streamed: `ExportStream` splits the window into runs of whole days (~64k rollup rows each,
+`export_plan`) and reads each run's query block by block (CSV and JSON as ClickHouse's own output, Parquet
+as Native column blocks), so neither ClickHouse (one run aggregated and sorted at a time) nor Python (one
+block at a time) holds memory that grows with the export. A single GROUP BY over a 90-day window of a big
+org would aggregate ~1M groups at once: measured ~400 MB more peak RSS for 1M rows, against ~60 MB in runs.
+On the embedded engine a streaming query holds its client handle until closed, so exports run on their own
+client (`stream_client`), never on the one serving the other queries.
 """
 
 from __future__ import annotations

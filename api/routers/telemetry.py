@@ -178,6 +178,12 @@ async def project_names(ctx: AppContext, org_id: str, project_id: str | None) ->
     return names
 
 
+async def check_project(ctx: AppContext, org_id: str, project_id: str | None) -> None:
+    """404 unless `project_id` (when given) is a project of the caller's org, deleted ones included."""
+    if project_id is not None:
+        await project_names(ctx, org_id, project_id)
+
+
 def reader(ctx: AppContext) -> TelemetryReader | None:
     return ctx.telemetry if isinstance(ctx.telemetry, TelemetryReader) else None
 
@@ -199,7 +205,7 @@ def check_order(start: date | None, end: date | None) -> None:
 async def get_summary(
     ctx: Ctx, principal: ReadPrincipal, dates: Dates, project_id: ProjectFilter = None
 ) -> TelemetrySummary:
-    await project_names(ctx, principal.org_id, project_id)
+    await check_project(ctx, principal.org_id, project_id)
     result = await warehouse_call(ctx.telemetry.summary, principal.org_id, project_id, dates.start, dates.end)
     # the provider's keys over a zero summary (NullTelemetry answers a few keys, an empty chart)
     body = build_summary([], dates.start, dates.end)
@@ -253,7 +259,7 @@ async def list_models(
     project_id: ProjectFilter = None,
 ) -> ModelList:
     check_order(start_date, end_date)
-    await project_names(ctx, principal.org_id, project_id)
+    await check_project(ctx, principal.org_id, project_id)
     r = reader(ctx)
     rows = (
         await warehouse_call(r.models, Scope(principal.org_id, start_date, end_date, project_id)) if r else []

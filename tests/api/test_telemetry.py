@@ -1,17 +1,13 @@
 """/api/v1/telemetry/summary, /events, /models over warehouse data written by the pipeline's own code path
 (tests/api/telemetry_data.py: Enricher → parse_enriched → write_enriched), on SQLite and PostgreSQL.
 
-Plus one end-to-end test (slow): the real worker subprocess fed through Kafka, then the API in its own
-process over the worker's warehouse, whose summary figures must equal the runtime's totals.
+Plus one end-to-end test (slow): the real worker subprocess fed through Kafka; its runtime HTTP serves the
+API over the warehouse it holds, whose figures must equal the runtime's own totals.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
@@ -21,6 +17,7 @@ import pytest
 from tests.api.telemetry_data import Dataset, build
 from tests.e2e.expectations import FLOAT_FIELDS, TOKEN_FIELDS
 from tests.fixtures_api import bearer, client_for
+from tests.stack import publish
 
 pytestmark = pytest.mark.anyio
 
@@ -372,6 +369,26 @@ async def test_warehouse_failure_is_503_without_details(make_app, tenants):
         app.state.ctx.telemetry.close()
 
 
+async def test_provider_over_a_shared_warehouse_thread(make_app, wh, ds):
+    """The embedded runtime hands the provider its own AsyncWarehouse (possibly opened later)."""
+    from api.telemetry_provider import WarehouseTelemetry
+    from warehouse.aio import AsyncWarehouse
+
+    shared: list[AsyncWarehouse] = []
+    app = make_app(telemetry=WarehouseTelemetry(lambda: shared[0] if shared else None))
+    async with client_for(app) as c:
+        r = await c.get(f"{T}/events", headers=ds.a.h)
+        assert r.status_code == 503  # not open yet
+        shared.append(AsyncWarehouse(wh))
+        r = await c.get(f"{T}/events", headers=ds.a.h)
+        assert r.status_code == 200 and r.json()["pagination"]["total_items"] == len(ds.events(ds.a.org.id))
+        r = await c.get("/api/v1/export/telemetry", params={"format": "json"}, headers=ds.a.h)
+        assert r.status_code == 200 and r.json()["export_metadata"]["total_records"] > 0
+    app.state.ctx.telemetry.close()  # does not close a warehouse it does not own
+    assert (await shared[0].run(lambda client: client.command("SELECT 1"))) == 1
+    shared[0].close()
+
+
 async def test_without_a_warehouse_everything_is_empty(api, tenants):
     a = tenants[0]
     s = (await api.get(f"{T}/summary", headers=a.h)).json()
@@ -439,21 +456,42 @@ async def test_summary_with_an_end_date_at_the_start_of_time_is_not_a_500(c, ds)
 
 
 @pytest.mark.slow
-def test_e2e_worker_then_api_summary_equals_runtime_totals(stack, worker, tmp_path):
-    """simulated traffic → Kafka → the real worker (enrich + sink, its own chdb) → runtime /internal/v1/totals;
-    then the worker stops and the API, in its own process on the same warehouse, must report the same
-    figures per org in /telemetry/summary and /telemetry/models."""
+def test_e2e_worker_api_summary_equals_runtime_totals(stack, worker):
+    """simulated traffic → Kafka → the real worker (enrich + sink, its own chdb). The worker's runtime HTTP
+    serves the public API over the warehouse it holds: per org, /telemetry/summary, /events and /models must
+    report exactly the runtime's own totals (/internal/v1/totals)."""
     from sqlalchemy import insert
 
-    from core.controlplane import ApiKeys, get_engine, upgrade
+    from core.controlplane import ApiKeys, dispose_engine, get_engine, upgrade
     from core.controlplane.schema import organizations
     from pipelines.simulate import generate
-    from tests.stack import free_port, publish
 
     traffic = generate(
         3000, orgs=2, days=5, duplicate_rate=0.05, revision_rate=0.03, invalid_rate=0.01, seed=3
     )
     n_events = len(traffic.final)
+    org_ids = sorted({e.org_id for e in traffic.final.values()})
+
+    # the worker's control plane (its data dir's SQLite) with the simulator's org ids and a read key each
+    db_url = stack.settings.database
+    stack.settings.home.mkdir(parents=True, exist_ok=True)
+    engine = get_engine(db_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        for org_id in org_ids:
+            conn.execute(
+                insert(organizations).values(
+                    id=org_id,
+                    slug=org_id,
+                    name=org_id,
+                    plan_tier="free",
+                    stripe_customer_id=None,
+                    created_at=datetime.now(UTC),
+                )
+            )
+    keys = {org_id: ApiKeys(engine).create(org_id, ["read"])[1] for org_id in org_ids}
+    dispose_engine(db_url)
+
     worker.start()
     publish(stack, traffic.messages)
     worker.wait_for(
@@ -465,82 +503,39 @@ def test_e2e_worker_then_api_summary_equals_runtime_totals(stack, worker, tmp_pa
     )
     runtime_orgs = {r["org_id"]: r for r in worker.totals("org")["rows"]}
     runtime_models = {r["model"]: r for r in worker.totals("model")["rows"]}
+    assert set(runtime_orgs) == set(org_ids)
+
+    base = worker.runtime.url
+    window = {"start_date": (date.today() - timedelta(days=10)).isoformat(), "end_date": "2100-01-01"}
+    api_models: dict[str, dict] = defaultdict(lambda: defaultdict(float))
+    for org_id, want in runtime_orgs.items():
+        h = bearer(keys[org_id])
+        s = httpx.get(f"{base}{T}/summary", params=window, headers=h, timeout=30).json()
+        assert s["event_count"] == want["events"]
+        assert s["total_tokens"] == want["total_tokens"]
+        assert s["output_tokens"] == want["output_tokens"]
+        c = s["cached_vs_uncached"]
+        assert c["uncached_tokens"] == want["input_tokens_uncached"]
+        assert c["cached_tokens"] == want["input_tokens_cached"]
+        assert c["cache_creation_tokens"] == want["input_tokens_cache_creation"]
+        assert close(s["total_co2_kg"], want["co2_kg"])
+        assert close(s["total_co2_lower_bound_kg"], want["co2_kg_low"])
+        assert close(s["total_co2_upper_bound_kg"], want["co2_kg_high"])
+        assert close(s["total_energy_kwh"] * 3.6e6, want["energy_j"])
+        ev = httpx.get(f"{base}{T}/events", params={"page_size": 1}, headers=h, timeout=30).json()
+        assert ev["pagination"]["total_items"] == want["events"]
+        for m in httpx.get(f"{base}{T}/models", headers=h, timeout=30).json()["models"]:
+            api_models[m["model"]]["events"] += m["event_count"]
+            api_models[m["model"]]["co2_kg"] += m["total_co2_kg"]
+        export = httpx.get(
+            f"{base}/api/v1/export/telemetry",
+            params={"format": "json", **window, "end_date": date.today().isoformat()},
+            headers=h,
+            timeout=60,
+        ).json()
+        assert math.isclose(sum(r["co2_kg"] for r in export["data"]), want["co2_kg"], rel_tol=1e-9)
+    assert set(api_models) == set(runtime_models)
+    for name, want in runtime_models.items():
+        assert api_models[name]["events"] == want["events"]
+        assert math.isclose(api_models[name]["co2_kg"], want["co2_kg"], rel_tol=1e-9)
     assert worker.stop() == 0
-
-    # control plane with the simulator's org ids, and a read key each
-    db_url = f"sqlite:///{tmp_path / 'control.db'}"
-    engine = get_engine(db_url)
-    upgrade(engine)
-    keys = {}
-    with engine.begin() as conn:
-        for org_id in runtime_orgs:
-            conn.execute(
-                insert(organizations).values(
-                    id=org_id,
-                    slug=org_id,
-                    name=org_id,
-                    plan_tier="free",
-                    stripe_customer_id=None,
-                    created_at=datetime.now(UTC),
-                )
-            )
-    for org_id in runtime_orgs:
-        keys[org_id] = ApiKeys(engine).create(org_id, ["read"])[1]
-    engine.dispose()
-
-    port = free_port()
-    env = {**stack.env, "JOULESTREAM_DATABASE": db_url}
-    code = (
-        "import uvicorn\n"
-        "from api.app import create_app\n"
-        "from core.settings import load_settings\n"
-        "from warehouse.client import get_client\n"
-        "s = load_settings()\n"
-        "app = create_app(s, warehouse_client_factory=lambda: get_client(s))\n"
-        f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    log = open(tmp_path / "api.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
-            time.sleep(0.2)
-        window = {"start_date": (date.today() - timedelta(days=10)).isoformat(), "end_date": "2100-01-01"}
-        api_models: dict[str, dict] = defaultdict(lambda: defaultdict(float))
-        for org_id, want in runtime_orgs.items():
-            h = bearer(keys[org_id])
-            s = httpx.get(f"{base}{T}/summary", params=window, headers=h, timeout=30).json()
-            assert s["event_count"] == want["events"]
-            assert s["total_tokens"] == want["total_tokens"]
-            assert s["output_tokens"] == want["output_tokens"]
-            c = s["cached_vs_uncached"]
-            assert c["uncached_tokens"] == want["input_tokens_uncached"]
-            assert c["cached_tokens"] == want["input_tokens_cached"]
-            assert c["cache_creation_tokens"] == want["input_tokens_cache_creation"]
-            assert close(s["total_co2_kg"], want["co2_kg"])
-            assert close(s["total_co2_lower_bound_kg"], want["co2_kg_low"])
-            assert close(s["total_co2_upper_bound_kg"], want["co2_kg_high"])
-            assert close(s["total_energy_kwh"] * 3.6e6, want["energy_j"])
-            ev = httpx.get(f"{base}{T}/events", params={"page_size": 1}, headers=h, timeout=30).json()
-            assert ev["pagination"]["total_items"] == want["events"]
-            for m in httpx.get(f"{base}{T}/models", headers=h, timeout=30).json()["models"]:
-                api_models[m["model"]]["events"] += m["event_count"]
-                api_models[m["model"]]["co2_kg"] += m["total_co2_kg"]
-        assert set(api_models) == set(runtime_models)
-        for name, want in runtime_models.items():
-            assert api_models[name]["events"] == want["events"]
-            assert math.isclose(api_models[name]["co2_kg"], want["co2_kg"], rel_tol=1e-9)
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()

@@ -1,0 +1,117 @@
+"""Object storage for close artefacts (receipt PDFs, audit packs, intermediate event files).
+
+`JOULESTREAM_ARTIFACTS` chooses the store:
+
+* unset → a local directory, `$JOULESTREAM_HOME/artifacts`;
+* `file:///abs/path` or a plain path → that local directory;
+* `s3://bucket/prefix` → an S3-compatible store through boto3 (installed with the `aws` extra). The endpoint
+  comes from `JOULESTREAM_ARTIFACTS_ENDPOINT` (e.g. `http://127.0.0.1:9000` for MinIO), credentials and region
+  from boto3's usual environment (`AWS_ACCESS_KEY_ID`, …).
+
+Keys are relative, `/`-separated (`receipts/<org>/<YYYY-MM>/<serial>.pdf`). Writes are atomic on the local
+store (temp file + rename), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+from urllib.parse import urlparse
+
+ENV_URL = "JOULESTREAM_ARTIFACTS"
+ENV_ENDPOINT = "JOULESTREAM_ARTIFACTS_ENDPOINT"
+
+
+class ArtifactStore(Protocol):
+    url: str
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Store `data` under `key` (replacing it); returns its SHA-256 (hex)."""
+        ...
+
+    def get(self, key: str) -> bytes | None:
+        """The bytes under `key`, or None."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+def _check_key(key: str) -> str:
+    p = PurePosixPath(key)
+    if not key or p.is_absolute() or ".." in p.parts or "\\" in key:
+        raise ValueError(f"invalid artefact key {key!r}")
+    return str(p)
+
+
+class LocalStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return hashlib.sha256(data).hexdigest()
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+class S3Store:
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None) -> None:
+        if client is None:
+            import boto3  # optional dependency (extra `aws`)
+
+            client = boto3.client("s3", endpoint_url=endpoint_url)
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}"
+
+    def _key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        return hashlib.sha256(data).hexdigest()
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self.get(key) is not None
+
+
+def open_store(url: str | None = None, home: Path | str | None = None, env: Mapping[str, str] | None = None):
+    """The store for `url` (default `$JOULESTREAM_ARTIFACTS`, else `<home>/artifacts`)."""
+    e = os.environ if env is None else env
+    url = url or e.get(ENV_URL) or ""
+    if not url:
+        if home is None:
+            from core.settings import load_settings
+
+            home = load_settings(dict(e)).home
+        return LocalStore(Path(home) / "artifacts")
+    if url.startswith("s3://"):
+        u = urlparse(url)
+        return S3Store(u.netloc, u.path, endpoint_url=e.get(ENV_ENDPOINT) or None)
+    if url.startswith("file://"):
+        return LocalStore(urlparse(url).path)
+    return LocalStore(url)
