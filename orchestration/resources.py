@@ -85,13 +85,21 @@ class RuntimeReader:
 
     def totals(self, org_id, start, end, cutoff, adjustment_from):
         return self._get(
-            "totals", org_id=org_id, start=_iso(start), end=_iso(end), cutoff=_iso(cutoff),
+            "totals",
+            org_id=org_id,
+            start=_iso(start),
+            end=_iso(end),
+            cutoff=_iso(cutoff),
             adjustment_from=_iso(adjustment_from),
         ).json()
 
     def events(self, org_id, start, end, cutoff, adjustment_from):
         r = self._get(
-            "events", org_id=org_id, start=_iso(start), end=_iso(end), cutoff=_iso(cutoff),
+            "events",
+            org_id=org_id,
+            start=_iso(start),
+            end=_iso(end),
+            cutoff=_iso(cutoff),
             adjustment_from=_iso(adjustment_from),
         )
         return close_queries.conform(pa.ipc.open_stream(r.content).read_all())

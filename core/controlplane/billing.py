@@ -616,6 +616,9 @@ def parse_block(
     if not m:
         raise Invalid(f"serial block {serial_block!r}: expected <prefix><first>-<last> or <prefix><first>")
     prefix, first_s, last_s = m.group("prefix"), m.group("first"), m.group("last")
+    if last_s is not None and (len(first_s) != len(last_s) or int(last_s) < int(first_s)):
+        # not a range (e.g. "VCS-1205-2024-000001": the last number starts the block)
+        prefix, first_s, last_s = f"{prefix}{first_s}-", last_s, None
     if last_s is not None:
         first, last = int(first_s), int(last_s)
         if last - first + 1 != t:
