@@ -19,7 +19,18 @@ from sqlalchemy import Engine
 
 from api.deps import AppContext, Check, LastPoll
 from api.errors import install_error_handlers
-from api.routers import carbon_factors, connections, export, health, methodology, projects
+from api.routers import (
+    audit,
+    billing,
+    carbon_factors,
+    connections,
+    export,
+    health,
+    methodology,
+    projects,
+    public,
+    receipts,
+)
 from api.routers import telemetry as telemetry_routes
 from api.telemetry import NullTelemetry, TelemetryProvider
 from core.controlplane import FactorVersions, get_engine, upgrade
@@ -107,4 +118,8 @@ def create_app(
     app.include_router(telemetry_routes.router, prefix=API_PREFIX)
     app.include_router(export.router, prefix=API_PREFIX)
     app.include_router(connections.router, prefix=API_PREFIX)
+    app.include_router(billing.router, prefix=API_PREFIX)
+    app.include_router(receipts.router, prefix=API_PREFIX)
+    app.include_router(audit.router, prefix=API_PREFIX)
+    app.include_router(public.router)  # /public/receipts/verify/{serial}: no auth
     return app

@@ -204,7 +204,9 @@ def date_range(
     end_date: Annotated[date | None, Query(description="ISO date, inclusive (default: today, UTC)")] = None,
 ) -> DateRange:
     end = end_date or datetime.now(UTC).date()
-    default_start = end - timedelta(days=DEFAULT_RANGE_DAYS) if end.toordinal() > DEFAULT_RANGE_DAYS else date.min
+    default_start = (
+        end - timedelta(days=DEFAULT_RANGE_DAYS) if end.toordinal() > DEFAULT_RANGE_DAYS else date.min
+    )
     start = start_date or default_start
     if start > end:
         raise validation_error(("query", "start_date"), "start_date must not be after end_date", str(start))

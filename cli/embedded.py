@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from api.internal import internal_router
+from api.internal_close import close_router
 from cli.runtime import RuntimeInfo, clear_runtime, publish_runtime
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
@@ -62,6 +63,7 @@ def http_app(
         last_poll=lambda: last_poll_at(engine),
     )
     api.include_router(internal_router(runtime.token, lambda: pipeline.warehouse, pipeline.stats))
+    api.include_router(close_router(runtime.token, lambda: pipeline.warehouse))
     if gateway_routes is not None:
         _mount_gateway(api, settings, engine, gateway_routes)
     return api

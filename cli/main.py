@@ -256,3 +256,8 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+from cli.close import register_close_commands  # noqa: E402 — close-month, credits
+
+register_close_commands(app)

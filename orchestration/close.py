@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import math
-import os
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -48,6 +47,7 @@ from core.controlplane.billing import (
     is_paid,
     parse_month,
     tonnes_needed,
+    verify_url,
 )
 from core.controlplane.errors import ControlPlaneError
 from core.receipts import Keyring, canonical_json, sha256_hex
@@ -73,14 +73,6 @@ _FACTORS = (
     "grid_intensity_kg_per_kwh",
 )
 SQL_REL_TOL = 1e-9
-
-
-def public_base_url() -> str:
-    return (os.environ.get("JOULESTREAM_PUBLIC_URL") or "http://127.0.0.1:8787").rstrip("/")
-
-
-def verify_url(serial: str) -> str:
-    return f"{public_base_url()}/public/receipts/verify/{serial}"
 
 
 def _json(obj: Any) -> bytes:

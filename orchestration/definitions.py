@@ -200,12 +200,15 @@ def run_close(
     cutoff: str | None = None,
     instance: dg.DagsterInstance | None = None,
     raise_on_error: bool = True,
+    log_level: str | None = None,
     **resource_overrides: Any,
 ) -> dg.ExecuteInProcessResult:
     """Run the monthly_close job for `month` ("2026-10") in this process."""
     tags = {k: v for k, v in ((ORG_TAG, org), (CUTOFF_TAG, cutoff)) if v}
     job = build_defs(**resource_overrides).resolve_job_def("monthly_close")
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}} if log_level else None
     return job.execute_in_process(
+        run_config=run_config,
         partition_key=f"{month[:7]}-01",
         tags=tags,
         instance=instance or dg.DagsterInstance.ephemeral(),

@@ -105,16 +105,22 @@ class RuntimeReader:
         return close_queries.conform(pa.ipc.open_stream(r.content).read_all())
 
 
-def open_reader(settings: Settings, database: str | None = None) -> CloseReader:
-    """A direct reader when this process can open the warehouse, else the runtime holding it."""
+def open_reader(settings: Settings, database: str | None = None, mode: str = "auto") -> CloseReader:
+    """A direct reader when this process can open the warehouse, else the runtime holding it.
+
+    mode: "auto" (that), "direct" (never ask a runtime), "runtime" (always ask the runtime)."""
+    from cli.runtime import find_runtime  # runtime.json: the address book of the warehouse holder
     from warehouse.client import WarehouseLocked, get_client
 
+    if mode == "runtime":
+        info = find_runtime(settings)
+        if info is None:
+            raise RuntimeError(f"no live runtime.json under {settings.home}")
+        return RuntimeReader(info.url, info.token)
     try:
         return DirectReader(get_client(settings, database=database))
     except WarehouseLocked as exc:
-        from cli.runtime import find_runtime
-
-        info = find_runtime(settings)
+        info = find_runtime(settings) if mode == "auto" else None
         if info is None:
             raise RuntimeError(
                 f"{exc} — and there is no live runtime.json under {settings.home} to ask for the figures"
@@ -147,9 +153,10 @@ class WarehouseResource(dg.ConfigurableResource, SettingsMixin):
     clickhouse: str | None = None  # dsn; default JOULESTREAM_CLICKHOUSE / the embedded chdb path
     database: str | None = None  # ClickHouse database; default JOULESTREAM_CH_DATABASE
     home: str | None = None  # JOULESTREAM_HOME (runtime.json lives there)
+    mode: str = "auto"  # auto | direct | runtime (see open_reader)
 
     def reader(self) -> CloseReader:
-        return open_reader(self.settings(), self.database)
+        return open_reader(self.settings(), self.database, self.mode)
 
 
 class ControlPlaneResource(dg.ConfigurableResource):

@@ -176,6 +176,7 @@ class Pipeline:
             a.agent_name: {
                 "consumed": a.stats.consumed,
                 "batches": a.stats.batches,
+                "assigned_partitions": len(a.consumer.assignment()) if a.consumer is not None else 0,
                 "retries": a.stats.retries,
                 "commit_failures": a.stats.commit_failures,
                 **a.stats.counters,

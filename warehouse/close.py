@@ -22,9 +22,7 @@ from clickhouse_connect.driver import Client
 from warehouse.ledger import LEDGER_SCHEMA
 
 _TS = pa.timestamp("ms", tz="UTC")
-CLOSE_SCHEMA = pa.schema(
-    [*LEDGER_SCHEMA, pa.field("ingested_at", _TS), pa.field("adjustment", pa.bool_())]
-)
+CLOSE_SCHEMA = pa.schema([*LEDGER_SCHEMA, pa.field("ingested_at", _TS), pa.field("adjustment", pa.bool_())])
 ORDER = "e.bucket_start, e.event_id, e.revision, e.sign, e.ingested_at"
 _SUMS = {
     "ledger_rows": "count()",

@@ -330,6 +330,17 @@ def previous_month(month: str) -> str:
     return parse_month(start - timedelta(days=1))[0]
 
 
+def public_base_url() -> str:
+    """Where the public API is reachable (`JOULESTREAM_PUBLIC_URL`), for verification links."""
+    import os
+
+    return (os.environ.get("JOULESTREAM_PUBLIC_URL") or "http://127.0.0.1:8787").rstrip("/")
+
+
+def verify_url(serial: str) -> str:
+    return f"{public_base_url()}/public/receipts/verify/{serial}"
+
+
 def format_serial(month: str, seq: int) -> str:
     return f"CL-{month[:4]}{month[5:7]}-{seq:05d}"
 
@@ -822,6 +833,7 @@ class Receipts:
         """The period's receipt, created once. `build(serial_number)` returns (payload, signed record
         mapping: sha256, signature, key_version, public_key); the serial is taken from the month's counter
         in the same transaction, so numbers are unique and gap-free."""
+        self._ensure_counter(period_id)
         with self.engine.begin() as conn:
             _lock_period(conn, period_id)
             row = conn.execute(select(receipts).where(receipts.c.period_id == period_id)).mappings().first()
@@ -839,7 +851,7 @@ class Receipts:
                 .values(last_seq=receipt_counters.c.last_seq + 1)
             ).rowcount
             if not n:
-                conn.execute(insert(receipt_counters).values(month=month, last_seq=1))
+                raise Conflict(f"receipt counter of {month} is missing")
             seq = conn.execute(
                 select(receipt_counters.c.last_seq).where(receipt_counters.c.month == month)
             ).scalar_one()
@@ -863,6 +875,24 @@ class Receipts:
             conn.execute(insert(receipts).values(**row))
             got = conn.execute(select(receipts).where(receipts.c.id == row["id"])).mappings().one()
         return _receipt(got)
+
+    def _ensure_counter(self, period_id: str) -> None:
+        """The month's counter row exists (created at 0 in its own transaction; a concurrent creator wins)."""
+        with self.engine.connect() as conn:
+            month = conn.execute(
+                select(billing_periods.c.month).where(billing_periods.c.id == period_id)
+            ).scalar_one_or_none()
+            if month is None:
+                raise NotFound("billing period not found")
+            if conn.execute(
+                select(receipt_counters.c.month).where(receipt_counters.c.month == month)
+            ).first():
+                return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(receipt_counters).values(month=month, last_seq=0))
+        except IntegrityError:
+            pass  # created by a concurrent close
 
     def set_artifact(
         self, receipt_id: str, kind: Literal["pdf", "audit_pack"], key: str, sha256: str
@@ -944,7 +974,9 @@ class StripePlans:
         return None
 
 
-def stripe_client(api_key: str | None = None, api_base: str | None = None, env: Mapping[str, str] | None = None):
+def stripe_client(
+    api_key: str | None = None, api_base: str | None = None, env: Mapping[str, str] | None = None
+):
     """A `stripe.StripeClient` (the real library). `STRIPE_API_KEY`; `STRIPE_API_BASE` points it elsewhere
     than api.stripe.com (a local stub in tests). Raises Invalid when no API key is configured."""
     import os

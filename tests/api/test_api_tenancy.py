@@ -55,7 +55,10 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("GET", "/api/v1/telemetry/models"): (ORG_LIST, None),
     ("GET", "/api/v1/export/telemetry"): (ORG_LIST, None),
     ("GET", "/api/v1/connections"): (ORG_LIST, None),
-    ("POST", "/api/v1/connections"): (ORG_CREATE, {"provider": "openrouter", "api_key": ADMIN_KEYS["openrouter"]}),
+    ("POST", "/api/v1/connections"): (
+        ORG_CREATE,
+        {"provider": "openrouter", "api_key": ADMIN_KEYS["openrouter"]},
+    ),
     ("GET", "/api/v1/connections/{connection_id}"): (ORG_ITEM, None),
     ("DELETE", "/api/v1/connections/{connection_id}"): (ORG_ITEM, None),
     ("POST", "/api/v1/connections/{connection_id}/sync"): (ORG_ITEM, None),
@@ -73,7 +76,14 @@ class OrgA:
     connection_id: str
 
     def markers(self) -> list[str]:
-        return [self.org_id, self.slug, self.project_id, self.project_name, self.workload_ref, self.connection_id]
+        return [
+            self.org_id,
+            self.slug,
+            self.project_id,
+            self.project_name,
+            self.workload_ref,
+            self.connection_id,
+        ]
 
 
 def _app_routes(app) -> set[tuple[str, str]]:

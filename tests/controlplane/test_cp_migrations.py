@@ -24,7 +24,6 @@ def test_upgrade_creates_schema_and_is_idempotent(db_url):
     names = set(inspect(engine).get_table_names())
     assert TABLES <= names
     assert "alembic_version" in names
-    assert not {"billing_periods"} & names  # the monthly-close issue owns that
 
 
 def test_migrations_match_metadata(engine):

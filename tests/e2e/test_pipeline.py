@@ -106,19 +106,28 @@ def test_exact_totals_dedup_revisions_and_dlq(stack: Stack, worker: WorkerProces
 
 
 def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(stack: Stack, worker: WorkerProcess) -> None:
+    """The worker is SIGKILLed twice while data flows, at different points, and restarted each time.
+
+    Traffic is published a third at a time *after* the worker is up, so each kill lands while that
+    third is being processed (a worker left alone with all of it would finish 60k events before the
+    first stats poll)."""
     traffic = generate(60_000, duplicate_rate=0.05, revision_rate=0.02, invalid_rate=0.01, seed=23)
-    publish(stack, traffic.messages)
+    thirds = [traffic.messages[i : i + 20_000] for i in range(0, 60_000, 20_000)]
     kill_points = [
-        # 1: right after the enrich agent's first batch (of 10k, out of 60k): both stages mid-stream
-        ("enrich mid-stream", lambda st: st.get("enrich", {}).get("consumed", 0) >= 1),
-        # 2: after the restarted sink's first stored batch, with most of the enriched topic still to go
-        ("sink mid-stream", lambda st: st.get("sink", {}).get("stored", 0) >= 1),
+        # 1: as soon as the sink has stored its first batch of this third (the enrich agent is mid-way)
+        lambda st: st.get("sink", {}).get("stored", 0) >= 1,
+        # 2: as soon as the enrich agent has consumed its first batch of this third (the sink has none yet)
+        lambda st: st.get("enrich", {}).get("consumed", 0) >= 1,
     ]
-    for _what, predicate in kill_points:
+    for chunk, predicate in zip(thirds, kill_points, strict=False):
         worker.start()
+        publish(stack, chunk)
         worker.wait_for_stats(predicate)
         worker.kill()
     worker.start()
+    publish(stack, thirds[2])
     wait_done(worker, 0, len(traffic.final))
     assert_totals_match(worker, traffic.expected_events)
-    worker.stop()
+    dlq = read_dlq(stack, traffic.invalid)
+    assert len(dlq) >= traffic.invalid  # a killed enrich batch may be re-read: its DLQ entries can repeat
+    assert worker.stop() == 0

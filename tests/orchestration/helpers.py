@@ -51,8 +51,15 @@ def pipeline_usage(client, org_ids: list[str], month_start: datetime, n: int, se
             input_tokens_cached=rng.randrange(0, 5_000),
             output_tokens=rng.randrange(10, 5_000),
         )
-        records.append(StreamRecord(key=ev.event_id.encode(), value=ev.model_dump_json().encode(), topic="raw",
-                                    partition=0, offset=i))
+        records.append(
+            StreamRecord(
+                key=ev.event_id.encode(),
+                value=ev.model_dump_json().encode(),
+                topic="raw",
+                partition=0,
+                offset=i,
+            )
+        )
     res = Enricher(lambda: load_factor_set("v1.0")).process(records)
     assert not res.dlq
     enriched = [EnrichedUsage.model_validate_json(r.value) for r in res.out]
@@ -85,7 +92,12 @@ class CloseEnv:
     client: object
 
     def resources(self) -> dict:
-        from orchestration.resources import ArtifactsResource, ControlPlaneResource, SigningResource, WarehouseResource
+        from orchestration.resources import (
+            ArtifactsResource,
+            ControlPlaneResource,
+            SigningResource,
+            WarehouseResource,
+        )
 
         return {
             "warehouse": WarehouseResource(database=self.database, home=str(self.home)),

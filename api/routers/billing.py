@@ -1,0 +1,227 @@
+"""Billing: GET /billing/status, POST /billing/upgrade, POST /billing/portal, POST /billing/webhook.
+
+Stripe goes through the real `stripe` library (`core.controlplane.billing.stripe_client`): `STRIPE_API_KEY`,
+`STRIPE_API_BASE` (a local stub in tests), `STRIPE_WEBHOOK_SECRET`, price ids per plan in
+`JOULESTREAM_STRIPE_PRICES` ("starter=price_…,growth=price_…,scale=price_…"). Redirects after Checkout and
+the portal go to `JOULESTREAM_APP_URL`; enterprise upgrades get `JOULESTREAM_SALES_URL`.
+
+Scopes: status needs `read` or `billing`; upgrade and portal need `billing`. The webhook is authenticated
+by its `Stripe-Signature` only (`stripe.Webhook.construct_event`): 400 when it is missing or wrong, else
+always 200 `{"received": true}` — processing errors are logged and acknowledged (Stripe retries only on
+non-2xx), and a replayed event id changes nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel
+
+from api.deps import Ctx, Principal, get_principal
+from api.errors import error_responses
+from core.controlplane.billing import (
+    BillingPeriods,
+    Receipts,
+    StripePlans,
+    handle_stripe_event,
+    parse_month,
+    stripe_client,
+)
+from core.controlplane.errors import Invalid
+
+router = APIRouter(prefix="/billing", tags=["billing"])
+log = logging.getLogger("joulestream.api.billing")
+
+PLAN_ORDER = ("free", "starter", "growth", "scale", "enterprise")
+
+
+def any_scope(*scopes: str):
+    def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not principal.scopes & set(scopes):
+            raise HTTPException(403, f"missing scope: one of {', '.join(scopes)}")
+        return principal
+
+    return dependency
+
+
+StatusPrincipal = Annotated[Principal, Depends(any_scope("read", "billing"))]
+BillingPrincipal = Annotated[Principal, Depends(any_scope("billing"))]
+
+
+def _app_url() -> str:
+    return (os.environ.get("JOULESTREAM_APP_URL") or "http://127.0.0.1:8787").rstrip("/")
+
+
+def _period_json(p, receipt_serial: str | None = None, total: float | None = None) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "period_start": p.period_start.isoformat(),
+        "period_end": p.period_end.isoformat(),
+        "status": p.status,
+        "total_co2_kg": p.co2_kg if p.co2_kg is not None else total,
+        "total_co2_upper_bound_kg": p.co2_kg_high,
+        "credits_retired": p.credits_retired_kg,
+        "receipt_serial": receipt_serial,
+    }
+
+
+@router.get(
+    "/status",
+    summary="Plan, Stripe customer and billing periods of the caller's org",
+    responses=error_responses(401, 403),
+)
+async def billing_status(ctx: Ctx, principal: StatusPrincipal) -> dict[str, Any]:
+    org = ctx.orgs.get(principal.org_id)
+    assert org is not None
+    periods = BillingPeriods(ctx.engine)
+    today = datetime.now(UTC).date()
+    current = periods.ensure(org.id, today)  # created on demand
+    total = None
+    try:
+        got = ctx.telemetry.summary(org.id, None, current.period_start, min(today, current.period_end))
+        if inspect.isawaitable(got):
+            got = await got
+        total = got.get("total_co2_kg")
+    except Exception:  # the live figure is a convenience: never fail the status on it
+        log.warning("could not read the current period's CO2e", exc_info=True)
+    receipts = Receipts(ctx.engine)
+    past = []
+    for p in sorted(periods.list(org_id=org.id), key=lambda p: p.month, reverse=True):
+        if p.id == current.id:
+            continue
+        r = receipts.for_period(p.id)
+        past.append(_period_json(p, r.serial_number if r else None))
+    return {
+        "plan_tier": org.plan_tier,
+        "stripe_customer_id": org.stripe_customer_id,
+        "current_period": _period_json(current, None, total),
+        "past_periods": past,
+    }
+
+
+class UpgradeBody(BaseModel):
+    plan: Literal["starter", "growth", "scale", "enterprise"]
+
+
+@router.post(
+    "/upgrade",
+    summary="Start a plan upgrade (Stripe Checkout); enterprise → a sales contact URL",
+    responses=error_responses(401, 403, 409, 502),
+)
+def upgrade(body: UpgradeBody, ctx: Ctx, principal: BillingPrincipal) -> dict[str, Any]:
+    org = ctx.orgs.get(principal.org_id)
+    assert org is not None
+    if PLAN_ORDER.index(body.plan) <= PLAN_ORDER.index(org.plan_tier):
+        what = "already on" if body.plan == org.plan_tier else "a downgrade from"
+        raise HTTPException(
+            409,
+            f"{body.plan} is {what} the current plan ({org.plan_tier}); downgrades go through "
+            "POST /api/v1/billing/portal",
+        )
+    if body.plan == "enterprise":
+        return {
+            "plan": "enterprise",
+            "contact_url": os.environ.get("JOULESTREAM_SALES_URL") or "https://joulestream.dev/contact-sales",
+        }
+    plans = StripePlans.from_env(os.environ)
+    try:
+        client = stripe_client()
+    except Invalid as exc:
+        raise HTTPException(503, str(exc)) from exc
+    import stripe
+
+    try:
+        customer_id = org.stripe_customer_id
+        if not customer_id:
+            customer = client.v1.customers.create(
+                params={"name": org.name, "metadata": {"org_id": org.id, "org_slug": org.slug}}
+            )
+            customer_id = customer.id
+            ctx.orgs.set_stripe_customer(org.id, customer_id)
+        session = client.v1.checkout.sessions.create(
+            params={
+                "mode": "subscription",
+                "customer": customer_id,
+                "client_reference_id": org.id,
+                "line_items": [{"price": plans.prices[body.plan], "quantity": 1}],
+                "success_url": f"{_app_url()}/billing?checkout=success",
+                "cancel_url": f"{_app_url()}/billing?checkout=cancelled",
+                "metadata": {"org_id": org.id, "plan": body.plan},
+                "subscription_data": {"metadata": {"org_id": org.id, "plan": body.plan}},
+            }
+        )
+    except stripe.StripeError as exc:
+        log.warning("Stripe Checkout failed for org %s: %s", org.id, exc)
+        raise HTTPException(502, "the payment provider is unavailable, retry later") from exc
+    return {"checkout_url": session.url, "session_id": session.id}
+
+
+@router.post(
+    "/portal",
+    summary="A Stripe Customer Portal link for managing the subscription",
+    responses=error_responses(401, 403, 409, 502),
+)
+def portal(ctx: Ctx, principal: BillingPrincipal) -> dict[str, Any]:
+    org = ctx.orgs.get(principal.org_id)
+    assert org is not None
+    if not org.stripe_customer_id:
+        raise HTTPException(409, "this organization has no Stripe customer yet: upgrade first")
+    try:
+        client = stripe_client()
+    except Invalid as exc:
+        raise HTTPException(503, str(exc)) from exc
+    import stripe
+
+    try:
+        session = client.v1.billing_portal.sessions.create(
+            params={"customer": org.stripe_customer_id, "return_url": f"{_app_url()}/billing"}
+        )
+    except stripe.StripeError as exc:
+        log.warning("Stripe portal failed for org %s: %s", org.id, exc)
+        raise HTTPException(502, "the payment provider is unavailable, retry later") from exc
+    return {"portal_url": session.url}
+
+
+@router.post(
+    "/webhook",
+    summary="Stripe webhooks (authenticated by Stripe-Signature)",
+    responses={400: {"description": "missing or invalid Stripe-Signature, or not a Stripe event"}},
+)
+async def webhook(request: Request, ctx: Ctx) -> dict[str, bool]:
+    import stripe
+
+    secret = os.environ.get("STRIPE_WEBHOOK_SECRET")
+    if not secret:
+        raise HTTPException(503, "Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET)")
+    payload = await request.body()
+    sig = request.headers.get("Stripe-Signature")
+    try:
+        event = stripe.Webhook.construct_event(payload, sig, secret)
+    except stripe.SignatureVerificationError as exc:
+        raise HTTPException(400, "invalid Stripe-Signature") from exc
+    except ValueError as exc:
+        raise HTTPException(400, "the body is not a Stripe event") from exc
+    data = event.to_dict()
+    eid, etype = data.get("id"), data.get("type")
+    try:
+        from starlette.concurrency import run_in_threadpool
+
+        outcome = await run_in_threadpool(
+            handle_stripe_event, ctx.engine, data, StripePlans.from_env(os.environ)
+        )
+        log.info("Stripe event %s (%s): %s", eid, etype, outcome)
+    except Exception:  # acknowledged anyway: see the module docstring
+        log.exception("Stripe event %s (%s) could not be processed", eid, etype)
+    return {"received": True}
+
+
+def month_bounds(year: int, month: int) -> tuple[str, date, date]:
+    try:
+        return parse_month(f"{year:04d}-{month:02d}")
+    except Invalid as exc:
+        raise HTTPException(404, str(exc)) from exc

@@ -1,0 +1,99 @@
+"""Public receipt verification: GET /public/receipts/verify/{serial_number} (no auth, no org data).
+
+Returns the signed payload's fields, payload_hash (SHA-256 hex of the canonical JSON), signature (base64
+Ed25519), public_key (base64), key_version, verification instructions and `verified` — this server's own
+check against its receipt keyring; third parties should verify with the signature and public key. Rate
+limit: 60 requests per minute per client IP (429 with Retry-After beyond it).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+
+from api.deps import Ctx
+from api.errors import error_responses
+from core.controlplane.billing import SERIAL_RE, Receipts
+from core.receipts import Keyring, verify
+
+router = APIRouter(prefix="/public/receipts", tags=["public"])
+LIMIT_PER_MINUTE = 60
+INSTRUCTIONS = (
+    "To verify: 1) serialise the payload fields (serial_number, co2_retired_kg, credit_serial_numbers, "
+    "period_start, period_end) as canonical JSON (RFC 8785: keys sorted, no whitespace, UTF-8); "
+    "2) its SHA-256 (hex) must equal payload_hash; 3) verify the Ed25519 signature (base64) over those "
+    "canonical JSON bytes with the public_key (base64, 32 bytes raw). In Python: "
+    "nacl.signing.VerifyKey(b64decode(public_key)).verify(canonical, b64decode(signature))."
+)
+
+
+class RateLimiter:
+    """Sliding window per key, in memory (per process)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        self.limit, self.window = limit, window_s
+        self.hits: dict[str, deque[float]] = {}
+        self.lock = threading.Lock()
+
+    def check(self, key: str) -> float | None:
+        """None when allowed, else seconds until the next request is."""
+        now = time.monotonic()
+        with self.lock:
+            q = self.hits.setdefault(key, deque())
+            while q and q[0] <= now - self.window:
+                q.popleft()
+            if len(q) >= self.limit:
+                return q[0] + self.window - now
+            q.append(now)
+            if len(self.hits) > 100_000:  # forget idle clients
+                for k in [k for k, v in self.hits.items() if not v][:50_000]:
+                    del self.hits[k]
+            return None
+
+
+def _limiter(ctx) -> RateLimiter:
+    lim = ctx.extras.get("public_rate_limiter")
+    if lim is None:
+        lim = ctx.extras.setdefault("public_rate_limiter", RateLimiter(LIMIT_PER_MINUTE))
+    return lim
+
+
+@router.get(
+    "/verify/{serial_number}",
+    summary="Verify a carbon retirement receipt (public, no auth)",
+    responses={**error_responses(404), 429: {"description": "more than 60 requests per minute from this IP"}},
+)
+def verify_receipt(serial_number: str, request: Request, ctx: Ctx) -> dict[str, Any]:
+    ip = request.client.host if request.client else "unknown"
+    wait = _limiter(ctx).check(ip)
+    if wait is not None:
+        raise HTTPException(
+            429, "rate limit: 60 requests per minute", headers={"Retry-After": str(max(1, int(wait + 1)))}
+        )
+    r = Receipts(ctx.engine).by_serial(serial_number) if SERIAL_RE.match(serial_number) else None
+    if r is None:
+        raise HTTPException(404, f"No receipt found with serial number {serial_number[:40]}.")
+    try:
+        keyring = Keyring.load(ctx.settings.home, create=False)
+        trusted = keyring.public_key(r.key_version)
+    except (FileNotFoundError, ValueError):
+        trusted = None
+    verified = trusted is not None and verify(r.signed_record(), {r.key_version: trusted})
+    public_key = base64.b64encode(bytes(trusted)).decode() if trusted is not None else r.public_key
+    return {
+        **{k: r.payload[k] for k in ("serial_number", "co2_retired_kg", "credit_serial_numbers")},
+        "period_start": r.payload["period_start"],
+        "period_end": r.payload["period_end"],
+        "payload_hash": r.payload_hash,
+        "signature": r.signature,
+        "public_key": public_key,
+        "key_version": r.key_version,
+        "algorithm": "ed25519",
+        "verification_instructions": INSTRUCTIONS,
+        "verified": verified,
+    }
