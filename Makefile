@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench clean tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/joulestream up
 
-test: $(STAMP)
+# pdftoppm (poppler-utils) renders receipt PDFs in the tests; installed when missing and we are root.
+tools:
+	@command -v pdftoppm >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq poppler-utils >/dev/null) || \
+		echo "pdftoppm not available: the PDF render test will skip"; }
+
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
