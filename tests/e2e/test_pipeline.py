@@ -98,7 +98,7 @@ def test_exact_totals_dedup_revisions_and_dlq(stack: Stack, worker: WorkerProces
         "greater than or equal to 0",
         "org_id",
         "bucket_end is before",
-        "impossible timestamp",
+        "event_timestamp: Input should be greater than or equal to 2015",
     ):
         assert fragment in reasons
 
