@@ -27,6 +27,7 @@ from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
 from core.settings import Settings
 from pipelines import simulate
+from streams.split import EnrichProcess
 from streams.worker import Pipeline, build_app
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class LiveConsole(Service):
             str(e.get("enriched", 0)),
             str(e.get("duplicates", 0) + s.get("skipped", 0)),
             str(s.get("stored", 0)),
-            str(self.pipeline.dlq_count),
+            str(self.pipeline.total_dlq),
         )
         return t
 
@@ -200,10 +201,15 @@ def run_worker(
     tenants: simulate.Tenants | None = None,
     loglevel: str = "INFO",
     logfile: str | None = None,
+    split: bool = True,
 ) -> None:
-    """Run the stream worker until SIGINT/SIGTERM. Blocks."""
+    """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
+    child process (streams/split.py) so the two stages use two cores."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(settings)
+    child = EnrichProcess(settings, loglevel, logfile).start() if split else None
+    pipeline = Pipeline(settings, with_enrich=not split)
+    if child is not None:
+        pipeline.external_stats = child.stats.read
     app = build_app(settings, pipeline)
     runtime: RuntimeInfo | None = None
     if http_port is not None:
@@ -239,5 +245,7 @@ def run_worker(
     except SystemExit:
         pass
     finally:
+        if child is not None:
+            child.stop()
         if runtime:
             clear_runtime(settings, runtime)

@@ -67,11 +67,15 @@ def worker(
         int | None, typer.Option(help="Serve the runtime HTTP API on 127.0.0.1:PORT")
     ] = None,
     loglevel: str = "INFO",
+    split: Annotated[
+        bool,
+        typer.Option("--split/--single-process", help="Run the enrich agent in a second process (2 cores)"),
+    ] = True,
 ) -> None:
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
     from cli.embedded import run_worker
 
-    run_worker(_settings(), http_port=http_port, loglevel=loglevel.upper())
+    run_worker(_settings(), http_port=http_port, loglevel=loglevel.upper(), split=split)
 
 
 @app.command()

@@ -63,6 +63,7 @@ class Pipeline:
         self.warehouse: AsyncWarehouse | None = None
         self.agents: list[BatchAgent] = []
         self.dlq_count = 0
+        self.external_stats: Callable[[], dict[str, int]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -172,6 +173,16 @@ class Pipeline:
         return next((a for a in self.agents if a.agent_name == name), None)
 
     def stats(self) -> dict[str, Any]:
+        if self.external_stats is not None:  # the enrich agent runs in a child process (streams/split.py)
+            return {"enrich": self.external_stats(), **self._own_stats()}
+        return self._own_stats()
+
+    @property
+    def total_dlq(self) -> int:
+        external = self.external_stats()["dlq"] if self.external_stats is not None else 0
+        return self.dlq_count + external
+
+    def _own_stats(self) -> dict[str, Any]:
         return {
             a.agent_name: {
                 "consumed": a.stats.consumed,
@@ -202,10 +213,10 @@ class PipelineService(Service):
         await self.pipeline.close()
 
 
-def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
+def build_app(settings: Settings, pipeline: Pipeline, app_id: str = "joulestream") -> faust.App:
     """A Faust app that hosts the pipeline (as a mode service) and owns the worker lifecycle."""
     app = faust.App(
-        "joulestream",
+        app_id,
         broker=f"kafka://{settings.kafka.split(',')[0]}",
         store="memory://",
         web_enabled=False,

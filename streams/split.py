@@ -1,0 +1,105 @@
+"""One worker, two processes: the enrich agent runs in a child process so that the two CPU-bound stages
+use both cores (in one process they share one: measured ~13.7k ev/s end to end, against ~20k/s for
+enrich alone and ~25k/s for the sink alone).
+
+The parent keeps everything that must live in the process holding the warehouse (sink agent, HTTP,
+pollers); the child runs a Faust app with only the enrich agent. The child is bound to the parent: it
+gets SIGKILL when the parent dies (PR_SET_PDEATHSIG), so a killed worker never leaves an orphan that
+keeps consuming. Its counters reach the parent through shared memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import signal
+from typing import Any
+
+from mode import Service
+
+from core.settings import Settings
+
+FIELDS = (
+    "consumed",
+    "batches",
+    "assigned_partitions",
+    "retries",
+    "commit_failures",
+    "enriched",
+    "dlq",
+    "duplicates",
+)
+PR_SET_PDEATHSIG = 1
+
+
+class SharedStats:
+    """The enrich agent's counters in shared memory (written by the child, read by the parent)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.array = ctx.Array("q", len(FIELDS), lock=False)
+
+    def read(self) -> dict[str, int]:
+        return dict(zip(FIELDS, self.array[:], strict=True))
+
+
+class _Exporter(Service):
+    def __init__(self, pipeline: Any, array: Any, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.pipeline, self.array = pipeline, array
+
+    @Service.timer(0.1)
+    async def _export(self) -> None:
+        stats = self.pipeline.stats().get("enrich", {})
+        for i, name in enumerate(FIELDS):
+            self.array[i] = int(stats.get(name, 0))
+
+
+def _child_main(settings: Settings, array: Any, loglevel: str, logfile: str | None) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux: the parent still terminates the child on a clean stop
+        pass
+    import faust
+
+    from core.logs import logging_config
+    from streams.worker import Pipeline, build_app
+
+    pipeline = Pipeline(settings, with_sink=False)
+    app = build_app(settings, pipeline, app_id="joulestream-enrich")
+    app.add_dependency(_Exporter(pipeline, array, loop=app.loop, beacon=app.beacon))
+    worker = faust.Worker(
+        app,
+        loglevel=loglevel,
+        logfile=logfile,
+        logging_config=logging_config(loglevel, logfile),
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+
+
+class EnrichProcess:
+    def __init__(self, settings: Settings, loglevel: str = "INFO", logfile: str | None = None) -> None:
+        ctx = mp.get_context("spawn")
+        self.stats = SharedStats(ctx)
+        self.proc = ctx.Process(
+            target=_child_main,
+            args=(settings, self.stats.array, loglevel, logfile),
+            name="joulestream-enrich",
+            daemon=False,
+        )
+
+    def start(self) -> EnrichProcess:
+        self.proc.start()
+        return self
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout_s)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
