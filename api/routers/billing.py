@@ -6,7 +6,8 @@ Stripe goes through the real `stripe` library (`core.controlplane.billing.stripe
 the portal go to `JOULESTREAM_APP_URL`; enterprise upgrades get `JOULESTREAM_SALES_URL`.
 
 Scopes: status needs `read` or `billing`; upgrade and portal need `billing`. The webhook is authenticated
-by its `Stripe-Signature` only (`stripe.Webhook.construct_event`): 400 when it is missing or wrong, else
+by its `Stripe-Signature` only (`stripe.Webhook.construct_event`): 400 when it is missing or wrong (or the
+body is not a JSON object), 503 when `STRIPE_WEBHOOK_SECRET` is not set, else
 always 200 `{"received": true}` — processing errors are logged and acknowledged (Stripe retries only on
 non-2xx), and a replayed event id changes nothing.
 """
@@ -19,11 +20,11 @@ import os
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from pydantic import BaseModel
 
 from api.deps import Ctx, Principal, get_principal
-from api.errors import error_responses
+from api.errors import ErrorBody, error_responses
 from core.controlplane.billing import (
     BillingPeriods,
     Receipts,
@@ -190,21 +191,34 @@ def portal(ctx: Ctx, principal: BillingPrincipal) -> dict[str, Any]:
 @router.post(
     "/webhook",
     summary="Stripe webhooks (authenticated by Stripe-Signature)",
-    responses={400: {"description": "missing or invalid Stripe-Signature, or not a Stripe event"}},
+    responses={
+        400: {
+            "model": ErrorBody,
+            "description": "missing or invalid Stripe-Signature, or not a Stripe event",
+        },
+        **error_responses(503),
+    },
 )
-async def webhook(request: Request, ctx: Ctx) -> dict[str, bool]:
+async def webhook(
+    request: Request,
+    ctx: Ctx,
+    sig: Annotated[str | None, Header(alias="Stripe-Signature")] = None,  # optional: missing is our 400
+) -> dict[str, bool]:
     import stripe
 
+    if not sig:  # unsigned: a 400 whether or not this server is configured for webhooks
+        raise HTTPException(400, "missing Stripe-Signature")
     secret = os.environ.get("STRIPE_WEBHOOK_SECRET")
     if not secret:
         raise HTTPException(503, "Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET)")
     payload = await request.body()
-    sig = request.headers.get("Stripe-Signature")
     try:
         event = stripe.Webhook.construct_event(payload, sig, secret)
     except stripe.SignatureVerificationError as exc:
         raise HTTPException(400, "invalid Stripe-Signature") from exc
-    except ValueError as exc:
+    except (ValueError, AttributeError, TypeError) as exc:
+        # not UTF-8 / not JSON (ValueError), or signed JSON that is not an object: the stripe library fails
+        # on it with AttributeError ('list' object has no attribute 'get')
         raise HTTPException(400, "the body is not a Stripe event") from exc
     data = event.to_dict()
     eid, etype = data.get("id"), data.get("type")

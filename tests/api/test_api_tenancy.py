@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,10 +22,13 @@ except ImportError:  # older FastAPI: app.routes is already flat
         return routes
 
 
-from core.controlplane import Projects, Workloads
+from core.controlplane import ApiKeys, Orgs, Projects, Workloads
+from core.controlplane.billing import Credits, Receipts
 from core.controlplane.connections import Connections
 from core.secrets import LocalSecretStore
+from tests.api.stripe_stub import WEBHOOK_SECRET, StripeStub, event, sign_webhook
 from tests.fixtures_api import bearer, client_for
+from tests.orchestration.helpers import INVENTORY_CSV, now_iso, pipeline_usage
 from tests.pollers.stubs import ADMIN_KEYS, OpenRouterStub
 
 pytestmark = pytest.mark.anyio
@@ -34,6 +38,14 @@ GLOBAL = "global"  # authenticated, but not org data (carbon factor versions)
 ORG_LIST = "org_list"  # lists the caller's org data: B sees none of A's
 ORG_CREATE = "org_create"  # creates in the caller's org: nothing appears in A
 ORG_ITEM = "org_item"  # addresses one org object by id: A's id with B's key is 404 and changes nothing
+ORG_SELF = "org_self"  # acts on the caller's own org, no id in the request (billing upgrade / portal): 200
+#                        for B, and neither the answer nor what it sends on (to Stripe) names anything of A;
+#                        A is unchanged
+PUBLIC_ITEM = "public_item"  # no auth, addresses one object by its public identifier (a receipt serial): 200
+#                              for A's object, with none of A's org data (only the identifier itself)
+SIGNED = "signed"  # no API key, authenticated by a signature over the body (the Stripe webhook): a forged
+#                    event naming A's Stripe customer is 400 with `detail` and changes nothing of A; a
+#                    correctly signed one is acknowledged (200) without echoing org data
 
 ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("GET", "/health"): (PUBLIC, None),
@@ -63,6 +75,14 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("DELETE", "/api/v1/connections/{connection_id}"): (ORG_ITEM, None),
     ("POST", "/api/v1/connections/{connection_id}/sync"): (ORG_ITEM, None),
     ("PUT", "/api/v1/connections/{connection_id}/project"): (ORG_ITEM, {"project_id": "x"}),
+    ("GET", "/api/v1/billing/status"): (ORG_LIST, None),
+    ("POST", "/api/v1/billing/upgrade"): (ORG_SELF, {"plan": "scale"}),
+    ("POST", "/api/v1/billing/portal"): (ORG_SELF, None),
+    ("POST", "/api/v1/billing/webhook"): (SIGNED, None),
+    ("GET", "/api/v1/receipts"): (ORG_LIST, None),
+    ("GET", "/api/v1/receipts/{receipt_id}/pdf"): (ORG_ITEM, None),
+    ("GET", "/api/v1/export/audit-pack/{year}/{month}"): (ORG_ITEM, None),
+    ("GET", "/public/receipts/verify/{serial_number}"): (PUBLIC_ITEM, None),
 }
 
 
@@ -74,6 +94,10 @@ class OrgA:
     project_name: str
     workload_ref: str
     connection_id: str
+    stripe_customer_id: str
+    receipt_id: str
+    receipt_serial: str  # public by design (the verification endpoint), so a marker everywhere else
+    audit_pack_month: tuple[int, int]
 
     def markers(self) -> list[str]:
         return [
@@ -83,6 +107,9 @@ class OrgA:
             self.project_name,
             self.workload_ref,
             self.connection_id,
+            self.stripe_customer_id,
+            self.receipt_id,
+            self.receipt_serial,
         ]
 
 
@@ -100,7 +127,15 @@ def _app_routes(app) -> set[tuple[str, str]]:
 
 
 def _path_value(name: str, a: OrgA) -> str:
-    values = {"project_id": a.project_id, "version": "v1.0", "connection_id": a.connection_id}
+    values = {
+        "project_id": a.project_id,
+        "version": "v1.0",
+        "connection_id": a.connection_id,
+        "receipt_id": a.receipt_id,
+        "year": str(a.audit_pack_month[0]),
+        "month": str(a.audit_pack_month[1]),
+        "serial_number": a.receipt_serial,
+    }
     assert name in values, f"path parameter {{{name}}} has no tenancy value: add it to _path_value"
     return values[name]
 
@@ -115,45 +150,136 @@ def test_every_route_is_classified(make_app):
     assert routes - ROUTES.keys() == set(), "unclassified routes: add them to ROUTES in test_api_tenancy.py"
     assert ROUTES.keys() - routes == set(), "ROUTES lists routes that no longer exist"
     for (_, path), (kind, _) in ROUTES.items():
-        if "{" in path:  # a route addressing an object must be an org item or global data
-            assert kind in (ORG_ITEM, GLOBAL), path
+        if "{" in path:  # a route addressing an object must be an org item, global or public by design
+            assert kind in (ORG_ITEM, GLOBAL, PUBLIC_ITEM), path
+        if kind == PUBLIC_ITEM:  # public objects live outside the authenticated API
+            assert path.startswith("/public/"), path
 
 
-async def test_org_b_never_sees_org_a(make_app, engine, tenants):
+def _close_september_for(org_id: str, engine, warehouse, settings, db_url) -> tuple[str, str]:
+    """A real receipt and audit pack for the org, as tests/api/test_receipts.py makes them: pipeline-made
+    September usage, closed by the Dagster job. Returns (receipt id, serial number)."""
+    from orchestration.definitions import run_close
+    from orchestration.resources import (
+        ArtifactsResource,
+        ControlPlaneResource,
+        SigningResource,
+        WarehouseResource,
+    )
+
+    client, database = warehouse
+    Credits(engine).load_csv(INVENTORY_CSV)
+    pipeline_usage(client, [org_id], datetime(2026, 9, 1, tzinfo=UTC), 30)
+    home = str(settings.home)
+    result = run_close(
+        "2026-09",
+        cutoff=now_iso(),
+        warehouse=WarehouseResource(database=database, home=home),
+        controlplane=ControlPlaneResource(database_url=db_url),
+        artifacts=ArtifactsResource(home=home),
+        signing=SigningResource(home=home),
+    )
+    assert result.success
+    items, total = Receipts(engine).list(org_id, None, None, offset=0, limit=10)
+    assert total == 1 and items[0].pdf_key and items[0].audit_pack_key
+    return items[0].id, items[0].serial_number
+
+
+@pytest.fixture
+def stripe_stub(monkeypatch):
+    stub = StripeStub()
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_joulestream")
+    monkeypatch.setenv("STRIPE_API_BASE", stub.url)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.setenv("JOULESTREAM_STRIPE_PRICES", "starter=price_s,growth=price_g,scale=price_x")
+    yield stub
+    stub.close()
+
+
+async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, settings, db_url, stripe_stub):
     a_t, b_t = tenants
+    orgs = Orgs(engine)
     name = f"Secret-A-{uuid.uuid4().hex[:8]}"
     project = Projects(engine).create(a_t.org.id, name)
     Workloads(engine).create(a_t.org.id, project.id, "connection", "conn-secret-a")
     conn_a = Connections(engine).create(a_t.org.id, "openai", "local:v1:00000000:AAAA", project.id)
-    a = OrgA(a_t.org.id, a_t.org.slug, project.id, name, "conn-secret-a", conn_a.id)
-    b_headers = bearer(b_t.rw)  # read + admin
+    # both orgs on a paid plan (so B's receipts and audit packs answer for B, not "upgrade first"), each with
+    # its own Stripe customer; only A has a closed month with a receipt and an audit pack
+    orgs.set_plan(a_t.org.id, "growth")
+    orgs.set_plan(b_t.org.id, "growth")
+    a_customer, b_customer = f"cus_secret_a_{uuid.uuid4().hex[:8]}", f"cus_b_{uuid.uuid4().hex[:8]}"
+    orgs.set_stripe_customer(a_t.org.id, a_customer)
+    orgs.set_stripe_customer(b_t.org.id, b_customer)
+    receipt_id, serial = _close_september_for(a_t.org.id, engine, warehouse, settings, db_url)
+    a = OrgA(
+        a_t.org.id,
+        a_t.org.slug,
+        project.id,
+        name,
+        "conn-secret-a",
+        conn_a.id,
+        a_customer,
+        receipt_id,
+        serial,
+        (2026, 9),
+    )
+    # B's most privileged key: read + admin + billing
+    b_headers = bearer(ApiKeys(engine).create(b_t.org.id, ["read", "admin", "billing"], name="b-all")[1])
     app = make_app()
     stub = OpenRouterStub().start()  # B's POST /connections validates its key against a local stub
     stub.keys[ADMIN_KEYS["openrouter"]] = "admin"
     app.state.ctx.extras.update(
         secret_store=LocalSecretStore(b"k" * 32), provider_base_urls={"openrouter": stub.url}
     )
+    a_org_before = orgs.get(a.org_id)
 
     async with client_for(app) as c:
         a_before = (await c.get(f"/api/v1/projects/{a.project_id}", headers=a_t.h)).json()
         a_list_before = (await c.get("/api/v1/projects", headers=a_t.h)).json()["projects"]
+        a_receipts_before = (await c.get("/api/v1/receipts", headers=a_t.h)).json()["receipts"]
+        assert [r["id"] for r in a_receipts_before] == [a.receipt_id]
 
         for (method, path), (kind, body) in sorted(ROUTES.items()):
             url = _fill(path, a)
-            headers = {} if kind == PUBLIC else b_headers
-            r = await c.request(method, url, headers=headers, json=body)
+            headers = {} if kind in (PUBLIC, PUBLIC_ITEM, SIGNED) else b_headers
             where = f"{method} {path} ({kind})"
+            if kind == SIGNED:
+                forged = event(
+                    "customer.subscription.deleted",
+                    {"id": "sub_a", "object": "subscription", "customer": a.stripe_customer_id},
+                )
+                for sig in (None, sign_webhook(forged, secret="whsec_not_stripes")):
+                    h = {"Content-Type": "application/json", **({"Stripe-Signature": sig} if sig else {})}
+                    r = await c.request(method, url, content=forged, headers=h)
+                    assert r.status_code == 400 and r.json()["detail"], where
+                signed = event(
+                    "charge.refunded", {"id": "ch_b", "object": "charge", "customer": "cus_nobody"}
+                )
+                h = {"Content-Type": "application/json", "Stripe-Signature": sign_webhook(signed)}
+                r = await c.request(method, url, content=signed, headers=h)
+            else:
+                r = await c.request(method, url, headers=headers, json=body)
             if kind == ORG_ITEM:
                 assert r.status_code == 404, where
             elif kind == ORG_CREATE:
                 assert r.status_code == 201, where
             else:
-                assert r.status_code == 200, where
-            for marker in a.markers():
+                assert r.status_code == 200, (where, r.text)
+            # a public object's own identifier is the one thing it may show
+            markers = [m for m in a.markers() if not (kind == PUBLIC_ITEM and m == a.receipt_serial)]
+            for marker in markers:
                 assert marker not in r.text, f"{where} leaked {marker!r}"
 
         # nothing of A changed, nothing of B appeared in A
         assert (await c.get(f"/api/v1/projects/{a.project_id}", headers=a_t.h)).json() == a_before
         assert (await c.get("/api/v1/projects", headers=a_t.h)).json()["projects"] == a_list_before
+        assert (await c.get("/api/v1/receipts", headers=a_t.h)).json()["receipts"] == a_receipts_before
         b_names = [p["name"] for p in (await c.get("/api/v1/projects", headers=b_headers)).json()["projects"]]
         assert "Created by B" in b_names and name not in b_names
+    assert orgs.get(a.org_id) == a_org_before  # plan and Stripe customer untouched (forged webhook too)
+    # B's upgrade and portal went to Stripe for B's customer only, naming nothing of A
+    assert stripe_stub.requests, "B's upgrade / portal never reached Stripe"
+    for stripe_path, form, _ in stripe_stub.requests:
+        assert form.get("customer") == b_customer, stripe_path
+        for marker in a.markers():
+            assert marker not in str(form), f"{stripe_path} sent {marker!r} to Stripe"

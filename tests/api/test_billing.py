@@ -176,3 +176,6 @@ async def test_webhooks_signed_forged_and_replayed(bapi, engine, tenants):
     odd = event("charge.refunded", {"id": "ch_1", "object": "charge", "customer": "cus_acme"})
     assert (await _post_event(bapi, odd, sign_webhook(odd))).json() == {"received": True}
     assert (await _post_event(bapi, b"not json", sign_webhook(b"not json"))).status_code == 400
+    for body in (b"[]", b"null", b"1", b'"event"', b"\xff"):  # signed, but not a JSON object: 400, not 500
+        r = await _post_event(bapi, body, sign_webhook(body))
+        assert r.status_code == 400 and r.json()["detail"], body

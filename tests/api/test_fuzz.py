@@ -3,7 +3,7 @@
 Every operation gets generated requests (valid and invalid parameters and bodies), sent with a real API key
 (scopes read + admin, so the write routes run too) to the app over its ASGI interface, with the warehouse
 holding telemetry written by the pipeline's code path, and provider connections wired to a local secret store
-and a stub provider API. Checked: no 5xx, every response conforms to its
+and a stub provider API, and Stripe webhooks configured with a signing secret. Checked: no 5xx, every response conforms to its
 documented schema and content type. Bounded: `JOULESTREAM_FUZZ_EXAMPLES` (default 50) examples per
 operation, a minute or two in all.
 
@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from api.app import create_app
 from core.secrets import LocalSecretStore
 from core.settings import load_settings
+from tests.api.stripe_stub import WEBHOOK_SECRET
 from tests.api.telemetry_data import build
 
 MAX_EXAMPLES = int(os.environ.get("JOULESTREAM_FUZZ_EXAMPLES", "50"))
@@ -43,7 +44,7 @@ schema = schemathesis.openapi.from_dict(_openapi())
 
 
 @pytest.fixture
-def fuzz_app(make_app, warehouse, engine, tenants):
+def fuzz_app(make_app, warehouse, engine, tenants, monkeypatch):
     wh = warehouse[0]
     build(wh, engine, tenants, n_a=60, n_b=10)
     app = make_app(warehouse_client_factory=lambda: wh)
@@ -53,6 +54,8 @@ def fuzz_app(make_app, warehouse, engine, tenants):
     app.state.ctx.extras["provider_http"] = httpx.AsyncClient(
         transport=httpx.MockTransport(lambda request: httpx.Response(401, json={"error": "invalid key"}))
     )
+    # Stripe webhooks configured, so generated Stripe-Signature headers reach the signature check
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
     yield app
     app.state.ctx.telemetry.close()
 
