@@ -1,5 +1,6 @@
-"""The stream worker: one Faust app hosting the enrich and sink batch agents and, in embedded mode,
-the HTTP server of the process that holds the warehouse.
+"""The stream worker: a Faust app hosting the enrich and sink batch agents and, in embedded mode,
+the HTTP server of the process that holds the warehouse. By default the enrich agent runs in a child
+process with its own Faust app (streams/split.py), so the two CPU-bound stages use two cores.
 
     raw topic ──► enrich agent ──► enriched topic ──► sink agent ──► ClickHouse ledger (+ rollups)
                       └───────────────► DLQ ◄──────────────┘
