@@ -23,11 +23,12 @@ from rich.table import Table
 from api.internal import internal_router
 from api.internal_close import close_router
 from cli.runtime import RuntimeInfo, clear_runtime, publish_runtime
+from core.controlplane import FactorVersions, get_engine, upgrade
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
 from core.settings import Settings
 from pipelines import simulate
-from streams.split import EnrichProcess
+from streams.split import EnrichProcess, EnrichSupervisor
 from streams.worker import Pipeline, build_app
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ def http_app(
     file — the OpenAI-compatible gateway (/v1/...)."""
     from api.app import create_app
     from api.telemetry_provider import WarehouseTelemetry
-    from core.controlplane import get_engine
     from pipelines.pollers.scheduler import last_poll_at
 
     warehouse = pipeline.open_warehouse()
@@ -101,7 +101,6 @@ class Pollers(Service):
 
     @Service.task
     async def _poll(self) -> None:
-        from core.controlplane import get_engine
         from pipelines.pollers.scheduler import run_scheduler
 
         while self.pipeline.producer is None:
@@ -206,10 +205,17 @@ def run_worker(
     """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
     child process (streams/split.py) so the two stages use two cores."""
     settings.home.mkdir(parents=True, exist_ok=True)
+    engine = get_engine(settings.database)
+    upgrade(engine)  # once, here: the enrich child and the API would otherwise race on a fresh SQLite file
+    FactorVersions(engine).ensure_seeded()
     child = EnrichProcess(settings, loglevel, logfile).start() if split else None
     pipeline = Pipeline(settings, with_enrich=not split)
     if child is not None:
-        pipeline.external_stats = child.stats.read
+        pipeline.external_stats = lambda: {
+            **child.stats.read(),
+            "pid": child.proc.pid,
+            "restarts": child.restarts,
+        }
     app = build_app(settings, pipeline)
     runtime: RuntimeInfo | None = None
     if http_port is not None:
@@ -222,6 +228,8 @@ def run_worker(
             log_level="warning",
         )
         app.conf.web_enabled = True
+    if child is not None:
+        app.add_dependency(EnrichSupervisor(child, loop=app.loop, beacon=app.beacon))
     if with_pollers:
         app.add_dependency(Pollers(settings, pipeline, loop=app.loop, beacon=app.beacon))
     traffic = None

@@ -82,10 +82,19 @@ def _child_main(settings: Settings, array: Any, loglevel: str, logfile: str | No
 
 
 class EnrichProcess:
+    """The enrich child. The parent must have migrated the control plane before `start` (two processes
+    running Alembic on one SQLite file at once would race)."""
+
     def __init__(self, settings: Settings, loglevel: str = "INFO", logfile: str | None = None) -> None:
-        ctx = mp.get_context("spawn")
-        self.stats = SharedStats(ctx)
-        self.proc = ctx.Process(
+        self._ctx = mp.get_context("spawn")
+        self._args = (settings, loglevel, logfile)
+        self.stats = SharedStats(self._ctx)
+        self.restarts = 0
+        self.proc = self._new_process()
+
+    def _new_process(self) -> Any:
+        settings, loglevel, logfile = self._args
+        return self._ctx.Process(
             target=_child_main,
             args=(settings, self.stats.array, loglevel, logfile),
             name="joulestream-enrich",
@@ -96,6 +105,16 @@ class EnrichProcess:
         self.proc.start()
         return self
 
+    def restart_if_dead(self) -> bool:
+        """Start a new child if the current one exited; True when it did (the supervisor logs it)."""
+        if self.proc.is_alive():
+            return False
+        self.proc.join(0)
+        self.proc = self._new_process()
+        self.proc.start()
+        self.restarts += 1
+        return True
+
     def stop(self, timeout_s: float = 20) -> None:
         if self.proc.is_alive():
             self.proc.terminate()
@@ -103,3 +122,19 @@ class EnrichProcess:
             if self.proc.is_alive():
                 self.proc.kill()
                 self.proc.join()
+
+
+class EnrichSupervisor(Service):
+    """In the parent: restarts the enrich child if it dies (its uncommitted batch is simply re-read)."""
+
+    def __init__(self, child: EnrichProcess, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.child = child
+
+    @Service.timer(1.0)
+    async def _watch(self) -> None:
+        code = self.child.proc.exitcode
+        if self.child.restart_if_dead():
+            self.log.error(
+                "enrich process exited with %s; restarted (restart #%d)", code, self.child.restarts
+            )

@@ -180,7 +180,7 @@ class Pipeline:
 
     @property
     def total_dlq(self) -> int:
-        external = self.external_stats()["dlq"] if self.external_stats is not None else 0
+        external = self.external_stats().get("dlq", 0) if self.external_stats is not None else 0
         return self.dlq_count + external
 
     def _own_stats(self) -> dict[str, Any]:

@@ -131,3 +131,20 @@ def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(stack: Stack, worker
     dlq = read_dlq(stack, traffic.invalid)
     assert len(dlq) >= traffic.invalid  # a killed enrich batch may be re-read: its DLQ entries can repeat
     assert worker.stop() == 0
+
+
+def test_enrich_process_killed_is_restarted_and_loses_nothing(stack: Stack, worker: WorkerProcess) -> None:
+    """The enrich agent runs in a child process of the worker: SIGKILL it mid-stream; the worker restarts
+    it and the totals are still exact."""
+    import os
+    import signal
+
+    traffic = generate(20_000, duplicate_rate=0.05, revision_rate=0.02, invalid_rate=0.01, seed=31)
+    worker.start()
+    publish(stack, traffic.messages)
+    first = worker.wait_for_stats(lambda st: st.get("enrich", {}).get("consumed", 0) >= 1)
+    os.kill(first["enrich"]["pid"], signal.SIGKILL)
+    worker.wait_for_stats(lambda st: st["enrich"].get("restarts", 0) >= 1)
+    wait_done(worker, 0, len(traffic.final))
+    assert_totals_match(worker, traffic.expected_events)
+    assert worker.stop() == 0
