@@ -45,7 +45,29 @@ async def produce(settings, messages: list[OutRecord], topic: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path) -> dict:
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    snap = {name: _cpu_s(pid) for name, pid in pids.items()}
+    snap["bench (producer, polling)"] = sum(os.times()[:2])
+    return snap
+
+
+def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_pid: int) -> dict:
     env = {
         **os.environ,
         "JOULESTREAM_HOME": str(home),
@@ -72,15 +94,15 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path) -> dict:
                 info = RuntimeInfo.model_validate_json((home / "runtime.json").read_text())
             except (FileNotFoundError, ValueError):
                 pass
-        hdr = {TOKEN_HEADER: info.token}
+        # one client for every poll: a new httpx.Client per call builds an SSL context each time, which
+        # cost the measuring process a quarter of a core — taken from the worker it measures
+        http = httpx.Client(base_url=info.url, headers={TOKEN_HEADER: info.token}, timeout=30)
 
         def stats() -> dict:
-            return httpx.get(f"{info.url}/internal/v1/stats", headers=hdr, timeout=30).json()
+            return http.get("/internal/v1/stats").json()
 
         def live_events() -> int:
-            return httpx.get(f"{info.url}/internal/v1/totals", headers=hdr, timeout=30).json()["totals"][
-                "events"
-            ]
+            return http.get("/internal/v1/totals").json()["totals"]["events"]
 
         # warm-up: one event through, so consumer groups have joined before the clock starts
         warm = generate(1, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=999)
@@ -93,19 +115,36 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path) -> dict:
                 pass
             time.sleep(0.1)
         n = len(messages)
+        pids = {"worker (sink, HTTP)": proc.pid, "broker (Tansu)": broker_pid}
+        for child in _children(
+            proc.pid
+        ):  # the enrich child (multiprocessing spawn), not its resource tracker
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids["worker child (enrich)"] = child
+        cpu0 = _cpu_snapshot(pids)
         t0 = time.perf_counter()
         produce_s = asyncio.run(produce(settings, messages, settings.raw_topic))
-        while stats().get("sink", {}).get("stored", 0) < n + 1:
-            time.sleep(0.02)
+        timeline: list[tuple[float, int, int]] = []
+        while True:
+            s = stats()
+            enriched, stored = s.get("enrich", {}).get("consumed", 0), s.get("sink", {}).get("stored", 0)
+            timeline.append((time.perf_counter() - t0, enriched, stored))
+            if stored >= n + 1:
+                break
+            time.sleep(0.05)
         while live_events() < n + 1:
-            time.sleep(0.02)
+            time.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        cpu1 = _cpu_snapshot(pids)
+        cpu = {name: cpu1[name] - cpu0[name] for name in cpu1}
         rss = _rss_mb(proc.pid)
         return {
             "elapsed_s": elapsed,
             "produce_s": produce_s,
             "events_per_s": n / elapsed,
             "worker_rss_mb": rss,
+            "timeline": timeline,
+            "cpu_s": cpu,
         }
     finally:
         proc.terminate()
@@ -222,6 +261,7 @@ def run_baseline(bootstrap: str, messages: list[OutRecord], home: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--timeline", action="store_true", help="print enrich/sink progress every second")
     args = ap.parse_args()
     print(f"generating {args.events:,} events …", flush=True)
     traffic = generate(args.events, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=1)
@@ -231,7 +271,7 @@ def main() -> None:
     ):
         home = Path(tmp)
         print("joulestream pipeline …", flush=True)
-        pipe = run_pipeline(b.bootstrap, traffic.messages, home / "pipeline")
+        pipe = run_pipeline(b.bootstrap, traffic.messages, home / "pipeline", b.proc.pid)
         print("baseline (aiokafka + clickhouse-connect, no Faust, no enrichment) …", flush=True)
         base = run_baseline(b.bootstrap, traffic.messages, home)
     print()
@@ -244,6 +284,18 @@ def main() -> None:
     )
     print(f"ratio joulestream / baseline: {pipe['events_per_s'] / base['events_per_s']:.2f}")
     print(f"worker peak RSS: {pipe['worker_rss_mb']:.0f} MB")
+    print(
+        f"\nCPU seconds while the {args.events:,} events went through (2 cores = {2 * pipe['elapsed_s']:.1f} s):"
+    )
+    for name, secs in pipe["cpu_s"].items():
+        print(f"  {name:<28}{secs:>7.1f} s   {1e6 * secs / args.events:>6.1f} µs/event")
+    if args.timeline:
+        print("\n   t s   enrich consumed   sink stored")
+        shown = -1.0
+        for t, enriched, stored in pipe["timeline"]:
+            if t - shown >= 1.0:
+                print(f"{t:6.1f}{enriched:>18,}{stored:>14,}")
+                shown = t
 
 
 if __name__ == "__main__":

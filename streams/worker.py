@@ -23,10 +23,10 @@ from core.methodology import FactorSet, load_factor_set
 from core.settings import Settings
 from streams.agents import BatchAgent, RetryableError
 from streams.factors import CurrentFactors
-from streams.processing import Enricher, InRecord, StageResult, dead_letter, decode_enriched, parse_enriched
+from streams.processing import Enricher, InRecord, StageResult, dead_letter, parse_enriched
 from warehouse.aio import AsyncWarehouse
 from warehouse.client import get_client
-from warehouse.ledger import WriteResult, reconcile_rollups, write_enriched
+from warehouse.ledger import WriteResult, reconcile_rollups, write_enriched, write_enriched_json
 from warehouse.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ SINK_GROUP = "joulestream-sink"
 # At start-up the sink re-derives the rollups of everything ingested in this window from the ledger,
 # which closes the one gap materialized views leave: a crash between the ledger part and the MV part.
 RECONCILE_WINDOW = timedelta(minutes=30)
-# What the ledger writer raises for a row that does not fit its columns (missing field, wrong type, a
-# negative count for a UInt64), before anything is inserted.
+# What the ledger writers raise for a row that does not fit its columns (bad JSON, missing field, wrong type, a
+# negative count for a UInt64 — UnfitRows is a ValueError), before anything is inserted.
 LEDGER_ROW_ERRORS = (ValueError, TypeError, KeyError, OverflowError, pa.ArrowException)
 
 
@@ -140,15 +140,19 @@ class Pipeline:
             agent.stats.add("duplicates", res.duplicates)
 
     async def handle_enriched(self, records: list[InRecord]) -> None:
+        """Store a batch: the payloads go to ClickHouse as they are (JSONEachRow, parsed there); when some do
+        not fit the ledger, validate each one, store the good and dead-letter the rest."""
         assert self.warehouse is not None
-        rows, bad = decode_enriched(records)
+        bad: list[OutRecord] = []
         try:
-            result = await self._write(rows)
+            result: WriteResult | None = await self._write(
+                write_enriched_json, [r.value for r in records if r.value is not None]
+            )
+            bad = [dead_letter(r, "sink", "empty message (null value)") for r in records if r.value is None]
         except LEDGER_ROW_ERRORS:
-            # some record does not fit the contract: validate each one, store the good, DLQ the rest
             good, bad = parse_enriched(records)
             try:
-                result = await self._write(good)
+                result = await self._write(write_enriched, good)
             except LEDGER_ROW_ERRORS as exc:  # valid events the ledger cannot take: a bug, keep the bytes
                 bad.extend(dead_letter(r, "sink", f"cannot store: {exc!r}") for r in records)
                 result = None
@@ -161,10 +165,10 @@ class Pipeline:
             agent.stats.add("skipped", result.skipped_duplicates + result.skipped_stale)
             agent.stats.add("dlq", len(bad))
 
-    async def _write(self, rows: Sequence[Any]) -> WriteResult:
+    async def _write(self, writer: Callable[[Any, Any], WriteResult], batch: Sequence[Any]) -> WriteResult:
         assert self.warehouse is not None
         try:
-            return await self.warehouse.run(write_enriched, rows)
+            return await self.warehouse.run(writer, batch)
         except LEDGER_ROW_ERRORS:
             raise
         except Exception as exc:  # warehouse down/locked/timeout: retry the batch, never skip it

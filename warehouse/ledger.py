@@ -14,6 +14,12 @@ as the insert returns — no merge, no FINAL.
    superseded live revisions, a +1 row for the incoming revision when it is the target and not live yet;
 4. one insert for the whole batch.
 
+Two entry points share that algorithm: `write_enriched` takes EnrichedUsage objects or mappings (tools,
+tests, the sink's fallback); `write_enriched_json` takes the enriched topic's JSON payloads as they are and
+lets ClickHouse parse them into a staging table (JSONEachRow, C++), which then serves as the batch (read
+back as Arrow) and as the key table of the live lookup. It is the sink's hot path: no Python object per
+field, no Python-side Arrow build.
+
 The lookup reads the truth, not a cache, so the writer is self-healing: a batch re-run after a crash in the
 middle of a previous attempt (some partitions' parts written, others not) converges to exactly one live row.
 
@@ -44,6 +50,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 from clickhouse_connect.driver import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 from pydantic import BaseModel
 
 from core.contracts import EnrichedUsage
@@ -119,7 +126,7 @@ _TIME_FIELDS = ("bucket_start", "bucket_end", "event_timestamp", "enriched_at")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _FEW_BUCKETS = 256  # up to this many distinct bucket_starts, the lookup uses bucket_start IN (…)
-_KEY_TABLE_PREFIX = "_ledger_keys_"
+_TMP_TABLE_PREFIX = "_ledger_tmp_"  # key and staging tables; stale ones are dropped by the reconciler
 _MAX_QUERY_SIZE = {"max_query_size": 1 << 26}
 
 
@@ -178,12 +185,6 @@ def _with_defaults(row: Mapping[str, Any]) -> dict[str, Any]:
     return {**_DEFAULTS, **row}
 
 
-def _ms(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // _MS
-
-
 def _ms_literal(ms: int) -> str:
     dt = _EPOCH + timedelta(milliseconds=ms)
     return f"'{dt:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}'"
@@ -213,23 +214,76 @@ def _with_sign(table: pa.Table, idx: list[int], sign: int) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# key tables: the batch's event ids travel to the server as a small Memory table (an Arrow insert), which is
-# ~10× faster than a 50k-literal IN (…) list — parsing the literals dominates otherwise.
+# temporary tables: the batch's event ids travel to the server as a small Memory table (an Arrow insert), which
+# is ~10× faster than a 50k-literal IN (…) list — parsing the literals dominates otherwise. The JSON path
+# stages whole rows the same way.
+
+
+def _tmp_table_name() -> str:
+    return f"{_TMP_TABLE_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
 
 
 @contextmanager
-def _key_table(client: Client, columns: dict[str, pa.Array]) -> Iterator[str]:
-    name = f"{_KEY_TABLE_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
-    ddl = ", ".join(f"{col} {_CH_TYPES[arr.type]}" for col, arr in columns.items())
+def _memory_table(client: Client, ddl: str) -> Iterator[str]:
+    name = _tmp_table_name()
     client.command(f"CREATE TABLE {name} ({ddl}) ENGINE = Memory")
     try:
-        client.insert_arrow(name, pa.table(columns))
         yield name
     finally:
         client.command(f"DROP TABLE IF EXISTS {name}")
 
 
+@contextmanager
+def _key_table(client: Client, columns: dict[str, pa.Array]) -> Iterator[str]:
+    ddl = ", ".join(f"{col} {_CH_TYPES[arr.type]}" for col, arr in columns.items())
+    with _memory_table(client, ddl) as name:
+        client.insert_arrow(name, pa.table(columns))
+        yield name
+
+
 _CH_TYPES = {pa.string(): "String", pa.uint64(): "UInt64"}
+_STAGE_TYPES = {
+    _STR: "String",
+    _TS: "DateTime64(3, 'UTC')",
+    pa.uint64(): "UInt64",
+    pa.uint16(): "UInt16",
+    pa.bool_(): "Bool",
+    pa.float64(): "Float64",
+    pa.map_(_STR, _STR): "Map(String, String)",
+    pa.list_(_STR): "Array(String)",
+}
+# Required fields are Nullable in the staging table, so that a payload without one stages a NULL (caught below)
+# instead of ClickHouse's silent default; so are the contract's optional strings.
+REQUIRED_FIELDS: tuple[str, ...] = tuple(
+    f for f in EVENT_FIELDS if EnrichedUsage.model_fields[f].is_required()
+)
+_NULLABLE = {*REQUIRED_FIELDS, "connection_id", "region", "routing_tier"}
+_STAGE_DDL = ", ".join(
+    f"{f.name} {f'Nullable({_STAGE_TYPES[f.type]})' if f.name in _NULLABLE else _STAGE_TYPES[f.type]}"
+    for f in _EVENT_SCHEMA
+)
+_JSON_SETTINGS = {
+    "date_time_input_format": "best_effort",  # ISO-8601 with "T" and "Z", as the enriched topic has them
+    "precise_float_parsing": 1,  # the same doubles as orjson/Python: totals stay exact
+    "input_format_parallel_parsing": 0,  # one batch is a few MB: threads cost more than they save
+}
+
+
+class UnfitRows(ValueError):
+    """Payloads that do not fit the ledger's columns (bad JSON, wrong types, missing required fields)."""
+
+
+@contextmanager
+def _json_stage(client: Client, payloads: Sequence[bytes]) -> Iterator[str]:
+    """A Memory table holding `payloads` (one JSON object each) parsed by ClickHouse."""
+    with _memory_table(client, _STAGE_DDL) as name:
+        try:
+            client.raw_insert(
+                name, insert_block=b"\n".join(payloads), fmt="JSONEachRow", settings=_JSON_SETTINGS
+            )
+        except DatabaseError as exc:
+            raise UnfitRows(f"payloads do not parse as ledger rows: {str(exc)[:500]}") from exc
+        yield name
 
 
 def drop_stale_key_tables(client: Client, older_than: timedelta = timedelta(hours=1)) -> int:
@@ -237,12 +291,12 @@ def drop_stale_key_tables(client: Client, older_than: timedelta = timedelta(hour
     cutoff = time.time() - older_than.total_seconds()
     names = client.query(
         "SELECT name FROM system.tables WHERE database = currentDatabase() AND startsWith(name, {p:String})",
-        parameters={"p": _KEY_TABLE_PREFIX},
+        parameters={"p": _TMP_TABLE_PREFIX},
     ).result_rows
     dropped = 0
     for (name,) in names:
         try:
-            created = int(name[len(_KEY_TABLE_PREFIX) :].split("_", 1)[0])
+            created = int(name[len(_TMP_TABLE_PREFIX) :].split("_", 1)[0])
         except ValueError:
             continue
         if created < cutoff:
@@ -275,9 +329,36 @@ def write_enriched(
     """
     if not events:
         return WriteResult(0, 0, 0, 0)
-    cols = _columns(events)
-    ids: list[str] = cols["event_id"]
-    revs: list[int] = cols["revision"]
+    batch = _arrow_table(_columns(events))
+    ids = pa.array(set(batch.column("event_id").to_pylist()), type=pa.string())
+    with _key_table(client, {"event_id": ids}) as keys:
+        return _write_batch(client, batch, keys)
+
+
+def write_enriched_json(client: Client, payloads: Sequence[bytes]) -> WriteResult:
+    """`write_enriched` for the enriched topic's JSON payloads, parsed by ClickHouse (see the module doc).
+
+    Raises `UnfitRows` (a ValueError) when a payload is not one JSON object that fits the ledger's columns;
+    nothing is written then, and the caller can validate the payloads one by one.
+    """
+    if not payloads:
+        return WriteResult(0, 0, 0, 0)
+    with _json_stage(client, payloads) as stage:
+        batch = client.query_arrow(f"SELECT {', '.join(EVENT_FIELDS)} FROM {stage}")
+        if batch.num_rows != len(payloads):
+            raise UnfitRows(f"{len(payloads)} payloads staged as {batch.num_rows} rows")
+        return _write_batch(client, batch.cast(_EVENT_SCHEMA), stage)
+
+
+def _write_batch(client: Client, batch: pa.Table, keys: str) -> WriteResult:
+    """The algorithm of the module doc over one batch (Arrow, `EVENT_FIELDS`); `keys` is a table on the server
+    whose `event_id` column holds (at least) the batch's event ids."""
+    missing = [f for f in REQUIRED_FIELDS if batch.column(f).null_count]
+    if missing:
+        raise UnfitRows(f"row(s) without required field(s) {', '.join(missing)}")
+    ids: list[str] = batch.column("event_id").to_pylist()
+    revs: list[int] = batch.column("revision").to_pylist()
+    bucket_starts = batch.column("bucket_start").cast(pa.int64()).to_pylist()
 
     # 1. in-batch dedupe: highest revision per event_id wins; equal revisions are duplicates
     best: dict[str, int] = {}
@@ -295,16 +376,15 @@ def write_enriched(
             stale += 1
 
     # 2. live state of these events
-    orgs = {cols["org_id"][i] for i in best.values()}
-    bucket_ms = {_ms(cols["bucket_start"][i]) for i in best.values()}
+    orgs = set(batch.column("org_id").unique().to_pylist())
+    bucket_ms = set(bucket_starts)
     scope = _scope_filter(orgs, bucket_ms)
-    with _key_table(client, {"event_id": pa.array(list(best), type=pa.string())}) as keys:
-        live_rows = client.query(
-            f"SELECT event_id, revision, toInt64(sum(sign)) AS net FROM usage_events "
-            f"WHERE {scope} AND event_id IN (SELECT event_id FROM {keys}) "
-            "GROUP BY event_id, revision HAVING net != 0",
-            settings=_MAX_QUERY_SIZE,
-        ).result_rows
+    live_rows = client.query(
+        f"SELECT event_id, revision, toInt64(sum(sign)) AS net FROM usage_events "
+        f"WHERE {scope} AND event_id IN (SELECT event_id FROM {keys}) "
+        "GROUP BY event_id, revision HAVING net != 0",
+        settings=_MAX_QUERY_SIZE,
+    ).result_rows
     live: dict[str, dict[int, int]] = {}
     for eid, rev, net in live_rows:
         live.setdefault(eid, {})[int(rev)] = int(net)
@@ -340,7 +420,6 @@ def write_enriched(
     # 4. copies of stored rows for cancels (rare: revisions, or repair)
     parts: list[pa.Table] = []
     if plus_idx or minus_idx:
-        batch = _arrow_table(cols)
         if plus_idx:
             parts.append(_with_sign(batch, plus_idx, +1))
         if minus_idx:
@@ -485,9 +564,11 @@ def _reconcile_table(client: Client, since: datetime, table: str, bucket_col: st
 __all__ = [
     "EVENT_FIELDS",
     "LEDGER_SCHEMA",
+    "UnfitRows",
     "WriteResult",
     "drop_stale_key_tables",
     "reconcile_rollups",
     "to_arrow",
     "write_enriched",
+    "write_enriched_json",
 ]

@@ -233,7 +233,7 @@ def test_key_tables_are_cleaned_up(warehouse, make_enriched):
     write_enriched(client, [make_enriched("p", 0)])
     write_enriched(client, [make_enriched("p", 1)])
     left = client.query(
-        "SELECT count() FROM system.tables WHERE database = {d:String} AND name LIKE '\\_ledger\\_keys\\_%'",
+        "SELECT count() FROM system.tables WHERE database = {d:String} AND name LIKE '\\_ledger\\_tmp\\_%'",
         parameters={"d": database},
     ).result_rows[0][0]
     assert left == 0
