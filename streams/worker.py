@@ -52,7 +52,7 @@ class Pipeline:
         with_enrich: bool = True,
         with_sink: bool = True,
         enrich_batch: int = 10_000,
-        sink_batch: int = 20_000,
+        sink_batch: int = 50_000,
     ) -> None:
         self.settings = settings
         if with_enrich and factors is None:
