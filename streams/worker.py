@@ -51,7 +51,7 @@ class Pipeline:
         factors: Callable[[], FactorSet] | None = None,
         with_enrich: bool = True,
         with_sink: bool = True,
-        enrich_batch: int = 10_000,
+        enrich_batch: int = 25_000,
         sink_batch: int = 50_000,
     ) -> None:
         self.settings = settings
