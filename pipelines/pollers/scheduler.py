@@ -8,8 +8,9 @@ sync requested), claims each with a lease (several poller processes never poll o
 and polls it:
 
 1. window: from min(cursor, now − lookback) — the cursor is where the last successful poll ended, so a
-   poller that was down catches up; the lookback re-reads recent buckets for late corrections — to the end
-   of the current bucket, at most `max_window` back; a new connection starts `initial_backfill` back;
+   poller that was down catches up; the lookback (never less than the last completed bucket) re-reads
+   recent buckets for late corrections — to the end of the current bucket, at most `max_window` back; a
+   new connection starts `initial_backfill` back;
 2. fetch every page of the provider's usage API (pollers/<provider>.py);
 3. compare each bucket with its stored state (`connection_buckets`): new or changed buckets become
    UsageEvents with a deterministic event_id and a new revision (pollers/base.py); unchanged ones are
@@ -241,7 +242,9 @@ class PollScheduler:
 
     def window(self, conn: Connection, width: timedelta, now: datetime) -> tuple[datetime, datetime]:
         cursor = conn.poll_cursor or (now - self.config.initial_backfill)
-        start = min(cursor, now - self.config.lookback)
+        # the lookback never covers less than the last completed bucket: a daily provider (OpenRouter) re-reads
+        # yesterday even when the lookback is shorter than a day
+        start = min(cursor, now - self.config.lookback, floor_to(now, width) - width)
         start = max(start, now - self.config.max_window)
         return floor_to(start, width), floor_to(now, width) + width
 

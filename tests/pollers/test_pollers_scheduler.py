@@ -268,6 +268,18 @@ async def test_cursor_catches_up_after_an_outage(engine, org, stubs, secret_stor
     assert Connections(engine).get(org.id, c.id).poll_cursor == hour(0)
 
 
+def test_the_window_always_covers_the_last_completed_bucket(engine, org, secret_store, make_scheduler):
+    """A daily provider polled late in the day with a lookback under a day still re-reads yesterday."""
+    c = register(engine, secret_store, org.id, "openrouter")
+    today = datetime.combine(day(0), datetime.min.time(), tzinfo=UTC)
+    conn = c.model_copy(update={"poll_cursor": today})  # the last poll ended at today's midnight
+    sched = make_scheduler()  # lookback 6 h
+    for hours in (1, 7, 23):
+        assert sched.window(conn, D, today + timedelta(hours=hours)) == (today - D, today + D)
+    hourly = c.model_copy(update={"poll_cursor": today + 23 * H})  # hourly: the 6 h lookback decides
+    assert sched.window(hourly, H, today + 23.5 * H) == (today + 17 * H, today + 24 * H)
+
+
 async def test_a_leased_connection_is_not_polled_twice(engine, org, stubs, secret_store, make_scheduler):
     c = register(engine, secret_store, org.id, "openai")
     repo = Connections(engine)
