@@ -231,7 +231,7 @@ def load(client, shape: Shape, *, log=print) -> dict:
         g = time.perf_counter()
         table = _day_table(shape, coefs, day, int(n), next_id, rng)
         gen_s += time.perf_counter() - g
-        client.insert_arrow("usage_events", table)
+        client.insert_arrow("usage_events", table, settings={"parallel_view_processing": 1})
         next_id += int(n)
         if log and (i % 10 == 0 or i == len(days) - 1):
             el = time.perf_counter() - t0

@@ -54,6 +54,20 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads, summed by thread name (digits dropped: chdb's pools number them)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip().rstrip("0123456789_-") or "?"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[comm] = out.get(comm, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -122,6 +136,7 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_p
             if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                 pids["worker child (enrich)"] = child
         cpu0 = _cpu_snapshot(pids)
+        threads0 = _thread_cpu(proc.pid)
         t0 = time.perf_counter()
         produce_s = asyncio.run(produce(settings, messages, settings.raw_topic))
         timeline: list[tuple[float, int, int]] = []
@@ -137,6 +152,10 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_p
         elapsed = time.perf_counter() - t0
         cpu1 = _cpu_snapshot(pids)
         cpu = {name: cpu1[name] - cpu0[name] for name in cpu1}
+        final = stats()
+        batches = {stage: final.get(stage, {}).get("batches", 0) for stage in ("enrich", "sink")}
+        threads1 = _thread_cpu(proc.pid)
+        threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items() if v - threads0.get(k, 0.0) >= 0.05}
         rss = _rss_mb(proc.pid)
         return {
             "elapsed_s": elapsed,
@@ -145,6 +164,8 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_p
             "worker_rss_mb": rss,
             "timeline": timeline,
             "cpu_s": cpu,
+            "batches": batches,
+            "worker_threads_s": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
         }
     finally:
         proc.terminate()
@@ -289,6 +310,12 @@ def main() -> None:
     )
     for name, secs in pipe["cpu_s"].items():
         print(f"  {name:<28}{secs:>7.1f} s   {1e6 * secs / args.events:>6.1f} µs/event")
+    b = pipe["batches"]
+    print(
+        f"batches: enrich {b['enrich']:,} (mean {args.events / max(1, b['enrich']):,.0f} events), "
+        f"sink {b['sink']:,} (mean {args.events / max(1, b['sink']):,.0f} events)"
+    )
+    print("  worker threads: " + ", ".join(f"{k} {v:.1f} s" for k, v in pipe["worker_threads_s"].items()))
     if args.timeline:
         print("\n   t s   enrich consumed   sink stored")
         shown = -1.0

@@ -118,6 +118,11 @@ class _Resolved(NamedTuple):
     grid: float
     is_estimated: bool
     reasons: tuple[str, ...]
+    # derived once per resolution for the hot path (see _energies and enrich):
+    # J per (uncached, cached, cache-creation, output) token for point, low, high
+    per_token: tuple[tuple[float, float, float, float], ...]
+    # the footprint fields that do not depend on token counts, in EnrichedUsage field order
+    head: dict[str, Any]
 
 
 class _Caches:
@@ -365,6 +370,19 @@ def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _R
         reasons.append(
             f"unknown provider {provider!r}: used default PUE {pue} and default grid intensity {grid} kg CO2e/kWh"
         )
+    per_token = tuple(
+        (float(f.prefill), float(f.cached), float(f.cache_creation), float(f.decode))
+        for f in (tier.point, tier.low, tier.high)
+    )
+    point_j = per_token[0]
+    head = dict(
+        zip(
+            Footprint._fields[:10],  # model_tier … grid_intensity_kg_per_kwh
+            (match.tier, fs.version, bool(reasons), tuple(reasons), point_j[0], point_j[3], point_j[1])
+            + (point_j[2], float(pue), float(grid)),
+            strict=True,
+        )
+    )
     resolved = _Resolved(
         tier=match.tier,
         point=tier.point,
@@ -374,6 +392,8 @@ def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _R
         grid=float(grid),
         is_estimated=bool(reasons),
         reasons=tuple(reasons),
+        per_token=per_token,
+        head=head,
     )
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
@@ -409,8 +429,25 @@ class Footprint(NamedTuple):
     co2_kg_high: float
 
 
-def _it_joules(f: PhaseFactors, uncached: int, cached: int, creation: int, output: int) -> float:
-    return uncached * f.prefill + cached * f.cached + creation * f.cache_creation + output * f.decode
+def _energies(r: _Resolved, uncached: int, cached: int, creation: int, output: int) -> tuple[float, ...]:
+    """(energy_j, energy_j_low, energy_j_high, co2_kg, co2_kg_low, co2_kg_high): IT joules per phase × PUE,
+    then × grid intensity. The one place the formula lives (compute_footprint and enrich both call it)."""
+    if uncached < 0 or cached < 0 or creation < 0 or output < 0:
+        raise ValueError(f"token counts must be >= 0, got {(uncached, cached, creation, output)}")
+    pue = r.pue
+    kg_per_j = r.grid / J_PER_KWH
+    (p0, c0, w0, d0), (p1, c1, w1, d1), (p2, c2, w2, d2) = r.per_token
+    energy = (uncached * p0 + cached * c0 + creation * w0 + output * d0) * pue
+    energy_low = (uncached * p1 + cached * c1 + creation * w1 + output * d1) * pue
+    energy_high = (uncached * p2 + cached * c2 + creation * w2 + output * d2) * pue
+    return (
+        float(energy),
+        float(energy_low),
+        float(energy_high),
+        float(energy * kg_per_j),
+        float(energy_low * kg_per_j),
+        float(energy_high * kg_per_j),
+    )
 
 
 def compute_footprint(
@@ -424,32 +461,11 @@ def compute_footprint(
     input_tokens_cache_creation: int,
     output_tokens: int,
 ) -> Footprint:
-    counts = (input_tokens_uncached, input_tokens_cached, input_tokens_cache_creation, output_tokens)
-    if any(c < 0 for c in counts):
-        raise ValueError(f"token counts must be >= 0, got {counts}")
     r = _resolve(fs, provider, model, region)
-    kg_per_j = r.grid / J_PER_KWH
-    energy = _it_joules(r.point, *counts) * r.pue
-    energy_low = _it_joules(r.low, *counts) * r.pue
-    energy_high = _it_joules(r.high, *counts) * r.pue
-    return Footprint(
-        model_tier=r.tier,
-        factors_version=fs.version,
-        is_estimated=r.is_estimated,
-        estimation_reasons=r.reasons,
-        j_per_prefill_token=float(r.point.prefill),
-        j_per_decode_token=float(r.point.decode),
-        j_per_cached_token=float(r.point.cached),
-        j_per_cache_creation_token=float(r.point.cache_creation),
-        pue=r.pue,
-        grid_intensity_kg_per_kwh=r.grid,
-        energy_j=float(energy),
-        energy_j_low=float(energy_low),
-        energy_j_high=float(energy_high),
-        co2_kg=float(energy * kg_per_j),
-        co2_kg_low=float(energy_low * kg_per_j),
-        co2_kg_high=float(energy_high * kg_per_j),
+    energies = _energies(
+        r, input_tokens_uncached, input_tokens_cached, input_tokens_cache_creation, output_tokens
     )
+    return Footprint._make((*r.head.values(), *energies))
 
 
 _EVENT_FIELDS = tuple(UsageEvent.model_fields)
@@ -485,22 +501,28 @@ def enrich(event: UsageEvent, fs: FactorSet, enriched_at: datetime) -> EnrichedU
     a list, `enriched_at` in UTC — so it serialises identically to a validated one (tested)."""
     if enriched_at.tzinfo is None or enriched_at.utcoffset() is None:
         raise ValueError("enriched_at must be timezone-aware")
-    fp = compute_footprint(
-        fs,
-        provider=event.provider,
-        model=event.model,
-        region=event.region,
-        input_tokens_uncached=event.input_tokens_uncached,
-        input_tokens_cached=event.input_tokens_cached,
-        input_tokens_cache_creation=event.input_tokens_cache_creation,
-        output_tokens=event.output_tokens,
+    r = _resolve(fs, event.provider, event.model, event.region)
+    energies = _energies(
+        r,
+        event.input_tokens_uncached,
+        event.input_tokens_cached,
+        event.input_tokens_cache_creation,
+        event.output_tokens,
     )
     if type(event) is UsageEvent:  # its __dict__ is exactly its fields, in order
         values = event.__dict__.copy()
     else:
         values = {name: getattr(event, name) for name in _EVENT_FIELDS}  # field order, as EnrichedUsage
     values["labels"] = dict(event.labels)
-    values.update(zip(Footprint._fields, fp, strict=True))
-    values["estimation_reasons"] = list(fp.estimation_reasons)
+    values.update(r.head)  # the footprint's head, in field order
+    values["estimation_reasons"] = list(r.reasons)
+    (
+        values["energy_j"],
+        values["energy_j_low"],
+        values["energy_j_high"],
+        values["co2_kg"],
+        values["co2_kg_low"],
+        values["co2_kg_high"],
+    ) = energies
     values["enriched_at"] = enriched_at.astimezone(UTC)
     return _construct(values)

@@ -53,6 +53,7 @@ class Pipeline:
         with_sink: bool = True,
         enrich_batch: int = 25_000,
         sink_batch: int = 50_000,
+        sink_linger_ms: int = 1_000,
     ) -> None:
         self.settings = settings
         if with_enrich and factors is None:
@@ -60,6 +61,7 @@ class Pipeline:
         self.enricher = Enricher(factors or load_factor_set)
         self.with_enrich, self.with_sink = with_enrich, with_sink
         self.enrich_batch, self.sink_batch = enrich_batch, sink_batch
+        self.sink_linger_ms = sink_linger_ms
         self.producer: Any = None
         self.warehouse: AsyncWarehouse | None = None
         self.agents: list[BatchAgent] = []
@@ -116,6 +118,7 @@ class Pipeline:
                     group_id=f"{s.topic_prefix}{SINK_GROUP}",
                     handler=self.handle_enriched,
                     max_records=self.sink_batch,
+                    linger_ms=self.sink_linger_ms,
                     **service_kwargs,
                 )
             )

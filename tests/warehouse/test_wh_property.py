@@ -68,8 +68,8 @@ def event(make_enriched, seed: int, n: int, revision: int):
 
 
 class CrashingClient:
-    """Delegates to a real client; its ledger insert writes a random subset of the rows, then raises —
-    what a crash in the middle of a multi-partition insert leaves behind."""
+    """Delegates to a real client; its ledger insert (Arrow, or the JSON path's INSERT … SELECT) writes a random
+    subset of the rows, then raises — what a crash in the middle of a multi-partition insert leaves behind."""
 
     def __init__(self, client, rng: random.Random):
         self._client = client
@@ -84,6 +84,19 @@ class CrashingClient:
         keep = [i for i in range(arrow_table.num_rows) if self._rng.random() < 0.5]
         if keep:
             self._client.insert_arrow(table, arrow_table.take(keep), *args, **kwargs)
+        raise ConnectionError("simulated crash mid-insert")
+
+    def command(self, cmd, *args, **kwargs):
+        if not (isinstance(cmd, str) and cmd.startswith("INSERT INTO usage_events ")):
+            return self._client.command(cmd, *args, **kwargs)
+        head, found, select = cmd.partition(") SELECT ")  # the column list ends at the first ") SELECT "
+        assert found, cmd
+        salt = self._rng.randrange(2**32)
+        self._client.command(
+            f"{head}) SELECT * FROM (SELECT {select}) WHERE cityHash64(event_id, revision, sign, {salt}) % 2 = 0",
+            *args,
+            **kwargs,
+        )
         raise ConnectionError("simulated crash mid-insert")
 
 
