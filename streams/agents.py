@@ -138,11 +138,11 @@ class BatchAgent(Service):
             self.stats.last_batch_at = time.time()
 
     async def _poll(self) -> dict[TopicPartition, list]:
-        """One batch: what the first `getmany` returns, topped up while more keeps arriving — until
-        `max_records`, `linger_ms` after the first poll, or a poll that finds nothing within
-        `poll_timeout_ms` (the burst is over: don't make its tail wait). Under load the batches are large,
-        which amortises each stage's fixed cost per batch (for the sink: one part per table, and the merges
-        that follow); a trickle is still handled within `poll_timeout_ms`…`linger_ms`."""
+        """One batch: it opens with the first message(s) `getmany` returns and closes at `max_records` or
+        `linger_ms` later, whichever comes first (Kafka's producer linger, Snuba's max batch time). Large
+        batches amortise each stage's fixed cost per batch — for the sink one part per table, and the merges
+        that follow: at 5k-event batches the sink spent ~2× the CPU per event it spends at 30–50k — at the
+        price of at most `linger_ms` more latency."""
         assert self.consumer is not None
         polled = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
         if not polled or self.linger_ms <= 0:
@@ -157,8 +157,6 @@ class BatchAgent(Service):
             more = await self.consumer.getmany(
                 timeout_ms=min(left_ms, self.poll_timeout_ms), max_records=self.max_records - n
             )
-            if not more:
-                break
             for tp, msgs in more.items():
                 polled.setdefault(tp, []).extend(msgs)
                 n += len(msgs)
