@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -28,7 +29,8 @@ from streams.processing import InRecord
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[list[InRecord]], Awaitable[None]]
+Handler = Callable[[Any], Awaitable[None]]
+Prepare = Callable[[list[InRecord]], Any]
 
 
 class RetryableError(Exception):
@@ -49,7 +51,14 @@ class AgentStats:
 
 
 class BatchAgent(Service):
-    """Consume `topic` in batches as consumer group `group_id`; `handler` must finish a batch or raise."""
+    """Consume `topic` in batches as consumer group `group_id`.
+
+    Per batch, `prepare(records)` (optional, synchronous) runs once, then `handler(prepared)` (or
+    `handler(records)`) must finish the batch or raise; on `RetryableError` only the handler is retried, with
+    what `prepare` returned. A stage with in-memory state (the enrich agent's dedup window, which admits a
+    batch's ids as it processes them) computes in `prepare` and delivers in `handler`: computing again would
+    see its own ids as duplicates and deliver nothing.
+    """
 
     def __init__(
         self,
@@ -59,6 +68,7 @@ class BatchAgent(Service):
         topic: str,
         group_id: str,
         handler: Handler,
+        prepare: Prepare | None = None,
         max_records: int = 5_000,
         poll_timeout_ms: int = 100,
         linger_ms: int = 0,
@@ -71,6 +81,7 @@ class BatchAgent(Service):
         self.topic = topic
         self.group_id = group_id
         self.handler = handler
+        self.prepare = prepare
         self.max_records = max_records
         self.poll_timeout_ms = poll_timeout_ms
         self.linger_ms = linger_ms
@@ -163,10 +174,11 @@ class BatchAgent(Service):
         return polled
 
     async def _handle_until_done(self, records: list[InRecord]) -> None:
-        delay = 0.2
+        batch = self.prepare(records) if self.prepare is not None else records
+        delay = min(0.2, self.max_retry_delay_s)
         while True:
             try:
-                await self.handler(records)
+                await self.handler(batch)
                 return
             except RetryableError as exc:
                 self.stats.retries += 1

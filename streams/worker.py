@@ -105,6 +105,7 @@ class Pipeline:
                     topic=s.raw_topic,
                     group_id=f"{s.topic_prefix}{ENRICH_GROUP}",
                     handler=self.handle_raw,
+                    prepare=self.prepare_raw,
                     max_records=self.enrich_batch,
                     **service_kwargs,
                 )
@@ -131,8 +132,12 @@ class Pipeline:
         except Exception as exc:
             raise RetryableError(f"publish to {topic} failed: {exc!r}") from exc
 
-    async def handle_raw(self, records: list[InRecord]) -> None:
-        res: StageResult = self.enricher.process(records)
+    def prepare_raw(self, records: list[InRecord]) -> StageResult:
+        """validate → dedup → enrich, once per batch (the dedup window now holds the batch's ids)."""
+        return self.enricher.process(records)
+
+    async def handle_raw(self, res: StageResult) -> None:
+        """Publish a prepared batch (retried by the agent with the same result until Kafka acks it)."""
         agent = self._agent("enrich")
         await self._publish(self.settings.enriched_topic, res.out)
         await self._publish(self.settings.dlq_topic, res.dlq)
