@@ -55,13 +55,59 @@ def _env(workdir: Path) -> dict[str, str]:
 
 
 def _proc_mem(pid: int) -> dict[str, int]:
-    """VmHWM / VmRSS / RssAnon of a process, MiB."""
+    """VmHWM / VmRSS / RssAnon / RssFile of a process, MiB."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key = line.split(":")[0]
-        if key in ("VmHWM", "VmRSS", "RssAnon"):
+        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
             out[key] = int(line.split()[1]) // 1024
     return out
+
+
+class _MemSampler:
+    """Peak VmRSS / RssAnon / RssFile of a process, sampled every 10 ms from a thread while in the block."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                lines = Path(f"/proc/{self.pid}/status").read_text().splitlines()
+            except FileNotFoundError:
+                return
+            for line in lines:
+                key = line.split(":")[0]
+                if key in self.peak:
+                    self.peak[key] = max(self.peak[key], int(line.split()[1]) // 1024)
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> _MemSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def worker_floor() -> None:
+    """The embedded engine's own footprint: a bare process that imports chdb, opens one client on an empty
+    warehouse and runs one query — what any process holding the embedded warehouse pays before doing work."""
+    import tempfile
+
+    from clickhouse_connect import get_client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        client = get_client(dsn=f"chdb://{tmp}/wh")
+        client.query("SELECT 1")
+        print(json.dumps(_proc_mem(os.getpid())))
+        client.close()
 
 
 def _pct(samples: list[float], p: float) -> float:
@@ -205,6 +251,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _export(http: object, start: str, end: str) -> dict:
+    """One CSV export streamed by the client: rows/s and time to first byte."""
+    t0 = time.perf_counter()
+    rows = nbytes = 0
+    first_byte = None
+    with http.stream(  # type: ignore[attr-defined]
+        "GET", "/api/v1/export/telemetry", params={"format": "csv", "start_date": start, "end_date": end}
+    ) as r:
+        r.raise_for_status()
+        for chunk in r.iter_raw():
+            if first_byte is None:
+                first_byte = time.perf_counter() - t0
+            rows += chunk.count(b"\n")
+            nbytes += len(chunk)
+    el = time.perf_counter() - t0
+    rows -= 1  # header
+    return {"rows": rows, "bytes": nbytes, "seconds": el, "rows_per_s": rows / el, "first_byte_s": first_byte}
+
+
 def bench_api(env: dict[str, str], key: str, samples: int, export_start: str, export_end: str) -> dict:
     import httpx
 
@@ -233,31 +298,13 @@ def bench_api(env: dict[str, str], key: str, samples: int, export_start: str, ex
         with httpx.Client(base_url=base, headers=h, timeout=300) as http:
             out["mem_idle"] = _proc_mem(proc.pid)
             http.get("/api/v1/telemetry/models", params={"start_date": date.today().isoformat()})  # warm-up
-            before = _proc_mem(proc.pid)
-            t0 = time.perf_counter()
-            rows = nbytes = 0
-            first_byte = None
-            with http.stream(
-                "GET",
-                "/api/v1/export/telemetry",
-                params={"format": "csv", "start_date": export_start, "end_date": export_end},
-            ) as r:
-                r.raise_for_status()
-                for chunk in r.iter_raw():
-                    if first_byte is None:
-                        first_byte = time.perf_counter() - t0
-                    rows += chunk.count(b"\n")
-                    nbytes += len(chunk)
-            el = time.perf_counter() - t0
-            rows -= 1  # header
-            out["export"] = {
-                "rows": rows,
-                "bytes": nbytes,
-                "seconds": el,
-                "rows_per_s": rows / el,
-                "first_byte_s": first_byte,
-            }
-            out["export_mem_before"], out["export_mem_after"] = before, _proc_mem(proc.pid)
+            # a short window first, then the full one: the peak must not grow with the row count
+            short_start = (date.fromisoformat(export_end) - timedelta(days=10)).isoformat()
+            for name, start in (("export_short", short_start), ("export", export_start)):
+                before = _proc_mem(proc.pid)
+                with _MemSampler(proc.pid) as mem:
+                    out[name] = _export(http, start, export_end)
+                out[name]["mem_before"], out[name]["mem_peak"] = before, mem.peak
 
             def timed(path: str, params: dict) -> list[float]:
                 http.get(path, params=params).raise_for_status()  # warm-up
@@ -292,13 +339,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/joulestream-bench-api"))
     ap.add_argument("--samples", type=int, default=100, help="requests per latency figure")
     ap.add_argument("--export-days", type=int, default=90, help="export window (days, max 90)")
-    ap.add_argument("--worker", choices=["count", "serve", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["count", "serve", "baseline", "floor"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--export-start", help=argparse.SUPPRESS)
     ap.add_argument("--export-end", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "count":
         return worker_count(args.workdir)
+    if args.worker == "floor":
+        return worker_floor()
     if args.worker == "serve":
         return worker_serve(args.port)
     if args.worker == "baseline":
@@ -349,10 +398,11 @@ def main() -> None:
         ],
         env,
     )
-    _report(api, base, args.samples, os.getloadavg()[0])
+    floor = _run_json(["--worker", "floor"], env)
+    _report(api, base, floor, args.samples, os.getloadavg()[0])
 
 
-def _report(api: dict, base: dict, samples: int, load: float) -> None:
+def _report(api: dict, base: dict, floor: dict, samples: int, load: float) -> None:
     def lat(name: str) -> str:
         a, b = api[name], base[name]
         return (
@@ -374,17 +424,28 @@ def _report(api: dict, base: dict, samples: int, load: float) -> None:
     )
     print(
         f"  baseline {eb['rows_per_s']:>10,.0f} rows/s ({eb['seconds']:.2f} s, one raw_stream, {eb['rows']:,} rows)"
+        f"   ratio API/baseline {ea['rows_per_s'] / eb['rows_per_s']:.2f}"
     )
-    mb, ma = api["export_mem_before"], api["export_mem_after"]
+    print()
     print(
-        f"  API server peak RSS (VmHWM): {ma['VmHWM']} MiB after the export, {mb['VmHWM']} MiB before it "
-        f"(idle {api['mem_idle']['VmHWM']} MiB); anonymous RSS {mb['RssAnon']} -> {ma['RssAnon']} MiB"
-        "   [target < 300 MB]"
+        "API server memory (MiB; RSS = anonymous + file-backed pages, sampled every 10 ms)   [target < 300 MB]"
     )
+    print(
+        f"  engine floor (bare process: chdb + one client + SELECT 1): RSS {floor['VmRSS']} "
+        f"= anonymous {floor['RssAnon']} + file-backed {floor['RssFile']} (chdb's 555 MB library)"
+    )
+    print(f"  server idle: RSS {api['mem_idle']['VmRSS']}, anonymous {api['mem_idle']['RssAnon']}")
+    for name in ("export_short", "export"):
+        e = api[name]
+        pk, bf = e["mem_peak"], e["mem_before"]
+        print(
+            f"  during the export of {e['rows']:>9,} rows: peak RSS {pk['VmRSS']} (before {bf['VmRSS']}), "
+            f"peak anonymous {pk['RssAnon']} (before {bf['RssAnon']}), peak file-backed {pk['RssFile']}"
+        )
     bb, ba = base["export_mem_before"], base["export_mem_after"]
     print(
-        f"  baseline process peak RSS: {ba['VmHWM']} MiB after, {bb['VmHWM']} MiB before; "
-        f"anonymous {bb['RssAnon']} -> {ba['RssAnon']} MiB"
+        f"  baseline process: peak RSS {ba['VmHWM']} after, {bb['VmHWM']} before; "
+        f"anonymous {bb['RssAnon']} -> {ba['RssAnon']}"
     )
     print(f"  (load average at the end: {load:.1f})")
 
