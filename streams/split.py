@@ -1,7 +1,6 @@
 """One worker, two processes: the enrich agent runs in a child process so that the two CPU-bound stages
-use both cores (in one process they share one: measured ~13.7k ev/s end to end; split, bench/pipeline.py
-measures 18–24k ev/s, median 21.6k, with per-process CPU: enrich ~30 µs/event, sink ~40 µs/event
-including chdb's own threads, the broker ~10 µs/event).
+use both cores (in one process they share one: measured ~13.7k ev/s end to end, where split measured
+18–24k on the same machine; bench/pipeline.py prints the per-process CPU, README has the current figures).
 
 The parent keeps everything that must live in the process holding the warehouse (sink agent, HTTP,
 pollers); the child runs a Faust app with only the enrich agent. The child is bound to the parent: it
