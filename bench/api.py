@@ -78,13 +78,11 @@ class _MemSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                lines = Path(f"/proc/{self.pid}/status").read_text().splitlines()
-            except FileNotFoundError:
+                now = _proc_mem(self.pid)
+            except FileNotFoundError:  # the process is gone
                 return
-            for line in lines:
-                key = line.split(":")[0]
-                if key in self.peak:
-                    self.peak[key] = max(self.peak[key], int(line.split()[1]) // 1024)
+            for key in self.peak:
+                self.peak[key] = max(self.peak[key], now[key])
             self._stop.wait(0.01)
 
     def __enter__(self) -> _MemSampler:
@@ -101,12 +99,14 @@ def worker_floor() -> None:
     warehouse and runs one query — what any process holding the embedded warehouse pays before doing work."""
     import tempfile
 
+    import chdb
     from clickhouse_connect import get_client
 
     with tempfile.TemporaryDirectory() as tmp:
         client = get_client(dsn=f"chdb://{tmp}/wh")
         client.query("SELECT 1")
-        print(json.dumps(_proc_mem(os.getpid())))
+        library = max(Path(chdb.__file__).parent.rglob("*.so*"), key=lambda f: f.stat().st_size)
+        print(json.dumps({**_proc_mem(os.getpid()), "library_mb": library.stat().st_size // 10**6}))
         client.close()
 
 
@@ -432,7 +432,7 @@ def _report(api: dict, base: dict, floor: dict, samples: int, load: float) -> No
     )
     print(
         f"  engine floor (bare process: chdb + one client + SELECT 1): RSS {floor['VmRSS']} "
-        f"= anonymous {floor['RssAnon']} + file-backed {floor['RssFile']} (chdb's 555 MB library)"
+        f"= anonymous {floor['RssAnon']} + file-backed {floor['RssFile']} (chdb's {floor['library_mb']} MB library)"
     )
     print(f"  server idle: RSS {api['mem_idle']['VmRSS']}, anonymous {api['mem_idle']['RssAnon']}")
     for name in ("export_short", "export"):

@@ -83,9 +83,8 @@ def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
 
 def reference_loop_s() -> float:
     """Seconds for a fixed pure-Python loop (10M additions, best of 3): how fast this machine's cores are at
-    the time of the run. The VM's speed varies between sessions by ~2×: on 2026-12-02 the loop took 1.5–1.8 s
-    and the baseline below ran at 21–29k events/s, where earlier sessions measured 41–47k. Events/s figures
-    follow the machine; the ratio to the baseline, measured in the same run, moves far less."""
+    the time of the run. Events/s figures follow the machine (the README's table shows two sessions of this VM
+    ~2× apart); the ratio to the baseline, measured in the same run, moves far less."""
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
