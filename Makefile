@@ -23,6 +23,7 @@ tools:
 
 test: $(STAMP) tools
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

@@ -33,8 +33,8 @@ from api.routers import (
 )
 from api.routers import telemetry as telemetry_routes
 from api.telemetry import NullTelemetry, TelemetryProvider
-from core.controlplane import FactorVersions, get_engine, upgrade
-from core.controlplane.jwt import JwtSettings, JwtVerifier
+from controlplane import FactorVersions, get_engine, upgrade
+from controlplane.jwt import JwtSettings, JwtVerifier
 from core.settings import Settings, load_settings
 
 API_PREFIX = "/api/v1"

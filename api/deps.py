@@ -2,7 +2,7 @@
 pagination and date ranges.
 
 Auth: `Authorization: Bearer js_live_…` (an API key, which carries its org) or `Bearer <JWT>` when JWT auth
-is configured (`core.controlplane.jwt`). Failures:
+is configured (`controlplane.jwt`). Failures:
 - 401 + `WWW-Authenticate: Bearer` — no token, unknown/malformed/revoked/expired key, bad JWT;
 - 403 — valid credential without the scope, or an `X-Org-Slug` it does not grant;
 - 503 — the identity provider's JWKS cannot be fetched.
@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 
 from api.errors import validation_error
 from api.telemetry import TelemetryProvider
-from core.controlplane import KEY_PREFIX, ApiKeys, FactorVersions, Orgs, Projects, Workloads
-from core.controlplane.jwt import JwksUnavailable, JwtError, JwtForbidden, JwtVerifier
+from controlplane import KEY_PREFIX, ApiKeys, FactorVersions, Orgs, Projects, Workloads
+from controlplane.jwt import JwksUnavailable, JwtError, JwtForbidden, JwtVerifier
 from core.settings import Settings
 
 Check = Callable[[], Any | Awaitable[Any]]

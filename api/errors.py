@@ -25,7 +25,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.controlplane.errors import Conflict, Invalid, NotFound
+from controlplane.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger("joulestream.api")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -209,8 +209,8 @@ def _control_plane(env: dict[str, str]) -> str:
     """The main org (id = the warehouse's org id), its projects, and a read key."""
     from sqlalchemy import delete, insert
 
-    from core.controlplane import ApiKeys, get_engine, upgrade
-    from core.controlplane.schema import api_keys, organizations, projects
+    from controlplane import ApiKeys, get_engine, upgrade
+    from controlplane.schema import api_keys, organizations, projects
 
     engine = get_engine(env["JOULESTREAM_DATABASE"])
     upgrade(engine)

@@ -4,7 +4,7 @@ LiteLLM's proxy in front of the same stub as the peer — all in one run.
     .venv/bin/python bench/gateway.py [--requests 5000] [--concurrency 32] [--skip-litellm]
 
 What runs (each server its own process, all on loopback):
-  stub       pipelines/gateway/stub.py (uvicorn + uvloop + httptools): an OpenAI-compatible upstream
+  stub       cli/demo_upstream.py (uvicorn + uvloop + httptools): an OpenAI-compatible upstream
   gateway    `cli.gateway.gateway()` in front of the stub: real auth (API key, cached), classification,
              routing, energy headers, signed receipts (stored in SQLite), usage events to a real embedded
              Kafka broker (Tansu). `gateway+prepaid` is the same with a prepaid org (one balance UPDATE per
@@ -98,7 +98,7 @@ def start_stub(work: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     code = textwrap.dedent(f"""
         import uvicorn
-        from pipelines.gateway.stub import StubConfig, StubUpstream
+        from cli.demo_upstream import StubConfig, StubUpstream
         app = StubUpstream(StubConfig(name="bench", cached_tokens=4))
         uvicorn.run(app, host="127.0.0.1", port={port}, loop="uvloop", http="httptools",
                     log_level="warning", access_log=False)
@@ -110,8 +110,8 @@ def start_stub(work: Path) -> tuple[subprocess.Popen, int]:
 
 def setup_control_plane(home: Path) -> tuple[str, str]:
     """An org with a gateway key, and a prepaid org with a key. Returns (key, prepaid_key)."""
-    from core.controlplane import ApiKeys, Orgs, dispose_engine, get_engine, upgrade
-    from core.controlplane.gateway import Balances
+    from controlplane import ApiKeys, Orgs, dispose_engine, get_engine, upgrade
+    from controlplane.gateway import Balances
 
     url = f"sqlite:///{home / 'control.db'}"
     engine = get_engine(url)

@@ -25,9 +25,9 @@ STEPS = ("prepare", "totals", "retire", "receipt", "audit pack")
 
 def close_month(month: str, org: str | None = None, cutoff: str | None = None) -> int:
     """Run the monthly close for `month` (YYYY-MM) with a progress bar; returns an exit code."""
-    from core.controlplane import Orgs, get_engine, upgrade
-    from core.controlplane.billing import BillingPeriods, Receipts, parse_month
-    from core.controlplane.errors import Invalid
+    from controlplane import Orgs, get_engine, upgrade
+    from controlplane.billing import BillingPeriods, Receipts, parse_month
+    from controlplane.errors import Invalid
     from core.settings import load_settings
     from orchestration.definitions import run_close
     from orchestration.progress import listening
@@ -84,8 +84,8 @@ def close_month(month: str, org: str | None = None, cutoff: str | None = None) -
 
 
 def credits_load(path: Path) -> tuple[int, int]:
-    from core.controlplane import get_engine, upgrade
-    from core.controlplane.billing import Credits
+    from controlplane import get_engine, upgrade
+    from controlplane.billing import Credits
     from core.settings import load_settings
 
     engine = get_engine(load_settings().database)
@@ -101,7 +101,7 @@ def credits_load_command(
     ],
 ) -> None:
     """Load credit blocks from a registry CSV (idempotent; overlapping serial ranges are rejected)."""
-    from core.controlplane.errors import ControlPlaneError
+    from controlplane.errors import ControlPlaneError
 
     try:
         added, present = credits_load(file)
@@ -114,8 +114,8 @@ def credits_load_command(
 @credits_app.command("list")
 def credits_list() -> None:
     """The inventory: blocks, tonnes, allocated tonnes."""
-    from core.controlplane import get_engine, upgrade
-    from core.controlplane.billing import Credits
+    from controlplane import get_engine, upgrade
+    from controlplane.billing import Credits
     from core.settings import load_settings
 
     engine = get_engine(load_settings().database)

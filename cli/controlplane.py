@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from core.controlplane import (
+from controlplane import (
     PLAN_TIERS,
     ApiKeys,
     ControlPlaneError,

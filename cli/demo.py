@@ -3,7 +3,7 @@ the simulated traffic shows up in the API exactly as a customer's would."""
 
 from __future__ import annotations
 
-from core.controlplane import ApiKeys, Orgs, Projects, get_engine, upgrade
+from controlplane import ApiKeys, Orgs, Projects, get_engine, upgrade
 from core.settings import Settings
 from pipelines.simulate import Tenants
 

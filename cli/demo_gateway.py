@@ -1,4 +1,4 @@
-"""The demo upstream for `joulestream up`: the OpenAI-compatible stub (pipelines/gateway/stub.py) on a
+"""The demo upstream for `joulestream up`: the OpenAI-compatible stub (cli/demo_upstream.py) on a
 loopback port, and a routing file that points three "providers" at it, so `model: "auto"` routing,
 the energy headers and receipts can be tried without any provider account."""
 
@@ -68,7 +68,7 @@ class DemoUpstream:
             [
                 sys.executable,
                 "-m",
-                "pipelines.gateway.stub",
+                "cli.demo_upstream",
                 "--port",
                 str(self.port),
                 "--name",

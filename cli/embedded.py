@@ -23,7 +23,7 @@ from rich.table import Table
 from api.internal import internal_router
 from api.internal_close import close_router
 from cli.runtime import RuntimeInfo, clear_runtime, publish_runtime
-from core.controlplane import FactorVersions, get_engine, upgrade
+from controlplane import FactorVersions, get_engine, upgrade
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
 from core.settings import Settings

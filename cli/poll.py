@@ -40,7 +40,7 @@ def poll(once: bool = False, interval_s: float | None = None, loglevel: str = "I
     (JOULESTREAM_MASTER_KEY outside the embedded demo): exit status 2. Returns 0 on a clean stop."""
     from aiokafka.errors import KafkaError
 
-    from core.controlplane import get_engine, upgrade
+    from controlplane import get_engine, upgrade
     from core.kafka import ensure_topics, producer
     from core.secrets import SecretStoreError, SecretStores
     from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler

@@ -38,8 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
-from core.controlplane import FactorVersions, Orgs
-from core.controlplane.billing import (
+from controlplane import FactorVersions, Orgs
+from controlplane.billing import (
     BillingPeriods,
     Credits,
     Period,
@@ -49,7 +49,7 @@ from core.controlplane.billing import (
     tonnes_needed,
     verify_url,
 )
-from core.controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError
 from core.receipts import Keyring, canonical_json, sha256_hex
 
 log = logging.getLogger("joulestream.close")

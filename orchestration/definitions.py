@@ -156,7 +156,7 @@ monthly_close_schedule = dg.build_schedule_from_partitioned_job(
 @dg.sensor(job=monthly_close_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
 def closing_periods_sensor(context: dg.SensorEvaluationContext, controlplane: ControlPlaneResource):
     """Periods in `closing` for 48 h (after Stripe's invoice.payment_succeeded) → a close run each."""
-    from core.controlplane.billing import BillingPeriods
+    from controlplane.billing import BillingPeriods
 
     periods = BillingPeriods(controlplane.engine()).due_closing(CLOSING_DELAY)
     if not periods:

@@ -163,7 +163,7 @@ class ControlPlaneResource(dg.ConfigurableResource):
     database_url: str | None = None  # SQLAlchemy URL; default JOULESTREAM_DATABASE
 
     def engine(self):
-        from core.controlplane import get_engine, upgrade
+        from controlplane import get_engine, upgrade
 
         engine = get_engine(self.database_url or load_settings().database)
         upgrade(engine)
@@ -196,6 +196,6 @@ class StripeResource(dg.ConfigurableResource):
     api_base: str | None = None  # default STRIPE_API_BASE, else Stripe's
 
     def client(self):
-        from core.controlplane.billing import stripe_client
+        from controlplane.billing import stripe_client
 
         return stripe_client(self.api_key, self.api_base)

@@ -13,7 +13,7 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.controlplane import FactorVersions, upgrade
+from controlplane import FactorVersions, upgrade
 from core.methodology import FactorSet, load_factor_set
 
 log = logging.getLogger(__name__)

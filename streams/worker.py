@@ -17,7 +17,7 @@ import faust
 import pyarrow as pa
 from mode import Service
 
-from core.controlplane import get_engine
+from controlplane import get_engine
 from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.methodology import FactorSet, load_factor_set
 from core.settings import Settings

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from core.controlplane import ApiKeys, Org, Orgs
+from controlplane import ApiKeys, Org, Orgs
 from core.settings import load_settings
 
 

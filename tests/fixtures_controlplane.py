@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from core.controlplane import dispose_engine, get_engine, upgrade
+from controlplane import dispose_engine, get_engine, upgrade
 
 PG_CANDIDATES = [
     os.environ.get("JOULESTREAM_TEST_PG_URL") or "",
@@ -161,7 +161,7 @@ class JwksServer:
         self.thread.start()
 
     def settings(self, **overrides):
-        from core.controlplane.jwt import JwtSettings
+        from controlplane.jwt import JwtSettings
 
         return JwtSettings(**{"jwks_url": self.url, "issuer": ISSUER, "audience": AUDIENCE, **overrides})
 

@@ -9,8 +9,8 @@ from fastapi.responses import Response
 from api.deps import Ctx
 from api.errors import error_responses
 from api.routers.billing import StatusPrincipal, month_bounds
+from controlplane.billing import BillingPeriods, Receipts, is_paid
 from core.artifacts import open_store
-from core.controlplane.billing import BillingPeriods, Receipts, is_paid
 
 router = APIRouter(prefix="/export", tags=["export"], responses=error_responses(401, 403))
 

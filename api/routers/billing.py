@@ -1,6 +1,6 @@
 """Billing: GET /billing/status, POST /billing/upgrade, POST /billing/portal, POST /billing/webhook.
 
-Stripe goes through the real `stripe` library (`core.controlplane.billing.stripe_client`): `STRIPE_API_KEY`,
+Stripe goes through the real `stripe` library (`controlplane.billing.stripe_client`): `STRIPE_API_KEY`,
 `STRIPE_API_BASE` (a local stub in tests), `STRIPE_WEBHOOK_SECRET`, price ids per plan in
 `JOULESTREAM_STRIPE_PRICES` ("starter=price_…,growth=price_…,scale=price_…"). Redirects after Checkout and
 the portal go to `JOULESTREAM_APP_URL`; enterprise upgrades get `JOULESTREAM_SALES_URL`.
@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from api.deps import Ctx, Principal, get_principal
 from api.errors import ErrorBody, error_responses
-from core.controlplane.billing import (
+from controlplane.billing import (
     BillingPeriods,
     Receipts,
     StripePlans,
@@ -33,7 +33,7 @@ from core.controlplane.billing import (
     parse_month,
     stripe_client,
 )
-from core.controlplane.errors import Invalid
+from controlplane.errors import Invalid
 
 router = APIRouter(prefix="/billing", tags=["billing"])
 log = logging.getLogger("joulestream.api.billing")

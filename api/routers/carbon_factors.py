@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from api.deps import Ctx, ReadPrincipal
 from api.errors import error_responses
-from core.controlplane import FactorVersion, NotFound
+from controlplane import FactorVersion, NotFound
 
 router = APIRouter(prefix="/carbon-factors", tags=["carbon factors"], responses=error_responses(401, 403))
 

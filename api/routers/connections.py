@@ -37,11 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from api.deps import AdminPrincipal, AppContext, Ctx, ReadPrincipal
 from api.errors import error_responses
-from core.controlplane import Conflict, NotFound
-from core.controlplane.connections import Connection, Connections, SyncRateLimited, new_connection_id
+from controlplane import Conflict, NotFound
+from controlplane.connections import Connection, Connections, SyncRateLimited, new_connection_id
 from core.secrets import LOCAL_PREFIX, SecretStore, SecretStoreError, SecretStores, redact
-from pipelines.pollers import base_urls, client_for
-from pipelines.pollers.base import AuthError, HttpPolicy, ProviderError, RateLimited
+from providers import base_urls, client_for
+from providers.base import AuthError, HttpPolicy, ProviderError, RateLimited
 
 log = logging.getLogger("joulestream.api.connections")
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from api.deps import Ctx
 from api.errors import error_responses
-from core.controlplane import NotFound
+from controlplane import NotFound
 
 router = APIRouter(tags=["methodology"])
 

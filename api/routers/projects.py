@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.deps import AdminPrincipal, AppContext, Ctx, Dates, Page, ReadPrincipal
 from api.errors import error_responses
-from core.controlplane import NotFound, Project
+from controlplane import NotFound, Project
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=error_responses(401, 403))
 log = logging.getLogger("joulestream.api.projects")

@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 
 from api.deps import Ctx
 from api.errors import error_responses
-from core.controlplane.billing import SERIAL_RE, Receipts
+from controlplane.billing import SERIAL_RE, Receipts
 from core.receipts import Keyring, verify
 
 router = APIRouter(prefix="/public/receipts", tags=["public"])

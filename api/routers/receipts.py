@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from api.deps import Ctx
 from api.errors import error_responses
 from api.routers.billing import StatusPrincipal
+from controlplane.billing import Receipts, is_paid, verify_url
 from core.artifacts import open_store
-from core.controlplane.billing import Receipts, is_paid, verify_url
 
 router = APIRouter(prefix="/receipts", tags=["receipts"], responses=error_responses(401, 403))
 UPGRADE_URL = "/api/v1/billing/upgrade"

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from api.deps import AppContext, Ctx, Dates, Page, ReadPrincipal
 from api.errors import error_responses, validation_error
 from api.telemetry_provider import TelemetryReader, build_summary
-from core.controlplane import NotFound
+from controlplane import NotFound
 from warehouse.telemetry import Scope
 
 router = APIRouter(prefix="/telemetry", tags=["telemetry"], responses=error_responses(401, 403))

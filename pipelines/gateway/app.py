@@ -31,8 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 from uuid6 import uuid7
 
+from controlplane import FactorVersions, get_engine, upgrade
 from core.contracts import RoutingTier, Source, UsageEvent
-from core.controlplane import FactorVersions, get_engine, upgrade
 from core.methodology import FactorSet, Footprint, compute_footprint, load_factor_set
 from core.receipts import Keyring, utc_timestamp
 from core.settings import Settings
@@ -716,7 +716,7 @@ def create_gateway_app(
     """
     engine = engine or get_engine(settings.database)
     if migrate:
-        import core.controlplane.gateway  # noqa: F401  (registers the gateway tables on the metadata)
+        import controlplane.gateway  # noqa: F401  (registers the gateway tables on the metadata)
 
         upgrade(engine)
     factors = factors or _default_factors(engine)

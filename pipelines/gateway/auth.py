@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from core.controlplane import ApiKeys, Orgs, Workloads, hash_key
+from controlplane import ApiKeys, Orgs, Workloads, hash_key
 from pipelines.gateway.errors import GatewayError, unauthorized
 
 NEGATIVE_TTL_S = 5.0

@@ -5,7 +5,7 @@ docs/gateway.md): a request takes one request token up front; the token budget m
 request and is charged the request's actual tokens when it finishes (one request can overdraw it; the next
 waits until it refills). With N gateway processes an org gets up to N× its budget.
 
-Prepaid balances live in the control plane (`core.controlplane.gateway.Balances`, micro-USD). Before a
+Prepaid balances live in the control plane (`controlplane.gateway.Balances`, micro-USD). Before a
 request is forwarded, its maximum price at the first-choice upstream (estimated input tokens + max_tokens,
 or `billing.default_output_reserve_tokens`) is *reserved* with one `UPDATE … WHERE balance >= price`; when
 it ends, the difference to the actual price is settled by a background task (batched). A request that
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from core.controlplane.gateway import Balances
+from controlplane.gateway import Balances
 from pipelines.gateway.auth import Caller
 from pipelines.gateway.config import Billing, Budget, Budgets
 from pipelines.gateway.errors import GatewayError

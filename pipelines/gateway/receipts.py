@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from core.controlplane.gateway import GatewayReceipts
+from controlplane.gateway import GatewayReceipts
 from core.receipts import Keyring, SignedRecord
 
 log = logging.getLogger("joulestream.gateway.receipts")

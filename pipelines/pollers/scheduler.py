@@ -47,13 +47,13 @@ import httpx
 from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
+from controlplane.connections import BucketWrite, Connection, Connections
 from core.contracts import UsageEvent
-from core.controlplane.connections import BucketWrite, Connection, Connections
 from core.kafka import OutRecord, send_many
 from core.secrets import SecretStore, SecretStoreError, redact
 from core.settings import Settings
-from pipelines.pollers import base_urls, client_for
-from pipelines.pollers.base import (
+from providers import base_urls, client_for
+from providers.base import (
     USER_AGENT,
     ZERO_CONTENT_HASH,
     AuthError,

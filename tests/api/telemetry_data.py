@@ -16,8 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from controlplane import Project, Projects
 from core.contracts import EnrichedUsage, UsageEvent
-from core.controlplane import Project, Projects
 from core.methodology import load_factor_set
 from streams.processing import Enricher, InRecord, parse_enriched
 from tests.e2e.expectations import expected

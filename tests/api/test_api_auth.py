@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from core.controlplane import ApiKeys
-from core.controlplane.jwt import JwtSettings
-from core.controlplane.schema import api_keys
+from controlplane import ApiKeys
+from controlplane.jwt import JwtSettings
+from controlplane.schema import api_keys
 from tests.fixtures_api import bearer, client_for
 from tests.fixtures_controlplane import AUDIENCE, ISSUER
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.controlplane import FactorVersions
+from controlplane import FactorVersions
 from tests.fixtures_api import bearer
 from tests.fixtures_controlplane import tiny_factors
 

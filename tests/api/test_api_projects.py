@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from core.controlplane import Workloads
+from controlplane import Workloads
 from tests.fixtures_api import client_for
 
 pytestmark = pytest.mark.anyio

@@ -22,9 +22,9 @@ except ImportError:  # older FastAPI: app.routes is already flat
         return routes
 
 
-from core.controlplane import ApiKeys, Orgs, Projects, Workloads
-from core.controlplane.billing import Credits, Receipts
-from core.controlplane.connections import Connections
+from controlplane import ApiKeys, Orgs, Projects, Workloads
+from controlplane.billing import Credits, Receipts
+from controlplane.connections import Connections
 from core.secrets import LocalSecretStore
 from tests.api.stripe_stub import WEBHOOK_SECRET, StripeStub, event, sign_webhook
 from tests.fixtures_api import bearer, client_for

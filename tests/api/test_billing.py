@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from core.controlplane import ApiKeys, Orgs
-from core.controlplane.billing import BillingPeriods, parse_month
+from controlplane import ApiKeys, Orgs
+from controlplane.billing import BillingPeriods, parse_month
 from tests.api.billing_app import with_close_routes
 from tests.api.stripe_stub import WEBHOOK_SECRET, StripeStub, event, sign_webhook
 from tests.fixtures_api import bearer, client_for

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from core.controlplane import Projects, Workloads
-from core.controlplane.connections import connections
-from core.controlplane.db import load_all_tables
-from core.controlplane.schema import metadata
+from controlplane import Projects, Workloads
+from controlplane.connections import connections
+from controlplane.db import load_all_tables
+from controlplane.schema import metadata
 from core.secrets import LocalSecretStore, SecretNotFound
 from pipelines.pollers.scheduler import last_poll_at
 from tests.fixtures_api import bearer, client_for

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from core.controlplane import Orgs
-from core.controlplane.billing import Credits
+from controlplane import Orgs
+from controlplane.billing import Credits
 from tests.api.billing_app import with_close_routes
 from tests.fixtures_api import client_for
 from tests.orchestration.helpers import INVENTORY_CSV, now_iso, pipeline_usage, verify_independently

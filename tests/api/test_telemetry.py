@@ -466,8 +466,8 @@ def test_e2e_worker_api_summary_equals_runtime_totals(stack, worker):
     report exactly the runtime's own totals (/internal/v1/totals)."""
     from sqlalchemy import insert
 
-    from core.controlplane import ApiKeys, dispose_engine, get_engine, upgrade
-    from core.controlplane.schema import organizations
+    from controlplane import ApiKeys, dispose_engine, get_engine, upgrade
+    from controlplane.schema import organizations
     from pipelines.simulate import generate
 
     traffic = generate(

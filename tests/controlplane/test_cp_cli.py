@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.controlplane import factors_app, keys_app, orgs_app
-from core.controlplane import ApiKeys, FactorVersions, Orgs
+from controlplane import ApiKeys, FactorVersions, Orgs
 from tests.fixtures_controlplane import tiny_factors
 
 runner = CliRunner()

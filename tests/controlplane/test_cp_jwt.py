@@ -8,7 +8,7 @@ import time
 import jwt as pyjwt
 import pytest
 
-from core.controlplane.jwt import (
+from controlplane.jwt import (
     JwksUnavailable,
     JwtError,
     JwtForbidden,

@@ -7,9 +7,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from core.controlplane import current_revision, dispose_engine, get_engine, head_revision, upgrade
-from core.controlplane.db import load_all_tables
-from core.controlplane.schema import metadata
+from controlplane import current_revision, dispose_engine, get_engine, head_revision, upgrade
+from controlplane.db import load_all_tables
+from controlplane.schema import metadata
 from core.settings import load_settings
 
 TABLES = {"organizations", "api_keys", "projects", "workloads", "carbon_factor_versions"}

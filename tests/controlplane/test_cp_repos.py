@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from core.controlplane import (
+from controlplane import (
     DEFAULT_PROJECT_NAME,
     ApiKeys,
     Conflict,
@@ -20,8 +20,8 @@ from core.controlplane import (
     Projects,
     Workloads,
 )
-from core.controlplane.repos import LAST_USED_RESOLUTION
-from core.controlplane.schema import api_keys
+from controlplane.repos import LAST_USED_RESOLUTION
+from controlplane.schema import api_keys
 from tests.fixtures_controlplane import tiny_factors
 
 # --------------------------------------------------------------------------------------------- orgs

@@ -20,10 +20,10 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from core.controlplane import ApiKeys, Orgs, dispose_engine, get_engine, upgrade  # noqa: E402
-from core.controlplane.gateway import Balances  # noqa: E402
+from cli.demo_upstream import StubConfig, StubStats, StubUpstream  # noqa: E402
+from controlplane import ApiKeys, Orgs, dispose_engine, get_engine, upgrade  # noqa: E402
+from controlplane.gateway import Balances  # noqa: E402
 from pipelines.gateway import create_gateway_app, parse_routes  # noqa: E402
-from pipelines.gateway.stub import StubConfig, StubStats, StubUpstream  # noqa: E402
 from tests.fixtures_controlplane import db_url, pg_admin  # noqa: E402, F401
 from tests.stack import Stack, free_port  # noqa: E402  (kafka, stack, worker: root conftest plugin)
 
@@ -79,7 +79,7 @@ class Tenants:
 def cp_engine(tmp_path: Path) -> Iterator[Any]:
     url = f"sqlite:///{tmp_path / 'control.db'}"
     engine = get_engine(url)
-    import core.controlplane.gateway  # noqa: F401
+    import controlplane.gateway  # noqa: F401
 
     upgrade(engine)
     yield engine

@@ -1,4 +1,4 @@
-"""core.controlplane.gateway on SQLite and PostgreSQL: atomic balance debits, receipts scoped by org, and
+"""controlplane.gateway on SQLite and PostgreSQL: atomic balance debits, receipts scoped by org, and
 the migration matching the metadata."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
 
-import core.controlplane.gateway  # noqa: F401  (registers the tables on the metadata)
-from core.controlplane import Invalid, NotFound, Orgs, get_engine, upgrade
-from core.controlplane.gateway import Balances, GatewayReceipts
-from core.controlplane.schema import metadata
+import controlplane.gateway  # noqa: F401  (registers the tables on the metadata)
+from controlplane import Invalid, NotFound, Orgs, get_engine, upgrade
+from controlplane.gateway import Balances, GatewayReceipts
+from controlplane.schema import metadata
 from core.receipts import sign, verify
 
 

@@ -17,8 +17,8 @@ import pytest
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from core.controlplane import ApiKeys, Projects, Workloads
-from core.controlplane.gateway import Balances
+from controlplane import ApiKeys, Projects, Workloads
+from controlplane.gateway import Balances
 from core.methodology import compute_footprint, load_factor_set
 from tests.gateway.conftest import read_topic
 from tests.stack import free_port

@@ -8,8 +8,8 @@ import typer
 from typer.testing import CliRunner
 
 from cli.close import register_close_commands
-from core.controlplane import Orgs
-from core.controlplane.billing import BillingPeriods, Credits, Receipts
+from controlplane import Orgs
+from controlplane.billing import BillingPeriods, Credits, Receipts
 from tests.orchestration.helpers import INVENTORY_CSV, pipeline_usage
 
 

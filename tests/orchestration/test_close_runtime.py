@@ -15,8 +15,8 @@ from fastapi import FastAPI
 
 from api.internal_close import close_router
 from cli.runtime import publish_runtime
-from core.controlplane import Orgs
-from core.controlplane.billing import BillingPeriods, Receipts
+from controlplane import Orgs
+from controlplane.billing import BillingPeriods, Receipts
 from core.settings import load_settings
 from orchestration.resources import DirectReader, RuntimeReader, WarehouseResource
 from tests.orchestration.helpers import INVENTORY_CSV, now_iso, pipeline_usage, verify_independently
@@ -64,7 +64,7 @@ def test_runtime_reader_matches_direct(close_env, runtime):
 
 
 def test_dagster_job_through_the_runtime(close_env, runtime):
-    from core.controlplane.billing import Credits
+    from controlplane.billing import Credits
 
     env = close_env
     org = Orgs(env.engine).create("acme", plan_tier="growth")

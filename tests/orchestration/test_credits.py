@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from core.controlplane import Orgs
-from core.controlplane.billing import BillingPeriods, Credits, Receipts, parse_block, tonnes_needed
-from core.controlplane.errors import Conflict, Invalid
+from controlplane import Orgs
+from controlplane.billing import BillingPeriods, Credits, Receipts, parse_block, tonnes_needed
+from controlplane.errors import Conflict, Invalid
 
 
 def test_parse_block_forms():

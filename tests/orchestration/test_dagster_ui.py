@@ -80,9 +80,9 @@ def _log_tail(path: Path) -> str:
 def test_dagster_run_while_up_holds_the_warehouse(stack, tmp_path):
     if not (Path(sys.executable).parent / "dagster").exists():
         pytest.skip("dagster CLI not installed in the venv")
+    from controlplane import Orgs, get_engine
+    from controlplane.billing import BillingPeriods, Credits, Receipts
     from core.contracts import UsageEvent
-    from core.controlplane import Orgs, get_engine
-    from core.controlplane.billing import BillingPeriods, Credits, Receipts
     from core.kafka import OutRecord
     from pipelines.simulate import run_publish
     from tests.orchestration.helpers import INVENTORY_CSV

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import pyarrow.parquet as pq
 import pytest
 
-from core.controlplane import Orgs
-from core.controlplane.billing import BillingPeriods, Credits, Receipts
+from controlplane import Orgs
+from controlplane.billing import BillingPeriods, Credits, Receipts
 from tests.orchestration.helpers import INVENTORY_CSV, now_iso, pipeline_usage, verify_independently
 
 SEP = datetime(2026, 9, 1, tzinfo=UTC)

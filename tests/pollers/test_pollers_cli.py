@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.controlplane import Orgs, dispose_engine, get_engine, upgrade
-from core.controlplane.connections import Connections, new_connection_id
+from controlplane import Orgs, dispose_engine, get_engine, upgrade
+from controlplane.connections import Connections, new_connection_id
 from core.secrets import LocalSecretStore
-from pipelines.pollers.base import floor_to
+from providers.base import floor_to
 from tests.pollers.stubs import ADMIN_KEYS
 from tests.stack import REPO
 

@@ -14,15 +14,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import delete, select
 
+from controlplane import Orgs, dispose_engine, get_engine, upgrade
+from controlplane.connections import Connections, connection_buckets, new_connection_id
+from controlplane.db import load_all_tables
+from controlplane.schema import metadata
 from core.contracts import UsageEvent
-from core.controlplane import Orgs, dispose_engine, get_engine, upgrade
-from core.controlplane.connections import Connections, connection_buckets, new_connection_id
-from core.controlplane.db import load_all_tables
-from core.controlplane.schema import metadata
 from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.secrets import LocalSecretStore
-from pipelines.pollers.base import HttpPolicy, floor_to
 from pipelines.pollers.scheduler import PollerConfig, PollScheduler
+from providers.base import HttpPolicy, floor_to
 from tests.e2e.expectations import FLOAT_FIELDS, TOKEN_FIELDS, expected
 from tests.pollers.stubs import ADMIN_KEYS
 from tests.stack import Stack, WorkerProcess

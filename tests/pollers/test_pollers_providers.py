@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines.pollers import client_for
-from pipelines.pollers.base import (
+from providers import client_for
+from providers.base import (
     AuthError,
     HttpPolicy,
     ProviderUnavailable,

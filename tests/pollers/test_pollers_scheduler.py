@@ -12,14 +12,14 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from sqlalchemy import select, update
 
+from controlplane import Orgs, Projects
+from controlplane.connections import Connections, connections, new_connection_id
+from controlplane.db import load_all_tables
+from controlplane.schema import metadata
 from core.contracts import Source, UsageEvent
-from core.controlplane import Orgs, Projects
-from core.controlplane.connections import Connections, connections, new_connection_id
-from core.controlplane.db import load_all_tables
-from core.controlplane.schema import metadata
 from core.settings import load_settings
-from pipelines.pollers.base import HttpPolicy, floor_to
 from pipelines.pollers.scheduler import PollerConfig, PollScheduler, last_poll_at
+from providers.base import HttpPolicy, floor_to
 from tests.pollers.stubs import ADMIN_KEYS, LIMITED_KEYS
 
 pytestmark = pytest.mark.anyio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.controlplane import FactorVersions, get_engine
+from controlplane import FactorVersions, get_engine
 from streams.factors import CurrentFactors
 
 V1 = (Path(__file__).resolve().parents[2] / "core" / "factors" / "v1.0.yaml").read_text()

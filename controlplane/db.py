@@ -7,7 +7,7 @@ be chosen in the URL with libpq options, e.g. `…/db?options=-csearch_path%3Dte
 `upgrade(engine)` runs the Alembic migrations that live in this package (`migrations/`) programmatically:
 no alembic.ini is needed at runtime, it is idempotent, and on PostgreSQL concurrent callers are serialised
 with an advisory lock. To author a new revision:
-`alembic -c core/controlplane/migrations/alembic.ini revision -m "…"` (then write the upgrade by hand).
+`alembic -c controlplane/migrations/alembic.ini revision -m "…"` (then write the upgrade by hand).
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def _create_engine(url: str) -> Engine:
 
 
 def load_all_tables() -> None:
-    """Import every module of `core.controlplane`, so that tables defined outside `schema.py` (on the shared
+    """Import every module of `controlplane`, so that tables defined outside `schema.py` (on the shared
     `schema.metadata`, e.g. `gateway.py`) are registered before the metadata is compared or used."""
-    import core.controlplane as package
+    import controlplane as package
 
     for module in pkgutil.iter_modules(package.__path__):
         if not module.ispkg:

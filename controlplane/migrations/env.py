@@ -1,4 +1,4 @@
-"""Alembic environment for the control plane. Run programmatically by `core.controlplane.db.upgrade`, which
+"""Alembic environment for the control plane. Run programmatically by `controlplane.db.upgrade`, which
 passes an open connection in `config.attributes["connection"]`; with the `alembic` CLI the URL comes from
 `-x url=…`, `sqlalchemy.url` or `JOULESTREAM_DATABASE`."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from core.controlplane.db import load_all_tables
-from core.controlplane.schema import metadata
+from controlplane.db import load_all_tables
+from controlplane.schema import metadata
 
 config = context.config
 if config.attributes.get("connection") is None:
@@ -46,7 +46,7 @@ else:
     if connection is not None:
         _run(connection)
     else:
-        from core.controlplane.db import get_engine
+        from controlplane.db import get_engine
 
         with get_engine(_url()).begin() as conn:
             _run(conn)

@@ -7,10 +7,10 @@ Alembic migrations in `migrations/`). SQLite by default, PostgreSQL in productio
     key, plaintext = ApiKeys(engine).create(org.id, ["read"])
 """
 
-from core.controlplane.db import current_revision, dispose_engine, get_engine, head_revision, upgrade
-from core.controlplane.errors import Conflict, ControlPlaneError, Invalid, NotFound
-from core.controlplane.models import ApiKey, FactorVersion, Org, Project, Workload
-from core.controlplane.repos import (
+from controlplane.db import current_revision, dispose_engine, get_engine, head_revision, upgrade
+from controlplane.errors import Conflict, ControlPlaneError, Invalid, NotFound
+from controlplane.models import ApiKey, FactorVersion, Org, Project, Workload
+from controlplane.repos import (
     DEFAULT_PROJECT_NAME,
     KEY_PREFIX,
     ApiKeys,
@@ -21,7 +21,7 @@ from core.controlplane.repos import (
     hash_key,
     normalise_scopes,
 )
-from core.controlplane.schema import PLAN_TIERS, SCOPES, WORKLOAD_KINDS
+from controlplane.schema import PLAN_TIERS, SCOPES, WORKLOAD_KINDS
 
 __all__ = [
     "DEFAULT_PROJECT_NAME",

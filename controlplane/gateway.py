@@ -1,6 +1,6 @@
 """Control-plane storage for the inference gateway: prepaid balances and per-request receipts.
 
-Tables (created by migration `0010_gateway`, registered on the shared `core.controlplane.schema.metadata`):
+Tables (created by migration `0010_gateway`, registered on the shared `controlplane.schema.metadata`):
 
 - `org_balances`: one row per prepaid org, `balance_micros` in millionths of a US dollar (integers: no
   float rounding in money). An org with no row is not prepaid (the gateway never answers 402 for it).
@@ -32,8 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from core.controlplane.errors import Invalid, NotFound
-from core.controlplane.schema import UTCDateTime, metadata
+from controlplane.errors import Invalid, NotFound
+from controlplane.schema import UTCDateTime, metadata
 from core.receipts import SignedRecord
 
 MICROS_PER_USD = 1_000_000

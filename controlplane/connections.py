@@ -1,7 +1,7 @@
 """Provider connections (an org's admin key for OpenAI / Anthropic / OpenRouter usage APIs) and the pollers'
 per-bucket state.
 
-Tables (migration `0020_connections`, on the shared `core.controlplane.schema.metadata`):
+Tables (migration `0020_connections`, on the shared `controlplane.schema.metadata`):
 
 - `connections`: one row per registered provider key. The key itself is never here: `secret_ref` is a
   `core.secrets` reference (NaCl ciphertext or an AWS ARN), cleared when the connection is deleted. At most
@@ -53,9 +53,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from core.controlplane.errors import Conflict, Invalid, NotFound
-from core.controlplane.repos import Projects, Workloads
-from core.controlplane.schema import UTCDateTime, metadata, projects, workloads
+from controlplane.errors import Conflict, Invalid, NotFound
+from controlplane.repos import Projects, Workloads
+from controlplane.schema import UTCDateTime, metadata, projects, workloads
 
 PROVIDERS = ("openai", "anthropic", "openrouter")
 STATUSES = ("active", "error", "disabled")

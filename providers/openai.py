@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from pipelines.pollers.base import (
+from providers.base import (
     HOUR,
     ProviderClient,
     ProviderResponseError,

@@ -1,5 +1,5 @@
 """Control-plane repositories: each takes an Engine, opens its own short transaction per call and returns
-pydantic models (`core.controlplane.models`). Rule violations raise `NotFound` / `Conflict` / `Invalid`.
+pydantic models (`controlplane.models`). Rule violations raise `NotFound` / `Conflict` / `Invalid`.
 
 Tenancy: every method that reads or changes org data takes `org_id` and filters by it; an id of another
 org is indistinguishable from an unknown id (`NotFound` / `None`).
@@ -24,9 +24,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from core.controlplane.errors import Conflict, Invalid, NotFound
-from core.controlplane.models import ApiKey, FactorVersion, Org, Project, Workload
-from core.controlplane.schema import (
+from controlplane.errors import Conflict, Invalid, NotFound
+from controlplane.models import ApiKey, FactorVersion, Org, Project, Workload
+from controlplane.schema import (
     PLAN_TIERS,
     SCOPES,
     WORKLOAD_KINDS,

@@ -31,7 +31,7 @@ import jwt
 from jwt import PyJWKClient
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
-from core.controlplane.schema import SCOPES
+from controlplane.schema import SCOPES
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 

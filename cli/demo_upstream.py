@@ -6,7 +6,7 @@ with usage that includes `prompt_tokens_details.cached_tokens`. Behaviour is set
 changed at run time through `POST /_stub/config` (JSON, any of the `StubConfig` fields); `GET /_stub/stats`
 returns request counts and the last request body seen.
 
-    python -m pipelines.gateway.stub --port 9001 --name a
+    python -m cli.demo_upstream --port 9001 --name a
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pipelines.pollers.base import (
+from providers.base import (
     HOUR,
     ProviderClient,
     ProviderResponseError,

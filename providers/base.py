@@ -5,7 +5,7 @@ Identity: `event_id = "<provider>-" + sha256(provider, connection_id, bucket_sta
 the provider's grouping keys)[:40]`. The same provider bucket always gets the same id, from any poller
 process, on any re-poll.
 
-Revision: a stored per-bucket content hash decides it (`core.controlplane.connections.connection_buckets`):
+Revision: a stored per-bucket content hash decides it (`controlplane.connections.connection_buckets`):
 - a bucket seen for the first time gets `revision = poll time in epoch milliseconds`;
 - a re-poll with the same figures (same content hash) keeps the stored revision, so it produces the same
   (event_id, revision) — nothing is even re-published, and if it were the warehouse ledger would skip it;

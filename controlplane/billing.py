@@ -1,6 +1,6 @@
 """Billing periods, the carbon-credit inventory and its allocations, monthly receipts, processed Stripe events.
 
-Tables (migration `0030_billing`, on the shared `core.controlplane.schema.metadata`):
+Tables (migration `0030_billing`, on the shared `controlplane.schema.metadata`):
 
 - `billing_periods`: one per org and calendar month (`month` = "YYYY-MM"), created on demand. Status
   `open` → `closing` → `closed`, or `failed` (a failed close can be retried: failed → closing). `cutoff` is
@@ -66,8 +66,8 @@ from sqlalchemy import (
 from sqlalchemy import Engine as _Engine
 from sqlalchemy.exc import IntegrityError
 
-from core.controlplane.errors import Conflict, Invalid, NotFound
-from core.controlplane.schema import PLAN_TIERS, UTCDateTime, metadata, organizations
+from controlplane.errors import Conflict, Invalid, NotFound
+from controlplane.schema import PLAN_TIERS, UTCDateTime, metadata, organizations
 
 PERIOD_STATUSES = ("open", "closing", "closed", "failed")
 PAID_PLANS = ("starter", "growth", "scale", "enterprise")

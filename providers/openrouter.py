@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from pipelines.pollers.base import (
+from providers.base import (
     DAY,
     ProviderClient,
     ProviderResponseError,
