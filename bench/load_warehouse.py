@@ -258,13 +258,12 @@ def main() -> None:
     ap.add_argument("--optimize", action="store_true", help="OPTIMIZE … FINAL the rollups afterwards")
     args = ap.parse_args()
 
-    from dataclasses import replace
 
     from core.settings import load_settings
     from warehouse.client import get_client
     from warehouse.migrate import migrate
 
-    client = get_client(replace(load_settings(), clickhouse=args.dsn), database=args.database)
+    client = get_client(load_settings().replace(clickhouse=args.dsn), database=args.database)
     migrate(client, args.database)
     shape = Shape(events=args.events, days=args.days, orgs=args.orgs, projects=args.projects, seed=args.seed)
     print(f"loading {shape.events:,} events into {args.dsn} database {args.database} …")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from core.contracts import EnrichedUsage
@@ -84,7 +83,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = replace(load_settings(), clickhouse=f"chdb://{tmp}/wh")
+        settings = load_settings().replace(clickhouse=f"chdb://{tmp}/wh")
         client = get_client(settings, database="bench")
         migrate(client, "bench")
         n = args.rows

@@ -1,34 +1,125 @@
-"""Settings from the environment. An unset connection string means the embedded default.
+"""The one settings object: every environment variable joulestream reads is a field here, read once, typed
+and validated (pydantic-settings), then passed down. Nothing else in the product reads the environment.
 
-| variable                 | meaning                                   | unset →                                   |
-|--------------------------|-------------------------------------------|-------------------------------------------|
-| JOULESTREAM_HOME         | data dir for all embedded state            | ./.joulestream                            |
-| JOULESTREAM_KAFKA        | bootstrap servers, host:port[,host:port]   | 127.0.0.1:19092 (embedded Tansu)          |
-| JOULESTREAM_CLICKHOUSE   | http(s)://user:pass@host:port/db or chdb:// | chdb:///$JOULESTREAM_HOME/warehouse       |
-| JOULESTREAM_CH_DATABASE  | ClickHouse database for joulestream tables | joulestream                               |
-| JOULESTREAM_DATABASE     | SQLAlchemy URL of the control plane        | sqlite:///$JOULESTREAM_HOME/control.db    |
-| JOULESTREAM_TOPIC_PREFIX | prefix for every Kafka topic (tests)       | "" (none)                                 |
+An unset connection string means the embedded default; every embedded state file lives under `home`.
+
+| variable                                 | field                   | unset →                                   |
+|------------------------------------------|-------------------------|-------------------------------------------|
+| JOULESTREAM_HOME                         | home                    | ./.joulestream                            |
+| JOULESTREAM_KAFKA                        | kafka                   | 127.0.0.1:19092 (embedded Tansu)          |
+| JOULESTREAM_CLICKHOUSE                   | clickhouse              | chdb:///$JOULESTREAM_HOME/warehouse       |
+| JOULESTREAM_CH_DATABASE                  | ch_database             | joulestream                               |
+| JOULESTREAM_DATABASE                     | database                | sqlite:///$JOULESTREAM_HOME/control.db    |
+| JOULESTREAM_TOPIC_PREFIX                 | topic_prefix            | "" (none; tests set one per test)         |
+| JOULESTREAM_PUBLIC_URL (JOULESTREAM_APP_URL, the old name, still read) | public_url | http://127.0.0.1:8787 |
+| JOULESTREAM_SALES_URL                    | sales_url               | https://joulestream.dev/contact-sales     |
+| JOULESTREAM_MASTER_KEY                   | master_key              | embedded demo: `home/master.key`          |
+| JOULESTREAM_SECRET_STORE                 | secret_store            | local                                     |
+| JOULESTREAM_AWS_REGION, _AWS_SECRET_PREFIX | aws_region, aws_secret_prefix | boto3's default, `joulestream/`     |
+| JOULESTREAM_SIGNING_KEY                  | signing_key             | generated under `home/keys/`              |
+| JOULESTREAM_ARTIFACTS, _ARTIFACTS_ENDPOINT | artifacts, artifacts_endpoint | `home/artifacts`                    |
+| JOULESTREAM_JWT_JWKS_URL, _ISSUER, _AUDIENCE, _ORG_CLAIM, _MEMBERSHIPS_CLAIM | jwt_* | API keys only   |
+| JOULESTREAM_POLL_INTERVAL_S, _LOOKBACK_H, _BACKFILL_DAYS, _MAX_FAILURES, _TICK_S | poll_* | 3600, 48, 7, 5, 15 |
+| JOULESTREAM_{OPENAI,ANTHROPIC,OPENROUTER}_BASE_URL | openai_base_url, … | the providers' public APIs      |
+| STRIPE_API_KEY, STRIPE_API_BASE, STRIPE_WEBHOOK_SECRET | stripe_api_key, stripe_api_base, stripe_webhook_secret | Stripe off |
+| JOULESTREAM_STRIPE_PRICES                | stripe_prices           | `price_joulestream_<plan>`                |
+
+`load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
+subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
+(`api_key_env:`) are read through `env_secret()`, the one other door to the environment.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_PORT = 19092
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8787"
+PREFIX = "JOULESTREAM_"
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    kafka: str
-    clickhouse: str
-    ch_database: str
-    database: str
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, frozen=True, extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
+
+    # Where things are
+    home: Path = Path("./.joulestream")
+    kafka: str = ""
+    kafka_embedded: bool = Field(default=False, exclude=True)  # derived: JOULESTREAM_KAFKA unset
+    clickhouse: str = ""
+    ch_database: str = "joulestream"
+    database: str = ""
     topic_prefix: str = ""
-    kafka_embedded: bool = field(default=False)
+    public_url: str = Field(
+        default=DEFAULT_PUBLIC_URL,
+        validation_alias=AliasChoices("public_url", f"{PREFIX}PUBLIC_URL", f"{PREFIX}APP_URL"),
+    )
+    sales_url: str = "https://joulestream.dev/contact-sales"
 
+    # Secrets and keys
+    master_key: SecretStr | None = None
+    secret_store: Literal["local", "aws"] = "local"
+    aws_region: str | None = None
+    aws_secret_prefix: str = "joulestream/"
+    signing_key: SecretStr | None = None
+
+    # Artefact store (audit packs, receipt PDFs)
+    artifacts: str | None = None
+    artifacts_endpoint: str | None = None
+
+    # Bearer JWTs (off unless the JWKS URL, issuer and audience are all set)
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_org_claim: str = "org_slug"
+    jwt_memberships_claim: str = "orgs"
+
+    # Provider usage pollers
+    poll_interval_s: PositiveFloat = 3600
+    poll_lookback_h: PositiveFloat = 48
+    poll_backfill_days: PositiveFloat = 7
+    poll_max_failures: PositiveInt = 5
+    poll_tick_s: PositiveFloat = 15
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    openrouter_base_url: str | None = None
+
+    # Stripe (billing)
+    stripe_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("stripe_api_key", "STRIPE_API_KEY")
+    )
+    stripe_api_base: str | None = Field(
+        default=None, validation_alias=AliasChoices("stripe_api_base", "STRIPE_API_BASE")
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("stripe_webhook_secret", "STRIPE_WEBHOOK_SECRET")
+    )
+    stripe_prices: str = ""
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        """Derived values: connection strings left unset point at the embedded parts under `home`."""
+        home = self.home.resolve()
+        derived = {
+            "home": home,
+            "kafka_embedded": not self.kafka,
+            "kafka": self.kafka or f"127.0.0.1:{DEFAULT_KAFKA_PORT}",
+            "clickhouse": self.clickhouse or f"chdb:///{home / 'warehouse'}",
+            "database": self.database or f"sqlite:///{home / 'control.db'}",
+            "public_url": self.public_url.rstrip("/"),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen model: derived once, here
+        return self
+
+    # Topics
     @property
     def raw_topic(self) -> str:
         return f"{self.topic_prefix}usage.raw.v1"
@@ -41,18 +132,61 @@ class Settings:
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}usage.dlq.v1"
 
+    @property
+    def embedded_demo(self) -> bool:
+        """The `joulestream up` quick start: embedded broker and the default SQLite file under home."""
+        return self.kafka_embedded and self.database == f"sqlite:///{self.home / 'control.db'}"
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Read settings from `env` (default: os.environ). Pure: no directories are created here."""
+    @property
+    def jwt_configured(self) -> bool:
+        return bool(self.jwt_jwks_url and self.jwt_issuer and self.jwt_audience)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, validated (and derived values recomputed) like a fresh load."""
+        values = {k: getattr(self, k) for k in type(self).model_fields if k != "kafka_embedded"}
+        if self.kafka_embedded and "kafka" not in changes:
+            values["kafka"] = ""
+        values.update(changes)
+        return _from_values(values)
+
+
+
+def _env_name(name: str) -> list[str]:
+    field = Settings.model_fields[name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [a for a in alias.choices if isinstance(a, str) and a.isupper()]
+    return [f"{PREFIX}{name.upper()}"]
+
+
+def _from_values(values: Mapping[str, Any]) -> Settings:
+    """Settings from explicit values only: every field is given (None/unset → its default), so the process
+    environment is never consulted."""
+    full: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        if name == "kafka_embedded":
+            continue
+        value = values.get(name)
+        full[name] = field.get_default(call_default_factory=True) if value in (None, "") else value
+        if name in ("kafka", "clickhouse", "database") and value in (None, ""):
+            full[name] = ""
+    return Settings(**full)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings from `env`, or from the process environment when `env` is None. Creates no directory."""
     e = os.environ if env is None else env
-    home = Path(e.get("JOULESTREAM_HOME") or "./.joulestream").resolve()
-    kafka = e.get("JOULESTREAM_KAFKA") or ""
-    return Settings(
-        home=home,
-        kafka=kafka or f"127.0.0.1:{DEFAULT_KAFKA_PORT}",
-        kafka_embedded=not kafka,
-        clickhouse=e.get("JOULESTREAM_CLICKHOUSE") or f"chdb:///{home / 'warehouse'}",
-        ch_database=e.get("JOULESTREAM_CH_DATABASE") or "joulestream",
-        database=e.get("JOULESTREAM_DATABASE") or f"sqlite:///{home / 'control.db'}",
-        topic_prefix=e.get("JOULESTREAM_TOPIC_PREFIX") or "",
-    )
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        if name == "kafka_embedded":
+            continue
+        for var in _env_name(name):
+            if e.get(var):
+                values[name] = e[var]
+                break
+    return _from_values(values)
+
+
+def env_secret(name: str | None) -> str | None:
+    """The value of an environment variable named in configuration (e.g. a routing file's `api_key_env`)."""
+    return os.environ.get(name) if name else None

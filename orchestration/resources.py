@@ -12,7 +12,6 @@ queries (`warehouse/close.py`) run there, and the rows come back as an Arrow IPC
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -137,7 +136,7 @@ class SettingsMixin:
         if self.home:
             s = load_settings({"JOULESTREAM_HOME": self.home, **_env_without_home()})
         if self.clickhouse:
-            s = replace(s, clickhouse=self.clickhouse)
+            s = s.replace(clickhouse=self.clickhouse)
         return s
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
@@ -39,7 +38,7 @@ def warehouse(warehouse_dsn: str) -> Iterator[tuple[object, str]]:
     from warehouse.migrate import migrate
 
     database = f"test_{uuid.uuid4().hex}"
-    client = get_client(replace(load_settings(), clickhouse=warehouse_dsn), database=database)
+    client = get_client(load_settings().replace(clickhouse=warehouse_dsn), database=database)
     migrate(client, database)
     try:
         yield client, database

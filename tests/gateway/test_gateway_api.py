@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import time
-from dataclasses import replace
 
 import httpx
 import openai
@@ -491,7 +490,7 @@ def test_one_usage_event_per_request_on_kafka(gateway, stack):
 
 
 def test_kafka_down_spools_and_health_reports_depth(make_gateway, stack):
-    dead = replace(stack.settings, kafka=f"127.0.0.1:{free_port()}")
+    dead = stack.settings.replace(kafka=f"127.0.0.1:{free_port()}")
     gw = make_gateway(settings=dead, publisher_options={"send_timeout_s": 0.5, "connect_timeout_s": 0.5})
     client = gw.client()
     for _ in range(10):
@@ -504,7 +503,7 @@ def test_kafka_down_spools_and_health_reports_depth(make_gateway, stack):
 
 
 def test_full_spool_refuses_requests_with_503(make_gateway, stack):
-    dead = replace(stack.settings, kafka=f"127.0.0.1:{free_port()}")
+    dead = stack.settings.replace(kafka=f"127.0.0.1:{free_port()}")
     gw = make_gateway(
         settings=dead,
         extra="spool: {max_bytes: 65536, segment_bytes: 16384}\n",

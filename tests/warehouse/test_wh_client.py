@@ -4,7 +4,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from warehouse.client import WarehouseError, chdb_path, close_clients, get_clien
 
 
 def test_client_is_cached_per_dsn_and_database(warehouse_dsn: str):
-    settings = replace(load_settings(), clickhouse=warehouse_dsn)
+    settings = load_settings().replace(clickhouse=warehouse_dsn)
     db = f"test_{uuid.uuid4().hex}"
     try:
         a = get_client(settings, database=db)
@@ -22,7 +21,7 @@ def test_client_is_cached_per_dsn_and_database(warehouse_dsn: str):
         assert a.database == db
         assert a.command("SELECT currentDatabase()") == db
         # the default database comes from settings.ch_database
-        b = get_client(replace(settings, ch_database=db))
+        b = get_client(settings.replace(ch_database=db))
         assert b is a
     finally:
         a.command(f"DROP DATABASE IF EXISTS {db}")
@@ -41,16 +40,15 @@ def test_chdb_path_parsing():
 
 def test_unsupported_dsn():
     with pytest.raises(WarehouseError, match="unsupported"):
-        get_client(replace(load_settings(), clickhouse="postgres://x"), database="d")
+        get_client(load_settings().replace(clickhouse="postgres://x"), database="d")
 
 
 _HOLDER = textwrap.dedent(
     """
     import sys, time
     from core.settings import load_settings
-    from dataclasses import replace
     from warehouse.client import get_client
-    get_client(replace(load_settings(), clickhouse=sys.argv[1]), database="held")
+    get_client(load_settings().replace(clickhouse=sys.argv[1]), database="held")
     print("ready", flush=True)
     sys.stdin.read()
     """
@@ -59,10 +57,9 @@ _CONTENDER = textwrap.dedent(
     """
     import os, sys
     from core.settings import load_settings
-    from dataclasses import replace
     from warehouse.client import WarehouseLocked, get_client
     try:
-        get_client(replace(load_settings(), clickhouse=sys.argv[1]), database="held")
+        get_client(load_settings().replace(clickhouse=sys.argv[1]), database="held")
     except WarehouseLocked as exc:
         print("LOCKED", exc.pid, exc)
     else:

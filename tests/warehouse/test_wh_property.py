@@ -9,7 +9,6 @@ import random
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -34,7 +33,7 @@ DAYS = (
 @contextmanager
 def fresh_database(dsn: str) -> Iterator[object]:
     database = f"test_{uuid.uuid4().hex}"
-    client = get_client(replace(load_settings(), clickhouse=dsn), database=database)
+    client = get_client(load_settings().replace(clickhouse=dsn), database=database)
     migrate(client, database)
     try:
         yield client
