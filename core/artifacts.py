@@ -34,8 +34,6 @@ class ArtifactStore(Protocol):
         """The bytes under `key`, or None."""
         ...
 
-    def exists(self, key: str) -> bool: ...
-
 
 def _check_key(key: str) -> str:
     p = PurePosixPath(key)
@@ -66,9 +64,6 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
 
 class S3Store:
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None) -> None:
@@ -92,9 +87,6 @@ class S3Store:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             return None
-
-    def exists(self, key: str) -> bool:
-        return self.get(key) is not None
 
 
 def open_store(settings: Settings, url: str | None = None) -> ArtifactStore:

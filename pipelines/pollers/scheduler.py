@@ -172,19 +172,9 @@ class PollScheduler:
         self.config = config or PollerConfig.from_settings(settings)
         self._sleep = sleep
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._last_success: datetime | None = None
         self._http: httpx.AsyncClient | None = None
 
     # ----------------------------------------------------------------------------------------- public
-
-    def last_poll_at(self) -> datetime | None:
-        """The newest successful poll (this process, or any poller via the control plane): for /health."""
-        try:
-            stored = self.repo.last_poll_at()
-        except Exception:  # noqa: BLE001 - health must answer even if the database is down
-            stored = None
-        candidates = [t for t in (stored, self._last_success) if t is not None]
-        return max(candidates) if candidates else None
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Poll until `stop_event` is set (checks for due connections every `tick_s`)."""
@@ -392,7 +382,6 @@ class PollScheduler:
             writes=changes.writes,
             prune_before=fetched.start - width,
         )
-        self._last_success = finished
         log.info(
             "polled",
             extra={
