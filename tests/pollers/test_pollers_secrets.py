@@ -158,3 +158,19 @@ def test_router_dispatches_by_reference(aws, tmp_path):
         stores.get("vault:xyz")
     with pytest.raises(SecretStoreError, match="use local or aws"):
         SecretStores("vault")
+
+
+def test_stores_follow_the_settings(tmp_path):
+    base = {"JOULESTREAM_HOME": str(tmp_path), "JOULESTREAM_KAFKA": "kafka:9092"}
+    aws = AwsSecretsManagerStore.from_settings(load_settings({**base, "JOULESTREAM_AWS_REGION": "eu-west-1"}))
+    assert (aws.prefix, aws.region) == ("joulestream/connections", "eu-west-1")
+    custom = load_settings({**base, "JOULESTREAM_AWS_SECRET_PREFIX": "acme/keys/"})
+    assert AwsSecretsManagerStore.from_settings(custom).prefix == "acme/keys"
+    stores = SecretStores.from_settings(
+        load_settings({**base, "JOULESTREAM_SECRET_STORE": "local", "JOULESTREAM_MASTER_KEY": "ab" * 32})
+    )
+    assert stores.default == "local" and stores.get(stores.put("c", KEY), "c") == KEY
+    assert (
+        SecretStores.from_settings(load_settings({**base, "JOULESTREAM_SECRET_STORE": "aws"})).default
+        == "aws"
+    )
