@@ -1,22 +1,22 @@
 """Loopback endpoints of the runtime for the monthly close (`/internal/v1/close/…`, runtime token required).
 
 The process that holds the embedded warehouse (`joulestream up`) answers the close's warehouse queries for
-Dagster runs and `joulestream close-month` started in other processes (see orchestration/resources.py and
-docs/monthly-close.md): the same functions of `warehouse/close.py`, run on the warehouse thread. Events come
-back as an Arrow IPC stream.
+Dagster runs and `joulestream close-month` started in other processes (warehouse/runtime.py,
+orchestration/resources.py, docs/monthly-close.md): the same functions of `warehouse/close.py`, run on the
+warehouse thread. Events come back as an Arrow IPC stream.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
 import pyarrow as pa
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import Response
 
+from api.internal import held, runtime_token
 from warehouse import close as close_queries
 from warehouse.aio import AsyncWarehouse
 
@@ -24,17 +24,12 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 def close_router(token: str, warehouse: Callable[[], AsyncWarehouse | None]) -> APIRouter:
-    def check(x_joulestream_runtime_token: str = Header(default="")) -> None:
-        if not secrets.compare_digest(x_joulestream_runtime_token, token):
-            raise HTTPException(401, detail="missing or wrong runtime token")
-
-    router = APIRouter(prefix="/internal/v1/close", dependencies=[Depends(check)], include_in_schema=False)
+    router = APIRouter(
+        prefix="/internal/v1/close", dependencies=[runtime_token(token)], include_in_schema=False
+    )
 
     def _wh() -> AsyncWarehouse:
-        wh = warehouse()
-        if wh is None:
-            raise HTTPException(503, detail="this runtime does not hold the warehouse")
-        return wh
+        return held(warehouse)
 
     @router.get("/orgs")
     async def orgs(start: date, end: date, cutoff: datetime) -> dict[str, Any]:

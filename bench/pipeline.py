@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cli.broker import EmbeddedBroker  # noqa: E402
-from cli.runtime import TOKEN_HEADER, RuntimeInfo  # noqa: E402
 from core.kafka import OutRecord, ensure_topics, producer, send_many  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from pipelines.simulate import generate  # noqa: E402
 from tests.stack import free_port  # noqa: E402
+from warehouse.runtime import TOKEN_HEADER, RuntimeInfo  # noqa: E402
 
 
 async def produce(settings, messages: list[OutRecord], topic: str) -> float:

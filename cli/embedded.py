@@ -22,7 +22,6 @@ from rich.table import Table
 
 from api.internal import internal_router
 from api.internal_close import close_router
-from cli.runtime import RuntimeInfo, clear_runtime, publish_runtime
 from controlplane import FactorVersions, get_engine, upgrade
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
@@ -30,6 +29,7 @@ from core.settings import Settings
 from pipelines import simulate
 from streams.split import EnrichProcess, EnrichSupervisor
 from streams.worker import Pipeline, build_app
+from warehouse.runtime import RuntimeInfo, clear_runtime, publish_runtime
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -24,7 +25,12 @@ console = Console()
 
 
 def _settings() -> Settings:
-    return load_settings()
+    """The settings of this command; an invalid variable ends it with status 2."""
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        console.print(f"[red]invalid configuration:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 def _kafka_port(s: Settings) -> int:
@@ -103,7 +109,7 @@ def poll(
     """Poll the providers' usage APIs for every active connection (long-running)."""
     from cli.poll import poll as run_poll
 
-    raise typer.Exit(run_poll(once=once, interval_s=interval, loglevel=loglevel))
+    raise typer.Exit(run_poll(_settings(), once=once, interval_s=interval, loglevel=loglevel))
 
 
 @app.command()
@@ -207,6 +213,8 @@ def totals(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Print warehouse totals (asks the running `joulestream up` when it holds the embedded warehouse)."""
+    if by not in ("none", "org", "project", "model", "day"):
+        raise typer.BadParameter(f"--by must be none, org, project, model or day, not {by!r}")
     data = _read_totals(_settings(), by)
     if as_json:
         print(json.dumps(data, indent=2))
@@ -219,7 +227,7 @@ def totals(
     )
     if data["rows"]:
         table = Table()
-        keys = [k for k in data["rows"][0] if k in ("org_id", "project_id", "model", "day", "provider")]
+        keys = [k for k in data["rows"][0] if k in ("org_id", "project_id", "provider", "model", "day")]
         for col in [*keys, "events", "total_tokens", "energy_kwh", "co2_kg"]:
             table.add_column(col, justify="left" if col in keys else "right")
         for r in data["rows"]:
@@ -234,22 +242,17 @@ def totals(
 
 
 def _read_totals(s: Settings, by: str) -> dict:
-    from cli.runtime import find_runtime, runtime_get
-    from warehouse import queries
-    from warehouse.client import WarehouseLocked, get_client
+    """The totals payload (api/internal.py), read here or asked of the runtime (warehouse/runtime.py)."""
+    from api.internal import totals_payload
+    from warehouse.runtime import RuntimeInfo, WarehouseUnreachable, ask, open_or_ask
 
-    runtime = find_runtime(s)
-    if runtime is None:
-        try:
-            client = get_client(s)
-        except WarehouseLocked as exc:
-            raise typer.BadParameter(
-                f"{exc} — and no runtime.json to ask; is `joulestream up` starting?"
-            ) from exc
-        total = queries.totals(client)
-        rows = [] if by == "none" else queries.totals_by(client, by)
-        return {"totals": total.model_dump(mode="json"), "rows": [r.model_dump(mode="json") for r in rows]}
-    return runtime_get(runtime, "/internal/v1/totals", by=by)
+    try:
+        target = open_or_ask(s)
+    except WarehouseUnreachable as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if isinstance(target, RuntimeInfo):
+        return ask(target, "/internal/v1/totals", by=by).json()
+    return totals_payload(target, by)
 
 
 def _progress() -> Progress:

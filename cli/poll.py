@@ -1,23 +1,6 @@
 """`joulestream poll`: run the provider usage poll scheduler (pipelines/pollers) as its own process.
 
-The lead mounts it in cli/main.py as:
-
-    @app.command()
-    def poll(
-        once: Annotated[bool, typer.Option(help="Poll every due connection once, then exit")] = False,
-        interval: Annotated[
-            float | None, typer.Option(help="Seconds between polls of a connection (default 3600)")
-        ] = None,
-        loglevel: str = "INFO",
-    ) -> None:
-        '''Poll the providers' usage APIs for every active connection (long-running).'''
-        from cli.poll import poll as run_poll
-
-        run_poll(once=once, interval_s=interval, loglevel=loglevel)
-
-Inside `joulestream up` run the same scheduler in the process instead:
-`await pipelines.pollers.scheduler.run_scheduler(settings, engine, producer, stop_event)` (and give the API
-`last_poll=lambda: pipelines.pollers.scheduler.last_poll_at(engine)`).
+`joulestream up` runs the same scheduler inside the runtime instead (cli/embedded.py, `Pollers`).
 """
 
 from __future__ import annotations
@@ -30,14 +13,16 @@ import sys
 from datetime import timedelta
 
 from core.logs import logging_config
-from core.settings import load_settings
+from core.settings import Settings
 
 log = logging.getLogger("joulestream.poll")
 
 
-def poll(once: bool = False, interval_s: float | None = None, loglevel: str = "INFO") -> int:
+def poll(
+    settings: Settings, *, once: bool = False, interval_s: float | None = None, loglevel: str = "INFO"
+) -> int:
     """Poll until SIGINT/SIGTERM (or one round with `once`). Refuses to start without a usable secret store
-    (JOULESTREAM_MASTER_KEY outside the embedded demo): exit status 2. Returns 0 on a clean stop."""
+    (a master key outside the embedded demo): exit status 2. Returns 0 on a clean stop."""
     from aiokafka.errors import KafkaError
 
     from controlplane import get_engine, upgrade
@@ -45,7 +30,6 @@ def poll(once: bool = False, interval_s: float | None = None, loglevel: str = "I
     from core.secrets import SecretStoreError, SecretStores
     from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler
 
-    settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     logging.config.dictConfig(logging_config(loglevel.upper()))
     try:
@@ -54,11 +38,7 @@ def poll(once: bool = False, interval_s: float | None = None, loglevel: str = "I
         print(f"joulestream poll: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     overrides = {"interval": timedelta(seconds=interval_s)} if interval_s else {}
-    try:
-        config = PollerConfig.from_env(**overrides)
-    except ValueError as exc:
-        print(f"joulestream poll: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    config = PollerConfig.from_settings(settings, **overrides)
     engine = get_engine(settings.database)
     upgrade(engine)
 

@@ -1,12 +1,12 @@
 """Object storage for close artefacts (receipt PDFs, audit packs, intermediate event files).
 
-`JOULESTREAM_ARTIFACTS` chooses the store:
+`settings.artifacts` (JOULESTREAM_ARTIFACTS) chooses the store, `open_store(settings)`:
 
-* unset → a local directory, `$JOULESTREAM_HOME/artifacts`;
+* unset → a local directory, `home/artifacts`;
 * `file:///abs/path` or a plain path → that local directory;
 * `s3://bucket/prefix` → an S3-compatible store through boto3 (installed with the `aws` extra). The endpoint
-  comes from `JOULESTREAM_ARTIFACTS_ENDPOINT` (e.g. `http://127.0.0.1:9000` for MinIO), credentials and region
-  from boto3's usual environment (`AWS_ACCESS_KEY_ID`, …).
+  comes from `settings.artifacts_endpoint` (JOULESTREAM_ARTIFACTS_ENDPOINT, e.g. `http://127.0.0.1:9000` for
+  MinIO), credentials and region from boto3's own configuration (`AWS_ACCESS_KEY_ID`, …).
 
 Keys are relative, `/`-separated (`receipts/<org>/<YYYY-MM>/<serial>.pdf`). Writes are atomic on the local
 store (temp file + rename), so a reader never sees half a file.
@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlparse
 
-ENV_URL = "JOULESTREAM_ARTIFACTS"
-ENV_ENDPOINT = "JOULESTREAM_ARTIFACTS_ENDPOINT"
+from core.settings import Settings
 
 
 class ArtifactStore(Protocol):
@@ -35,8 +33,6 @@ class ArtifactStore(Protocol):
     def get(self, key: str) -> bytes | None:
         """The bytes under `key`, or None."""
         ...
-
-    def exists(self, key: str) -> bool: ...
 
 
 def _check_key(key: str) -> str:
@@ -68,9 +64,6 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
 
 class S3Store:
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None) -> None:
@@ -95,23 +88,15 @@ class S3Store:
         except self.client.exceptions.NoSuchKey:
             return None
 
-    def exists(self, key: str) -> bool:
-        return self.get(key) is not None
 
-
-def open_store(url: str | None = None, home: Path | str | None = None, env: Mapping[str, str] | None = None):
-    """The store for `url` (default `$JOULESTREAM_ARTIFACTS`, else `<home>/artifacts`)."""
-    e = os.environ if env is None else env
-    url = url or e.get(ENV_URL) or ""
+def open_store(settings: Settings, url: str | None = None) -> ArtifactStore:
+    """The store for `url` (default `settings.artifacts`, else `home/artifacts`)."""
+    url = url or settings.artifacts or ""
     if not url:
-        if home is None:
-            from core.settings import load_settings
-
-            home = load_settings(dict(e)).home
-        return LocalStore(Path(home) / "artifacts")
+        return LocalStore(settings.home / "artifacts")
     if url.startswith("s3://"):
         u = urlparse(url)
-        return S3Store(u.netloc, u.path, endpoint_url=e.get(ENV_ENDPOINT) or None)
+        return S3Store(u.netloc, u.path, endpoint_url=settings.artifacts_endpoint or None)
     if url.startswith("file://"):
         return LocalStore(urlparse(url).path)
     return LocalStore(url)

@@ -17,8 +17,8 @@ a record offline with the public key:
     assert hashlib.sha256(canonical).hexdigest() == rec["sha256"]
     nacl.signing.VerifyKey(base64.b64decode(public_key)).verify(canonical, base64.b64decode(rec["signature"]))
 
-Keys (`Keyring`): the current signing key is `JOULESTREAM_SIGNING_KEY` (base64 of the 32-byte Ed25519 seed)
-when set, else the newest key under `$JOULESTREAM_HOME/keys/receipts/` (`<version>.key`, mode 0600, created
+Keys (`Keyring.load(settings)`): the current signing key is `settings.signing_key` (JOULESTREAM_SIGNING_KEY,
+base64 of the 32-byte Ed25519 seed) when set, else the newest key under `home/keys/receipts/` (`<version>.key`, mode 0600, created
 on first use). Older keys stay in the directory so records they signed still verify. A key's version is
 derived from its public key (`rk-` + the first 16 hex digits of SHA-256 of the public key), so a version
 names exactly one key and two processes sharing a key agree on it.
@@ -41,6 +41,8 @@ from typing import Any, Literal
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 from pydantic import BaseModel, ConfigDict, Field
+
+from core.settings import Settings
 
 ALGORITHM = "ed25519"
 MAX_SAFE_INT = 2**53
@@ -225,17 +227,15 @@ def _as_verify_key(k: VerifyKey | bytes | str) -> VerifyKey:
 
 def verify(
     record: SignedRecord | Mapping[str, Any],
-    keys: VerifyKey | bytes | str | Mapping[str, VerifyKey | bytes | str] | Keyring | None = None,
+    keys: VerifyKey | bytes | str | Mapping[str, VerifyKey | bytes | str] | Keyring,
 ) -> bool:
     """True when the record's hash and signature match its payload under the key named by `key_version`.
 
     `keys`: one public key (VerifyKey, raw bytes or base64), a mapping key_version → public key, or a
-    Keyring; default: the local keyring (`Keyring.load()`). A changed field, a wrong hash, an unknown key
+    Keyring. A changed field, a wrong hash, an unknown key
     version or a malformed record all give False."""
     try:
         rec = record if isinstance(record, SignedRecord) else SignedRecord.model_validate(record)
-        if keys is None:
-            keys = Keyring.load()
         if isinstance(keys, Keyring):
             vk = keys.public_key(rec.key_version)
             if vk is None:
@@ -257,14 +257,6 @@ def verify(
 
 
 # --------------------------------------------------------------------------------------------- keys
-
-
-def _home(home: Path | str | None) -> Path:
-    if home is not None:
-        return Path(home)
-    from core.settings import load_settings
-
-    return load_settings().home
 
 
 def _write_secret(path: Path, data: bytes) -> bool:
@@ -296,12 +288,9 @@ class Keyring:
         self.keys[self.current_version] = current.verify_key
 
     @classmethod
-    def load(
-        cls, home: Path | str | None = None, env: Mapping[str, str] | None = None, create: bool = True
-    ) -> Keyring:
+    def load(cls, settings: Settings, create: bool = True) -> Keyring:
         """Load (and, with `create`, make on first use) the receipt keys; see the module docstring."""
-        e = os.environ if env is None else env
-        key_dir = _home(home) / KEY_DIR
+        key_dir = settings.home / KEY_DIR
         stored: dict[str, tuple[float, SigningKey]] = {}
         if key_dir.is_dir():
             for path in key_dir.glob("rk-*.key"):
@@ -310,7 +299,7 @@ class Keyring:
                 except (ValueError, binascii.Error, TypeError) as exc:
                     raise ValueError(f"unreadable receipt signing key {path}: {exc}") from None
                 stored[key_version_of(sk.verify_key)] = (path.stat().st_mtime, sk)
-        seed = e.get(ENV_KEY)
+        seed = settings.signing_key.get_secret_value() if settings.signing_key else None
         if seed:
             try:
                 current = SigningKey(base64.b64decode(seed.strip(), validate=True))

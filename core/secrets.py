@@ -9,19 +9,18 @@ after the default store changes:
 | `LocalSecretStore`      | `local:v1:<key id>:<base64 nonce+ciphertext>`          | in the reference, NaCl SecretBox (XSalsa20-Poly1305) under the master key |
 | `AwsSecretsManagerStore`| `aws:<secret ARN>`                                     | AWS Secrets Manager             |
 
-Configuration (environment):
+Configuration (fields of `core.settings.Settings`, passed down; their variables in brackets):
 
-| variable                        | meaning                                                               |
-|---------------------------------|-----------------------------------------------------------------------|
-| JOULESTREAM_SECRET_STORE        | `local` (default) or `aws`                                            |
-| JOULESTREAM_MASTER_KEY          | local store: 32 random bytes, base64 (std or urlsafe) or 64 hex chars |
-| JOULESTREAM_AWS_SECRET_PREFIX   | aws store: secret name prefix (default `joulestream/connections`)     |
-| JOULESTREAM_AWS_REGION          | aws store: region (default: the AWS SDK's own configuration)          |
+| field              | meaning                                                                                  |
+|--------------------|------------------------------------------------------------------------------------------|
+| secret_store       | `local` (default) or `aws` [JOULESTREAM_SECRET_STORE]                                    |
+| master_key         | local store: 32 random bytes, base64 (std or urlsafe) or 64 hex chars [JOULESTREAM_MASTER_KEY] |
+| aws_secret_prefix  | aws store: secret name prefix (default `joulestream/connections`) [JOULESTREAM_AWS_SECRET_PREFIX] |
+| aws_region         | aws store: region (default: the AWS SDK's own configuration) [JOULESTREAM_AWS_REGION]    |
 
-Master key rules: without `JOULESTREAM_MASTER_KEY` the local store refuses to start (`MasterKeyMissing`),
-except in the *embedded demo* — every connection string unset (`JOULESTREAM_KAFKA` and
-`JOULESTREAM_DATABASE` empty: all state lives in `JOULESTREAM_HOME`) — where a key is generated once into
-`$JOULESTREAM_HOME/master.key` (mode 0600) and reused. Generate a production key with
+Master key rules: without a master key the local store refuses to start (`MasterKeyMissing`), except in the
+*embedded demo* (`Settings.embedded_demo`: embedded broker and the default SQLite file, all state under
+`home`) — where a key is generated once into `home/master.key` (mode 0600) and reused. Generate a production key with
 `python -c "import base64, os; print(base64.b64encode(os.urandom(32)).decode())"`.
 
 Each ciphertext is bound to its name (the connection id): the plaintext is `name NUL secret`, checked on
@@ -35,9 +34,10 @@ import binascii
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from core.settings import Settings
 
 log = logging.getLogger("joulestream.secrets")
 
@@ -121,39 +121,21 @@ def parse_master_key(value: str) -> bytes:
     )
 
 
-def is_embedded_demo(env: Mapping[str, str] | None = None) -> bool:
-    """True when every connection string is unset: broker, warehouse and control plane are the embedded ones
-    and all state lives under JOULESTREAM_HOME (the `joulestream up` quick start)."""
-    e = os.environ if env is None else env
-    return not e.get("JOULESTREAM_KAFKA") and not e.get("JOULESTREAM_DATABASE")
-
-
-def settings_are_embedded_demo(settings: Any) -> bool:
-    """The same rule for a `core.settings.Settings`: embedded Kafka and the default SQLite file under home."""
-    return bool(settings.kafka_embedded) and settings.database == f"sqlite:///{settings.home / 'control.db'}"
-
-
-def load_master_key(
-    home: Path, env: Mapping[str, str] | None = None, *, embedded_demo: bool | None = None
-) -> bytes:
-    """The master key from JOULESTREAM_MASTER_KEY; in the embedded demo, from (or generated into)
+def load_master_key(settings: Settings) -> bytes:
+    """The master key from `settings.master_key`; in the embedded demo, from (or generated into)
     `home/master.key` (0600). Raises MasterKeyMissing otherwise."""
-    e = os.environ if env is None else env
-    value = e.get(MASTER_KEY_ENV)
-    if value:
+    if settings.master_key is not None:
         try:
-            return parse_master_key(value)
+            return parse_master_key(settings.master_key.get_secret_value())
         except ValueError as exc:
             raise SecretStoreError(str(exc)) from None
-    if embedded_demo is None:
-        embedded_demo = is_embedded_demo(e)
-    if not embedded_demo:
+    if not settings.embedded_demo:
         raise MasterKeyMissing(
             f"{MASTER_KEY_ENV} is not set: provider keys cannot be encrypted. Set it to 32 random bytes "
             '(base64), e.g. python -c "import base64, os; print(base64.b64encode(os.urandom(32)).decode())" '
             "— only the embedded demo (no JOULESTREAM_KAFKA / JOULESTREAM_DATABASE) generates its own."
         )
-    return _demo_key(home / MASTER_KEY_FILE)
+    return _demo_key(settings.home / MASTER_KEY_FILE)
 
 
 def _demo_key(path: Path) -> bytes:
@@ -196,10 +178,8 @@ class LocalSecretStore:
         self.key_id = hashlib.sha256(b"joulestream-master-key:" + master_key).hexdigest()[:8]
 
     @classmethod
-    def from_env(
-        cls, home: Path, env: Mapping[str, str] | None = None, *, embedded_demo: bool | None = None
-    ) -> LocalSecretStore:
-        return cls(load_master_key(home, env, embedded_demo=embedded_demo))
+    def from_settings(cls, settings: Settings) -> LocalSecretStore:
+        return cls(load_master_key(settings))
 
     def put(self, name: str, secret: str) -> str:
         if not secret:
@@ -259,12 +239,8 @@ class AwsSecretsManagerStore:
         self._client = client
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AwsSecretsManagerStore:
-        e = os.environ if env is None else env
-        return cls(
-            prefix=e.get("JOULESTREAM_AWS_SECRET_PREFIX") or DEFAULT_AWS_PREFIX,
-            region=e.get("JOULESTREAM_AWS_REGION") or None,
-        )
+    def from_settings(cls, settings: Settings) -> AwsSecretsManagerStore:
+        return cls(prefix=settings.aws_secret_prefix or DEFAULT_AWS_PREFIX, region=settings.aws_region)
 
     @property
     def client(self) -> Any:
@@ -326,7 +302,7 @@ class AwsSecretsManagerStore:
 
 class SecretStores:
     """The configured default store for new secrets, and dispatch by reference prefix for old ones. Each
-    backend is built on first use, so a deployment that never uses AWS never needs boto3."""
+    backend is built on first use (from `settings`), so a deployment that never uses AWS never needs boto3."""
 
     kind = "router"
 
@@ -336,32 +312,18 @@ class SecretStores:
         *,
         local: LocalSecretStore | None = None,
         aws: AwsSecretsManagerStore | None = None,
-        home: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        embedded_demo: bool | None = None,
+        settings: Settings | None = None,
     ) -> None:
         if default not in ("local", "aws"):
             raise SecretStoreError(f"unknown JOULESTREAM_SECRET_STORE {default!r}: use local or aws")
         self.default = default
         self._local, self._aws = local, aws
-        self._home, self._env, self._demo = home, env, embedded_demo
+        self._settings = settings
 
     @classmethod
-    def from_settings(cls, settings: Any, env: Mapping[str, str] | None = None) -> SecretStores:
-        """The stores for a `core.settings.Settings` (embedded demo = its connection strings are defaults)."""
-        return cls.from_env(settings.home, env, embedded_demo=settings_are_embedded_demo(settings))
-
-    @classmethod
-    def from_env(
-        cls, home: Path, env: Mapping[str, str] | None = None, *, embedded_demo: bool | None = None
-    ) -> SecretStores:
-        e = os.environ if env is None else env
-        stores = cls(
-            (e.get("JOULESTREAM_SECRET_STORE") or "local").strip().lower(),
-            home=home,
-            env=e,
-            embedded_demo=embedded_demo,
-        )
+    def from_settings(cls, settings: Settings) -> SecretStores:
+        """The configured stores, checked (raises MasterKeyMissing when the default store has no key)."""
+        stores = cls(settings.secret_store, settings=settings)
         stores.check()
         return stores
 
@@ -372,12 +334,14 @@ class SecretStores:
     def _store(self, kind: str) -> LocalSecretStore | AwsSecretsManagerStore:
         if kind == "local":
             if self._local is None:
-                if self._home is None:
+                if self._settings is None:
                     raise MasterKeyMissing("no local secret store configured")
-                self._local = LocalSecretStore.from_env(self._home, self._env, embedded_demo=self._demo)
+                self._local = LocalSecretStore.from_settings(self._settings)
             return self._local
         if self._aws is None:
-            self._aws = AwsSecretsManagerStore.from_env(self._env)
+            if self._settings is None:
+                raise SecretStoreError("no AWS secret store configured")
+            self._aws = AwsSecretsManagerStore.from_settings(self._settings)
         return self._aws
 
     def _for_ref(self, ref: str) -> LocalSecretStore | AwsSecretsManagerStore:

@@ -15,7 +15,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_SALES_URL                    | sales_url               | https://joulestream.dev/contact-sales     |
 | JOULESTREAM_MASTER_KEY                   | master_key              | embedded demo: `home/master.key`          |
 | JOULESTREAM_SECRET_STORE                 | secret_store            | local                                     |
-| JOULESTREAM_AWS_REGION, _AWS_SECRET_PREFIX | aws_region, aws_secret_prefix | boto3's default, `joulestream/`     |
+| JOULESTREAM_AWS_REGION, _AWS_SECRET_PREFIX | aws_region, aws_secret_prefix | boto3's default, `joulestream/connections` |
 | JOULESTREAM_SIGNING_KEY                  | signing_key             | generated under `home/keys/`              |
 | JOULESTREAM_ARTIFACTS, _ARTIFACTS_ENDPOINT | artifacts, artifacts_endpoint | `home/artifacts`                    |
 | JOULESTREAM_JWT_JWKS_URL, _ISSUER, _AUDIENCE, _ORG_CLAIM, _MEMBERSHIPS_CLAIM | jwt_* | API keys only   |
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None
     secret_store: Literal["local", "aws"] = "local"
     aws_region: str | None = None
-    aws_secret_prefix: str = "joulestream/"
+    aws_secret_prefix: str = "joulestream/connections"
     signing_key: SecretStr | None = None
 
     # Artefact store (audit packs, receipt PDFs)

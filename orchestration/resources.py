@@ -1,26 +1,27 @@
 """Dagster resources of the monthly close: warehouse, control-plane DB, artefact storage, signing keys, Stripe.
 
-Every field defaults to the environment (`core.settings`), so `dagster dev -m orchestration` and
-`joulestream close-month` need no configuration.
+Every field defaults to the process settings (`core.settings.load_settings()`), so `dagster dev -m
+orchestration` and `joulestream close-month` need no configuration; a resource's `home` moves the state
+directory (and the embedded paths derived from it).
 
-The warehouse resource and the one-holder rule of the embedded warehouse (chdb): `reader()` opens the
-warehouse directly when it can (ClickHouse server, or a chdb path nobody holds). When the chdb path is held by
-another process — the `joulestream up` runtime — it reads `$JOULESTREAM_HOME/runtime.json` and asks that
-process for the close's rows over its token-protected loopback HTTP (`api/internal_close.py`): the same
-queries (`warehouse/close.py`) run there, and the rows come back as an Arrow IPC stream.
+The warehouse resource reaches the warehouse the one way every process does (`warehouse.runtime.open_or_ask`):
+it asks the live runtime recorded in `home/runtime.json` — the process holding the embedded chdb path, over
+its token-protected loopback HTTP (`api/internal_close.py`, the same `warehouse/close.py` queries, rows back as
+an Arrow IPC stream) — and otherwise opens the warehouse itself.
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import dagster as dg
-import httpx
 import pyarrow as pa
 
 from core.settings import Settings, load_settings
 from warehouse import close as close_queries
+from warehouse.runtime import RuntimeInfo, ask, open_or_ask
 
 
 class CloseReader(Protocol):
@@ -62,91 +63,56 @@ class RuntimeReader:
 
     mode = "runtime"
 
-    def __init__(self, url: str, token: str, timeout: float = 300.0) -> None:
-        from cli.runtime import TOKEN_HEADER
+    def __init__(self, info: RuntimeInfo, timeout: float = 300.0) -> None:
+        self.info, self.timeout = info, timeout
 
-        self.url = url.rstrip("/")
-        self.headers = {TOKEN_HEADER: token}
-        self.timeout = timeout
-
-    def _get(self, path: str, **params: Any) -> httpx.Response:
-        r = httpx.get(
-            f"{self.url}/internal/v1/close/{path}",
-            params={k: v for k, v in params.items() if v is not None},
-            headers=self.headers,
-            timeout=self.timeout,
-        )
-        r.raise_for_status()
-        return r
+    def _get(self, path: str, **params: Any) -> Any:
+        return ask(self.info, f"/internal/v1/close/{path}", timeout=self.timeout, **params)
 
     def orgs(self, start, end, cutoff):
         return self._get("orgs", start=_iso(start), end=_iso(end), cutoff=_iso(cutoff)).json()["orgs"]
 
+    def _period(self, org_id, start, end, cutoff, adjustment_from) -> dict[str, Any]:
+        return {
+            "org_id": org_id,
+            "start": _iso(start),
+            "end": _iso(end),
+            "cutoff": _iso(cutoff),
+            "adjustment_from": _iso(adjustment_from),
+        }
+
     def totals(self, org_id, start, end, cutoff, adjustment_from):
-        return self._get(
-            "totals",
-            org_id=org_id,
-            start=_iso(start),
-            end=_iso(end),
-            cutoff=_iso(cutoff),
-            adjustment_from=_iso(adjustment_from),
-        ).json()
+        return self._get("totals", **self._period(org_id, start, end, cutoff, adjustment_from)).json()
 
     def events(self, org_id, start, end, cutoff, adjustment_from):
-        r = self._get(
-            "events",
-            org_id=org_id,
-            start=_iso(start),
-            end=_iso(end),
-            cutoff=_iso(cutoff),
-            adjustment_from=_iso(adjustment_from),
-        )
+        r = self._get("events", **self._period(org_id, start, end, cutoff, adjustment_from))
         return close_queries.conform(pa.ipc.open_stream(r.content).read_all())
 
 
 def open_reader(settings: Settings, database: str | None = None, mode: str = "auto") -> CloseReader:
-    """A direct reader when this process can open the warehouse, else the runtime holding it.
-
-    mode: "auto" (that), "direct" (never ask a runtime), "runtime" (always ask the runtime)."""
-    from cli.runtime import find_runtime  # runtime.json: the address book of the warehouse holder
-    from warehouse.client import WarehouseLocked, get_client
-
-    if mode == "runtime":
-        info = find_runtime(settings)
-        if info is None:
-            raise RuntimeError(f"no live runtime.json under {settings.home}")
-        return RuntimeReader(info.url, info.token)
-    try:
-        return DirectReader(get_client(settings, database=database))
-    except WarehouseLocked as exc:
-        info = find_runtime(settings) if mode == "auto" else None
-        if info is None:
-            raise RuntimeError(
-                f"{exc} — and there is no live runtime.json under {settings.home} to ask for the figures"
-            ) from exc
-        return RuntimeReader(info.url, info.token)
+    """The close's reader: the runtime holding the warehouse, or a client of this process
+    (`warehouse.runtime.open_or_ask`; mode "auto", "direct" or "runtime")."""
+    if mode not in ("auto", "direct", "runtime"):
+        raise ValueError(f"warehouse mode must be auto, direct or runtime, not {mode!r}")
+    target = open_or_ask(settings, database, mode)  # type: ignore[arg-type]
+    return RuntimeReader(target) if isinstance(target, RuntimeInfo) else DirectReader(target)
 
 
-class SettingsMixin:
-    home: str | None
-    clickhouse: str | None
-
-    def settings(self) -> Settings:
-        s = load_settings()
-        if self.home:
-            s = load_settings({"JOULESTREAM_HOME": self.home, **_env_without_home()})
-        if self.clickhouse:
-            s = s.replace(clickhouse=self.clickhouse)
+def resource_settings(home: str | None = None) -> Settings:
+    """The process settings; with `home`, moved there — the embedded paths derived from the old home
+    (warehouse, control-plane file) follow, explicitly configured ones stay."""
+    s = load_settings()
+    if not home:
         return s
+    moved: dict[str, Any] = {"home": Path(home)}
+    if s.clickhouse == f"chdb:///{s.home / 'warehouse'}":
+        moved["clickhouse"] = ""
+    if s.database == f"sqlite:///{s.home / 'control.db'}":
+        moved["database"] = ""
+    return s.replace(**moved)
 
 
-def _env_without_home() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "JOULESTREAM_HOME"}
-
-
-class WarehouseResource(dg.ConfigurableResource, SettingsMixin):
+class WarehouseResource(dg.ConfigurableResource):
     """The warehouse (the same clickhouse-connect factory as everything else), or the runtime holding it."""
 
     clickhouse: str | None = None  # dsn; default JOULESTREAM_CLICKHOUSE / the embedded chdb path
@@ -155,7 +121,10 @@ class WarehouseResource(dg.ConfigurableResource, SettingsMixin):
     mode: str = "auto"  # auto | direct | runtime (see open_reader)
 
     def reader(self) -> CloseReader:
-        return open_reader(self.settings(), self.database, self.mode)
+        s = resource_settings(self.home)
+        if self.clickhouse:
+            s = s.replace(clickhouse=self.clickhouse)
+        return open_reader(s, self.database, self.mode)
 
 
 class ControlPlaneResource(dg.ConfigurableResource):
@@ -164,7 +133,7 @@ class ControlPlaneResource(dg.ConfigurableResource):
     def engine(self):
         from controlplane import get_engine, upgrade
 
-        engine = get_engine(self.database_url or load_settings().database)
+        engine = get_engine(self.database_url or resource_settings().database)
         upgrade(engine)
         return engine
 
@@ -176,7 +145,7 @@ class ArtifactsResource(dg.ConfigurableResource):
     def store(self):
         from core.artifacts import open_store
 
-        return open_store(self.url, home=self.home)
+        return open_store(resource_settings(self.home), self.url)
 
 
 class SigningResource(dg.ConfigurableResource):
@@ -185,7 +154,7 @@ class SigningResource(dg.ConfigurableResource):
     def keyring(self):
         from core.receipts import Keyring
 
-        return Keyring.load(self.home)
+        return Keyring.load(resource_settings(self.home))
 
 
 class StripeResource(dg.ConfigurableResource):
@@ -197,4 +166,6 @@ class StripeResource(dg.ConfigurableResource):
     def client(self):
         from controlplane.billing import stripe_client
 
-        return stripe_client(self.api_key, self.api_base)
+        s = resource_settings()
+        key = self.api_key or (s.stripe_api_key.get_secret_value() if s.stripe_api_key else None)
+        return stripe_client(key, self.api_base or s.stripe_api_base)

@@ -4,9 +4,7 @@ checks a key when a connection is created. See docs/pollers.md."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-
+from core.settings import Settings
 from providers.anthropic import AnthropicUsage
 from providers.base import (
     AuthError,
@@ -26,17 +24,17 @@ CLIENTS: dict[str, type[ProviderClient]] = {
     "anthropic": AnthropicUsage,
     "openrouter": OpenRouterUsage,
 }
-BASE_URL_ENV = {
-    "openai": "JOULESTREAM_OPENAI_BASE_URL",
-    "anthropic": "JOULESTREAM_ANTHROPIC_BASE_URL",
-    "openrouter": "JOULESTREAM_OPENROUTER_BASE_URL",
-}
 
 
-def base_urls(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Provider base URLs: JOULESTREAM_<PROVIDER>_BASE_URL, else the provider's public API."""
-    e = os.environ if env is None else env
-    return {p: (e.get(var) or CLIENTS[p].default_base_url).rstrip("/") for p, var in BASE_URL_ENV.items()}
+def base_urls(settings: Settings) -> dict[str, str]:
+    """Provider base URLs: `settings.<provider>_base_url` (JOULESTREAM_<PROVIDER>_BASE_URL), else the
+    provider's public API."""
+    configured = {
+        "openai": settings.openai_base_url,
+        "anthropic": settings.anthropic_base_url,
+        "openrouter": settings.openrouter_base_url,
+    }
+    return {p: (configured[p] or cls.default_base_url).rstrip("/") for p, cls in CLIENTS.items()}
 
 
 def client_for(provider: str, api_key: str, base_url: str | None = None, **kwargs) -> ProviderClient:
@@ -48,7 +46,6 @@ def client_for(provider: str, api_key: str, base_url: str | None = None, **kwarg
 
 
 __all__ = [
-    "BASE_URL_ENV",
     "CLIENTS",
     "AnthropicUsage",
     "AuthError",

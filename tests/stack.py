@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from cli.broker import EmbeddedBroker
-from cli.runtime import TOKEN_HEADER, RuntimeInfo
 from core.settings import Settings, load_settings
+from warehouse.runtime import TOKEN_HEADER, RuntimeInfo
 
 REPO = Path(__file__).resolve().parents[1]
 

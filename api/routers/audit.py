@@ -36,7 +36,7 @@ def audit_pack(
     receipt = Receipts(ctx.engine).for_period(period.id) if period else None
     data = None
     if receipt is not None and receipt.audit_pack_key:
-        data = open_store(home=ctx.settings.home).get(receipt.audit_pack_key)
+        data = open_store(ctx.settings).get(receipt.audit_pack_key)
     if data is None:
         raise HTTPException(404, f"the audit pack for {key} has not been generated yet")
     return Response(

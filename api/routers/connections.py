@@ -197,7 +197,7 @@ def _get(ctx: AppContext, org_id: str, connection_id: str) -> Connection:
 
 
 async def _validate_key(ctx: AppContext, provider: str, key: str) -> None:
-    urls = ctx.extras.get("provider_base_urls") or base_urls()
+    urls = ctx.extras.get("provider_base_urls") or base_urls(ctx.settings)
     client = client_for(
         provider,
         key,

@@ -79,7 +79,7 @@ def verify_receipt(serial_number: str, request: Request, ctx: Ctx) -> dict[str, 
     if r is None:
         raise HTTPException(404, f"No receipt found with serial number {serial_number[:40]}.")
     try:
-        keyring = Keyring.load(ctx.settings.home, create=False)
+        keyring = Keyring.load(ctx.settings, create=False)
         trusted = keyring.public_key(r.key_version)
     except (FileNotFoundError, ValueError):
         trusted = None

@@ -80,7 +80,7 @@ def receipt_pdf(receipt_id: str, ctx: Ctx, principal: StatusPrincipal) -> Respon
     r = Receipts(ctx.engine).get(receipt_id, org_id=principal.org_id)
     if r is None or not r.pdf_key:
         raise HTTPException(404, "receipt not found or PDF not yet generated")
-    data = open_store(home=ctx.settings.home).get(r.pdf_key)
+    data = open_store(ctx.settings).get(r.pdf_key)
     if data is None:
         raise HTTPException(404, "receipt not found or PDF not yet generated")
     return Response(

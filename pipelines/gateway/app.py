@@ -710,7 +710,7 @@ def create_gateway_app(
     routes             the routing file (`pipelines.gateway.config.load_routes`)
     engine             control-plane engine (default `get_engine(settings.database)`), migrated when `migrate`
     factors            carbon factor set (default: the control plane's current version, else built-in v1.0)
-    keyring            receipt signing keys (default `Keyring.load(settings.home)`)
+    keyring            receipt signing keys (default `Keyring.load(settings)`)
     spool_dir          default `routes.spool.dir` or `$JOULESTREAM_HOME/gateway/spool`
     publisher_options  `UsagePublisher` keyword overrides (timeouts; tests)
     """
@@ -720,7 +720,7 @@ def create_gateway_app(
 
         upgrade(engine)
     factors = factors or _default_factors(engine)
-    keyring = keyring or Keyring.load(settings.home)
+    keyring = keyring or Keyring.load(settings)
     spool = Path(spool_dir or routes.spool.dir or settings.home / "gateway" / "spool")
     gw = Gateway(
         settings,

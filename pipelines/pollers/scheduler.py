@@ -7,15 +7,15 @@ Every `tick` the scheduler asks the control plane for due connections (`next_pol
 sync requested), claims each with a lease (several poller processes never poll one connection at once),
 and polls it:
 
-1. window: from min(cursor, now − lookback) — the cursor is where the last successful poll ended, so a
+1. window (`window`): from min(cursor, now − lookback) — the cursor is where the last successful poll ended, so a
    poller that was down catches up; the lookback (never less than the last completed bucket) re-reads
    recent buckets for late corrections — to the end of the current bucket, at most `max_window` back; a
    new connection starts `initial_backfill` back;
-2. fetch every page of the provider's usage API (pollers/<provider>.py);
-3. compare each bucket with its stored state (`connection_buckets`): new or changed buckets become
-   UsageEvents with a deterministic event_id and a new revision (pollers/base.py); unchanged ones are
+2. fetch every page of the provider's usage API (`_fetch`, providers/<provider>.py);
+3. compare (`_changes`) each bucket with its stored state (`connection_buckets`): new or changed buckets become
+   UsageEvents with a deterministic event_id and a new revision (providers/base.py); unchanged ones are
    skipped; buckets that vanished from a fully fetched window are re-published as zero;
-4. publish to `usage.raw.v1` and wait for Kafka's acks; only then store the bucket states, advance the
+4. publish (`_publish`) to `usage.raw.v1` and wait for Kafka's acks; only then (`_record_success`) store the bucket states, advance the
    cursor and schedule the next poll (`interval` later). A crash in between re-publishes the same
    (event_id, revision) pairs on the next poll, which the pipeline drops as duplicates.
 
@@ -25,10 +25,9 @@ retries, 5xx, timeouts, malformed responses) → `consecutive_failures` + 1 and 
 `max_failures` the status becomes `error` (still retried every `backoff_max`; a success restores
 `active`). A Kafka outage postpones the poll without counting against the connection.
 
-Configuration (environment, all optional):
-JOULESTREAM_POLL_INTERVAL_S (3600), JOULESTREAM_POLL_LOOKBACK_H (48), JOULESTREAM_POLL_BACKFILL_DAYS (7),
-JOULESTREAM_POLL_MAX_FAILURES (5), JOULESTREAM_POLL_TICK_S (15), and the provider base URLs
-JOULESTREAM_{OPENAI,ANTHROPIC,OPENROUTER}_BASE_URL.
+Configuration: `PollerConfig.from_settings(settings)`, from the `core.settings.Settings` fields poll_interval_s
+(3600), poll_lookback_h (48), poll_backfill_days (7), poll_max_failures (5), poll_tick_s (15) and the provider
+base URLs {openai,anthropic,openrouter}_base_url (JOULESTREAM_POLL_INTERVAL_S, …).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -58,9 +56,11 @@ from providers.base import (
     ZERO_CONTENT_HASH,
     AuthError,
     HttpPolicy,
+    ProviderClient,
     ProviderError,
     RateLimited,
     Sleep,
+    UsageBucket,
     content_hash,
     event_id_for,
     floor_to,
@@ -92,33 +92,20 @@ class PollerConfig:
     tick_s: float = 15.0
     lease: timedelta = timedelta(minutes=15)
     concurrency: int = 4
-    base_urls: dict[str, str] = field(default_factory=base_urls)
+    base_urls: dict[str, str] = field(default_factory=dict)  # provider → URL; missing: its public API
     http: HttpPolicy = field(default_factory=HttpPolicy)
     publish_timeout_s: float = 60.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> PollerConfig:
-        e = os.environ if env is None else env
-
-        def num(name: str, default: float) -> float:
-            raw = e.get(name)
-            if not raw:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from None
-            if value <= 0:
-                raise ValueError(f"{name} must be positive")
-            return value
-
+    def from_settings(cls, settings: Settings, **overrides: Any) -> PollerConfig:
+        """The configuration of `settings` (validated there: every figure positive), with `overrides`."""
         cfg = cls(
-            interval=timedelta(seconds=num("JOULESTREAM_POLL_INTERVAL_S", 3600)),
-            lookback=timedelta(hours=num("JOULESTREAM_POLL_LOOKBACK_H", 48)),
-            initial_backfill=timedelta(days=num("JOULESTREAM_POLL_BACKFILL_DAYS", 7)),
-            max_failures=int(num("JOULESTREAM_POLL_MAX_FAILURES", 5)),
-            tick_s=num("JOULESTREAM_POLL_TICK_S", 15),
-            base_urls=base_urls(e),
+            interval=timedelta(seconds=settings.poll_interval_s),
+            lookback=timedelta(hours=settings.poll_lookback_h),
+            initial_backfill=timedelta(days=settings.poll_backfill_days),
+            max_failures=settings.poll_max_failures,
+            tick_s=settings.poll_tick_s,
+            base_urls=base_urls(settings),
         )
         return replace(cfg, **overrides)
 
@@ -141,6 +128,31 @@ class PollResult:
     status: str | None = None  # the connection's status afterwards
 
 
+@dataclass
+class _Fetched:
+    """What one poll read from the provider."""
+
+    client: ProviderClient
+    start: datetime
+    end: datetime
+    buckets: list[UsageBucket]
+    coverage: tuple[datetime, datetime] | None  # where a missing bucket means "gone"; None: unknown
+
+
+@dataclass
+class _Changes:
+    """The events one poll publishes and the bucket states it stores once Kafka has them."""
+
+    events: list[UsageEvent] = field(default_factory=list)
+    writes: list[BucketWrite] = field(default_factory=list)
+    unchanged: int = 0
+    zeroed: int = 0
+
+    def add(self, event_id: str, ev: UsageEvent, bucket_start: datetime, digest: str) -> None:
+        self.events.append(ev)
+        self.writes.append(BucketWrite(event_id, bucket_start, digest, ev.revision, ev.model_dump_json()))
+
+
 class PollScheduler:
     def __init__(
         self,
@@ -157,22 +169,12 @@ class PollScheduler:
         self.repo = Connections(engine)
         self.producer = producer
         self.secrets = secrets
-        self.config = config or PollerConfig.from_env()
+        self.config = config or PollerConfig.from_settings(settings)
         self._sleep = sleep
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._last_success: datetime | None = None
         self._http: httpx.AsyncClient | None = None
 
     # ----------------------------------------------------------------------------------------- public
-
-    def last_poll_at(self) -> datetime | None:
-        """The newest successful poll (this process, or any poller via the control plane): for /health."""
-        try:
-            stored = self.repo.last_poll_at()
-        except Exception:  # noqa: BLE001 - health must answer even if the database is down
-            stored = None
-        candidates = [t for t in (stored, self._last_success) if t is not None]
-        return max(candidates) if candidates else None
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Poll until `stop_event` is set (checks for due connections every `tick_s`)."""
@@ -249,7 +251,20 @@ class PollScheduler:
         return floor_to(start, width), floor_to(now, width) + width
 
     async def _poll(self, conn: Connection, now: datetime) -> PollResult:
+        """Steps 1–4 of the module docstring for one claimed connection."""
         ctx = {"connection_id": conn.id, "org_id": conn.org_id, "provider": conn.provider}
+        fetched = await self._fetch(conn, now, ctx)
+        if isinstance(fetched, PollResult):
+            return fetched
+        changes = await self._changes(conn, fetched, now)
+        if changes.events:
+            postponed = await self._publish(conn, now, fetched, changes, ctx)
+            if postponed is not None:
+                return postponed
+        return await self._record_success(conn, now, fetched, changes, ctx)
+
+    async def _fetch(self, conn: Connection, now: datetime, ctx: dict) -> _Fetched | PollResult:
+        """Read the key, choose the window and fetch its buckets; a failure is recorded and returned."""
         secret: str | None = None
         try:
             if not conn.secret_ref:
@@ -265,7 +280,7 @@ class PollScheduler:
             )
             start, end = self.window(conn, client.bucket_width, now)
             buckets = await client.fetch(start, end)
-            coverage = client.coverage(start, end)
+            return _Fetched(client, start, end, buckets, client.coverage(start, end))
         except AuthError as exc:
             error = redact(str(exc), secret)
             await asyncio.to_thread(
@@ -276,19 +291,19 @@ class PollScheduler:
         except (ProviderError, SecretStoreError) as exc:
             return await self._failed(conn, now, redact(str(exc), secret), exc, ctx)
 
-        states = await asyncio.to_thread(self.repo.bucket_states, conn.id, start)
+    async def _changes(self, conn: Connection, fetched: _Fetched, now: datetime) -> _Changes:
+        """The events to publish: new or changed buckets, and stored buckets that vanished (as zero)."""
+        states = await asyncio.to_thread(self.repo.bucket_states, conn.id, fetched.start)
         workload = await asyncio.to_thread(self.repo.active_workload, conn.org_id, conn.id)
-        events: list[UsageEvent] = []
-        writes: list[BucketWrite] = []
+        changes = _Changes()
         seen: set[str] = set()
-        unchanged = zeroed = 0
-        for b in buckets:
+        for b in fetched.buckets:
             eid = event_id_for(conn.id, b)
             seen.add(eid)
             digest = content_hash(b)
             state = states.get(eid)
             if state is not None and state.content_hash == digest:
-                unchanged += 1
+                changes.unchanged += 1
                 continue
             if state is not None:  # a correction keeps the bucket's original attribution
                 prev = UsageEvent.model_validate_json(state.event)
@@ -304,50 +319,57 @@ class PollScheduler:
                 workload_id=workload_id,
                 connection_id=conn.id,
             )
-            events.append(ev)
-            writes.append(BucketWrite(eid, b.bucket_start, digest, ev.revision, ev.model_dump_json()))
-        if coverage is not None:
-            zero_digest = ZERO_CONTENT_HASH
-            for eid, state in states.items():
-                if eid in seen or not (coverage[0] <= state.bucket_start < coverage[1]):
-                    continue
-                if state.content_hash == zero_digest:
-                    continue
-                prev = UsageEvent.model_validate_json(state.event)
-                ev = UsageEvent.model_validate(
-                    {**prev.model_dump(), **ZERO, "revision": next_revision(now, state.revision)}
-                )
-                events.append(ev)
-                writes.append(
-                    BucketWrite(eid, state.bucket_start, zero_digest, ev.revision, ev.model_dump_json())
-                )
-                zeroed += 1
+            changes.add(eid, ev, b.bucket_start, digest)
+        if fetched.coverage is None:  # the provider cannot say a bucket is gone
+            return changes
+        for eid, state in states.items():
+            if eid in seen or not (fetched.coverage[0] <= state.bucket_start < fetched.coverage[1]):
+                continue
+            if state.content_hash == ZERO_CONTENT_HASH:
+                continue
+            prev = UsageEvent.model_validate_json(state.event)
+            ev = UsageEvent.model_validate(
+                {**prev.model_dump(), **ZERO, "revision": next_revision(now, state.revision)}
+            )
+            changes.add(eid, ev, state.bucket_start, ZERO_CONTENT_HASH)
+            changes.zeroed += 1
+        return changes
 
-        if events:
-            try:
-                await asyncio.wait_for(
-                    send_many(
-                        self.producer,
-                        self.settings.raw_topic,
-                        [OutRecord(e.event_id.encode(), e.model_dump_json().encode()) for e in events],
-                    ),
-                    self.config.publish_timeout_s,
-                )
-            except (KafkaError, TimeoutError, OSError) as exc:
-                retry = now + self.config.kafka_retry
-                await asyncio.to_thread(self.repo.postpone, conn.id, self.owner, next_poll_at=retry)
-                log.warning(
-                    "publishing poller events failed; poll postponed",
-                    extra={**ctx, "error": type(exc).__name__, "events": len(events)},
-                )
-                return PollResult(
-                    conn.id,
-                    conn.provider,
-                    "postponed",
-                    window=(start, end),
-                    error=f"kafka: {type(exc).__name__}",
-                )
+    async def _publish(
+        self, conn: Connection, now: datetime, fetched: _Fetched, changes: _Changes, ctx: dict
+    ) -> PollResult | None:
+        """Publish the events and wait for Kafka's acks; on a Kafka failure postpone the poll (no failure
+        counted) and return its result, else None."""
+        try:
+            await asyncio.wait_for(
+                send_many(
+                    self.producer,
+                    self.settings.raw_topic,
+                    [OutRecord(e.event_id.encode(), e.model_dump_json().encode()) for e in changes.events],
+                ),
+                self.config.publish_timeout_s,
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            retry = now + self.config.kafka_retry
+            await asyncio.to_thread(self.repo.postpone, conn.id, self.owner, next_poll_at=retry)
+            log.warning(
+                "publishing poller events failed; poll postponed",
+                extra={**ctx, "error": type(exc).__name__, "events": len(changes.events)},
+            )
+            return PollResult(
+                conn.id,
+                conn.provider,
+                "postponed",
+                window=(fetched.start, fetched.end),
+                error=f"kafka: {type(exc).__name__}",
+            )
+        return None
 
+    async def _record_success(
+        self, conn: Connection, now: datetime, fetched: _Fetched, changes: _Changes, ctx: dict
+    ) -> PollResult:
+        """Store the bucket states, advance the cursor and schedule the next poll."""
+        width = fetched.client.bucket_width
         finished = datetime.now(UTC)
         await asyncio.to_thread(
             self.repo.record_success,
@@ -355,33 +377,32 @@ class PollScheduler:
             self.owner,
             now=finished,
             claimed_at=now,
-            cursor=floor_to(now, client.bucket_width),
+            cursor=floor_to(now, width),
             next_poll_at=now + self.config.interval,
-            writes=writes,
-            prune_before=start - client.bucket_width,
+            writes=changes.writes,
+            prune_before=fetched.start - width,
         )
-        self._last_success = finished
         log.info(
             "polled",
             extra={
                 **ctx,
-                "window_start": start.isoformat(),
-                "window_end": end.isoformat(),
-                "buckets": len(buckets),
-                "published": len(events),
-                "unchanged": unchanged,
-                "zeroed": zeroed,
-                "requests": client.requests,
+                "window_start": fetched.start.isoformat(),
+                "window_end": fetched.end.isoformat(),
+                "buckets": len(fetched.buckets),
+                "published": len(changes.events),
+                "unchanged": changes.unchanged,
+                "zeroed": changes.zeroed,
+                "requests": fetched.client.requests,
             },
         )
         return PollResult(
             conn.id,
             conn.provider,
             "ok",
-            published=len(events),
-            unchanged=unchanged,
-            zeroed=zeroed,
-            window=(start, end),
+            published=len(changes.events),
+            unchanged=changes.unchanged,
+            zeroed=changes.zeroed,
+            window=(fetched.start, fetched.end),
             status="active",
         )
 
@@ -432,18 +453,13 @@ async def run_scheduler(
     *,
     secrets: SecretStore | None = None,
     config: PollerConfig | None = None,
-    embedded_demo: bool | None = None,
 ) -> None:
     """Run the poll scheduler until `stop_event` is set. `producer` is a started aiokafka producer (not
-    stopped here). The secret store defaults to `core.secrets.SecretStores.from_env` (which refuses to
-    start without JOULESTREAM_MASTER_KEY outside the embedded demo)."""
+    stopped here). The secret store defaults to `core.secrets.SecretStores.from_settings` (which refuses to
+    start without a master key outside the embedded demo)."""
     if secrets is None:
         from core.secrets import SecretStores
 
-        secrets = (
-            SecretStores.from_settings(settings)
-            if embedded_demo is None
-            else SecretStores.from_env(settings.home, embedded_demo=embedded_demo)
-        )
+        secrets = SecretStores.from_settings(settings)
     scheduler = PollScheduler(settings, engine, producer, secrets=secrets, config=config)
     await scheduler.run(stop_event)

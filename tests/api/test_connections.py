@@ -468,7 +468,8 @@ async def test_without_master_key_connections_answer_503(make_app, tenants, stub
         )
         assert r.status_code == 503 and "JOULESTREAM_MASTER_KEY" in r.json()["detail"]
         assert stubs["openai"].requests == []
-        monkeypatch.setenv("JOULESTREAM_MASTER_KEY", os.urandom(32).hex())
+        ctx = app.state.ctx  # the operator configures a master key: the API reads its settings object
+        ctx.settings = ctx.settings.replace(master_key=os.urandom(32).hex())
         r = await c.post(
             URL, json={"provider": "openai", "api_key": ADMIN_KEYS["openai"]}, headers=tenants[0].h
         )

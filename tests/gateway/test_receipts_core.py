@@ -20,6 +20,7 @@ from core.receipts import (
     sign,
     verify,
 )
+from core.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -109,16 +110,20 @@ def test_any_change_fails_verification():
     assert not verify({"payload": {}, "sha256": "x"}, sk.verify_key)  # malformed
 
 
+def _settings(home, **env):
+    return load_settings({"JOULESTREAM_HOME": str(home), **env})
+
+
 def test_keyring_creates_persists_and_rotates(tmp_path):
-    ring = Keyring.load(tmp_path, env={})
+    ring = Keyring.load(_settings(tmp_path))
     path = tmp_path / "keys" / "receipts" / f"{ring.current_version}.key"
     assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o600
-    again = Keyring.load(tmp_path, env={})
+    again = Keyring.load(_settings(tmp_path))
     assert again.current_version == ring.current_version
     rec = ring.sign({"n": 1})
     new = Keyring.create_key(tmp_path / "keys" / "receipts")
     os.utime(tmp_path / "keys" / "receipts" / f"{key_version_of(new.verify_key)}.key", (2e9, 2e9))
-    rotated = Keyring.load(tmp_path, env={})
+    rotated = Keyring.load(_settings(tmp_path))
     assert rotated.current_version == key_version_of(new.verify_key)
     assert rotated.verify(rec)  # old receipts still verify
     pks = rotated.public_keys()
@@ -128,11 +133,11 @@ def test_keyring_creates_persists_and_rotates(tmp_path):
 
 def test_keyring_from_env(tmp_path):
     sk = SigningKey.generate()
-    ring = Keyring.load(tmp_path, env={"JOULESTREAM_SIGNING_KEY": base64.b64encode(bytes(sk)).decode()})
+    ring = Keyring.load(_settings(tmp_path, JOULESTREAM_SIGNING_KEY=base64.b64encode(bytes(sk)).decode()))
     assert ring.current_version == key_version_of(sk.verify_key)
     assert not (tmp_path / "keys").exists()  # nothing written
     with pytest.raises(ValueError, match="JOULESTREAM_SIGNING_KEY"):
-        Keyring.load(tmp_path, env={"JOULESTREAM_SIGNING_KEY": "not base64!"})
+        Keyring.load(_settings(tmp_path, JOULESTREAM_SIGNING_KEY="not base64!"))
 
 
 def test_fast_and_exact_encoders_agree():

@@ -14,13 +14,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.internal_close import close_router
-from cli.runtime import publish_runtime
 from controlplane import Orgs
 from controlplane.billing import BillingPeriods, Receipts
 from core.settings import load_settings
 from orchestration.resources import DirectReader, RuntimeReader, WarehouseResource
 from tests.orchestration.helpers import INVENTORY_CSV, now_iso, pipeline_usage, verify_independently
 from warehouse.aio import AsyncWarehouse
+from warehouse.runtime import publish_runtime
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_runtime_reader_matches_direct(close_env, runtime):
     cutoff = datetime.now(UTC)
     args = (org.id, date(2026, 9, 1), date(2026, 10, 1), cutoff, None)
     direct = DirectReader(close_env.client)
-    remote = RuntimeReader(runtime.url, runtime.token)
+    remote = RuntimeReader(runtime)
     assert remote.orgs(date(2026, 9, 1), date(2026, 10, 1), cutoff) == [org.id]
     assert remote.totals(*args) == direct.totals(*args)
     assert remote.events(*args).equals(direct.events(*args))

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli.runtime import TOKEN_HEADER, RuntimeInfo
 from tests.stack import REPO, free_port
+from warehouse.runtime import TOKEN_HEADER, RuntimeInfo
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,10 @@ from providers.base import floor_to
 from tests.pollers.stubs import ADMIN_KEYS
 from tests.stack import REPO
 
-RUN = "import sys; from cli.poll import poll; sys.exit(poll(once=True))"
+RUN = (
+    "import sys; from cli.poll import poll; from core.settings import load_settings; "
+    "sys.exit(poll(load_settings(), once=True))"
+)
 
 
 def _env(tmp_path, **extra: str) -> dict[str, str]:

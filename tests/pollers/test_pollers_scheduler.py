@@ -343,10 +343,32 @@ async def test_last_poll_at(engine, org, stubs, secret_store, make_scheduler):
     assert last_poll_at(engine) is None
     c = register(engine, secret_store, org.id, "openai")
     sched = make_scheduler()
-    assert sched.last_poll_at() is None
     t0 = datetime.now(UTC)
     await sched.run_once()
     assert t0 <= last_poll_at(engine) <= datetime.now(UTC)
-    assert sched.last_poll_at() == last_poll_at(engine)
     Connections(engine).delete(org.id, c.id)
     assert last_poll_at(engine) is None
+
+
+def test_config_from_settings():
+    s = load_settings(
+        {
+            "JOULESTREAM_POLL_INTERVAL_S": "600",
+            "JOULESTREAM_POLL_LOOKBACK_H": "6",
+            "JOULESTREAM_POLL_BACKFILL_DAYS": "2",
+            "JOULESTREAM_POLL_MAX_FAILURES": "3",
+            "JOULESTREAM_POLL_TICK_S": "1.5",
+            "JOULESTREAM_OPENAI_BASE_URL": "http://127.0.0.1:9/",
+        }
+    )
+    cfg = PollerConfig.from_settings(s, concurrency=2)
+    assert (cfg.interval, cfg.lookback, cfg.initial_backfill) == (
+        timedelta(minutes=10),
+        timedelta(hours=6),
+        timedelta(days=2),
+    )
+    assert (cfg.max_failures, cfg.tick_s, cfg.concurrency) == (3, 1.5, 2)
+    assert cfg.base_urls["openai"] == "http://127.0.0.1:9"
+    assert cfg.base_urls["anthropic"] == "https://api.anthropic.com"
+    default = PollerConfig.from_settings(load_settings({}))
+    assert default.interval == timedelta(hours=1) and default.max_failures == 5

@@ -20,7 +20,6 @@ from core.secrets import (
     load_master_key,
     parse_master_key,
     redact,
-    settings_are_embedded_demo,
 )
 from core.settings import load_settings
 
@@ -56,36 +55,36 @@ def test_master_key_formats():
 
 
 def test_refuses_without_master_key_outside_the_embedded_demo(tmp_path):
-    env = {"JOULESTREAM_DATABASE": "postgresql+psycopg://db/prod"}
+    env = {"JOULESTREAM_HOME": str(tmp_path), "JOULESTREAM_DATABASE": "postgresql+psycopg://db/prod"}
     with pytest.raises(MasterKeyMissing, match="JOULESTREAM_MASTER_KEY"):
-        load_master_key(tmp_path, env)
+        load_master_key(load_settings(env))
     with pytest.raises(MasterKeyMissing):
-        SecretStores.from_env(tmp_path, env)
+        SecretStores.from_settings(load_settings(env))
     with pytest.raises(SecretStoreError, match="32 random bytes"):
-        load_master_key(tmp_path, {"JOULESTREAM_MASTER_KEY": "short"})
+        load_master_key(load_settings({**env, "JOULESTREAM_MASTER_KEY": "short"}))
     raw = os.urandom(32)
-    assert load_master_key(tmp_path, {**env, "JOULESTREAM_MASTER_KEY": raw.hex()}) == raw
+    assert load_master_key(load_settings({**env, "JOULESTREAM_MASTER_KEY": raw.hex()})) == raw
     assert not (tmp_path / "master.key").exists()
 
 
 def test_embedded_demo_generates_a_private_key_once(tmp_path):
     settings = load_settings({"JOULESTREAM_HOME": str(tmp_path / "home")})
-    assert settings_are_embedded_demo(settings)
-    assert not settings_are_embedded_demo(
-        load_settings({"JOULESTREAM_HOME": str(tmp_path), "JOULESTREAM_DATABASE": "sqlite:///x.db"})
-    )
-    assert not settings_are_embedded_demo(
-        load_settings({"JOULESTREAM_HOME": str(tmp_path), "JOULESTREAM_KAFKA": "kafka:9092"})
-    )
-    stores = SecretStores.from_settings(settings, env={})
+    assert settings.embedded_demo
+    assert not load_settings(
+        {"JOULESTREAM_HOME": str(tmp_path), "JOULESTREAM_DATABASE": "sqlite:///x.db"}
+    ).embedded_demo
+    assert not load_settings(
+        {"JOULESTREAM_HOME": str(tmp_path), "JOULESTREAM_KAFKA": "kafka:9092"}
+    ).embedded_demo
+    stores = SecretStores.from_settings(settings)
     path = settings.home / "master.key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     ref = stores.put("c", KEY)
-    again = SecretStores.from_settings(settings, env={})  # a restart reuses the same key
+    again = SecretStores.from_settings(settings)  # a restart reuses the same key
     assert again.get(ref) == KEY
     path.chmod(0o644)
     with pytest.raises(SecretStoreError, match="0600"):
-        SecretStores.from_settings(settings, env={})
+        SecretStores.from_settings(settings)
 
 
 def test_redact_hides_the_key_and_long_fragments():
@@ -159,3 +158,19 @@ def test_router_dispatches_by_reference(aws, tmp_path):
         stores.get("vault:xyz")
     with pytest.raises(SecretStoreError, match="use local or aws"):
         SecretStores("vault")
+
+
+def test_stores_follow_the_settings(tmp_path):
+    base = {"JOULESTREAM_HOME": str(tmp_path), "JOULESTREAM_KAFKA": "kafka:9092"}
+    aws = AwsSecretsManagerStore.from_settings(load_settings({**base, "JOULESTREAM_AWS_REGION": "eu-west-1"}))
+    assert (aws.prefix, aws.region) == ("joulestream/connections", "eu-west-1")
+    custom = load_settings({**base, "JOULESTREAM_AWS_SECRET_PREFIX": "acme/keys/"})
+    assert AwsSecretsManagerStore.from_settings(custom).prefix == "acme/keys"
+    stores = SecretStores.from_settings(
+        load_settings({**base, "JOULESTREAM_SECRET_STORE": "local", "JOULESTREAM_MASTER_KEY": "ab" * 32})
+    )
+    assert stores.default == "local" and stores.get(stores.put("c", KEY), "c") == KEY
+    assert (
+        SecretStores.from_settings(load_settings({**base, "JOULESTREAM_SECRET_STORE": "aws"})).default
+        == "aws"
+    )
