@@ -1,4 +1,4 @@
-"""Typed read queries over the warehouse — with migrations and the ledger, the only place with SQL.
+"""Typed read queries over the warehouse: totals (all orgs or one), per group, straight from the ledger.
 
 Every figure is an aggregate with sum() … GROUP BY over the signed ledger or its rollups: exact whether or not
 ClickHouse has merged anything. Date ranges are half-open, `start <= day < end` (UTC days); None = unbounded.
@@ -12,26 +12,12 @@ from datetime import date
 from typing import Any, Literal
 
 from clickhouse_connect.driver import Client
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
-from warehouse.ledger import LEDGER_SUMS
+from warehouse import measures
 
 
-class Totals(BaseModel):
-    events: int = 0
-    request_count: int = 0
-    input_tokens_uncached: int = 0
-    input_tokens_cached: int = 0
-    input_tokens_cache_creation: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    energy_j: float = 0.0
-    energy_j_low: float = 0.0
-    energy_j_high: float = 0.0
-    co2_kg: float = 0.0
-    co2_kg_low: float = 0.0
-    co2_kg_high: float = 0.0
-
+class _TotalsBase(BaseModel):
     def approx_equal(self, other: Totals, rel_tol: float = 1e-9, abs_tol: float = 1e-12) -> bool:
         """The figures (not group keys) match: counts exactly, float sums within `rel_tol` (a float sum
         depends on summation order, so rollup and ledger sums may differ in the last bits)."""
@@ -43,6 +29,23 @@ class Totals(BaseModel):
             elif value != theirs:
                 return False
         return True
+
+
+_TOTAL_COLS = measures.columns("totals")
+
+
+def _totals_fields() -> dict[str, Any]:
+    """The `totals` measures, with `total_tokens` (the four token kinds) after the last token column."""
+    fields: dict[str, Any] = {}
+    for name in _TOTAL_COLS:
+        fields[name] = (int, 0) if measures.BY_NAME[name].is_int else (float, 0.0)
+        if name == measures.TOKEN_COLUMNS[-1]:
+            fields["total_tokens"] = (int, 0)
+    return fields
+
+
+# The sums of the `totals` measures (warehouse.measures); the cached savings are `cached_vs_uncached`'s.
+Totals = create_model("Totals", __base__=_TotalsBase, __module__=__name__, **_totals_fields())
 
 
 class TotalsRow(Totals):
@@ -70,9 +73,8 @@ _GROUP_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("provider", "model"),
     "day": ("day",),
 }
-_TOTAL_COLS = tuple(f for f in Totals.model_fields if f != "total_tokens")
 _ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in _TOTAL_COLS)
-_LEDGER_SUMS = ", ".join(f"{LEDGER_SUMS[c]} AS {c}" for c in _TOTAL_COLS)
+_LEDGER_SUMS = ", ".join(f"{measures.LEDGER_SUMS[c]} AS {c}" for c in _TOTAL_COLS)
 
 
 def _where(
@@ -103,12 +105,7 @@ def _where(
 
 def _totals(row: dict[str, Any], cls: type[Totals] = Totals) -> Any:
     values = {k: (v if v is not None else 0) for k, v in row.items()}
-    values["total_tokens"] = (
-        values["input_tokens_uncached"]
-        + values["input_tokens_cached"]
-        + values["input_tokens_cache_creation"]
-        + values["output_tokens"]
-    )
+    values["total_tokens"] = sum(values[c] for c in measures.TOKEN_COLUMNS)
     return cls(**values)
 
 
