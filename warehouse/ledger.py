@@ -1,4 +1,4 @@
-"""The usage ledger writer and the rollup reconciler.
+"""The usage ledger writer: batches of enriched events into the signed ledger `usage_events`.
 
 `usage_events` is a signed ledger: one row per (event_id, revision) state change, `sign` +1 makes a revision
 live, −1 cancels it (a copy of the live row). The MV rollups sum sign × value, so every figure is exact as soon
