@@ -18,7 +18,7 @@ The export file is `warehouse.export`'s.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, make_dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
@@ -84,7 +84,12 @@ class Scope:
 
 # --------------------------------------------------------------------------------------------- summary
 
-_DAILY_KEYS = ("day", "provider", "model", "factors_version")
+_DAILY_KEYS: tuple[tuple[str, type], ...] = (
+    ("day", date),
+    ("provider", str),
+    ("model", str),
+    ("factors_version", str),
+)
 _DAILY_SUMS = columns("dashboard")
 
 
@@ -96,13 +101,7 @@ def _total_tokens(self: Any) -> int:
 # `dashboard` measures (warehouse.measures), and `total_tokens`.
 DailyModelRow = make_dataclass(
     "DailyModelRow",
-    [
-        ("day", date),
-        ("provider", str),
-        ("model", str),
-        ("factors_version", str),
-        *((c, int if BY_NAME[c].is_int else float, field()) for c in _DAILY_SUMS),
-    ],
+    [*_DAILY_KEYS, *((c, int if BY_NAME[c].is_int else float) for c in _DAILY_SUMS)],
     frozen=True,
     namespace={"total_tokens": property(_total_tokens), "__module__": __name__},
 )
@@ -112,12 +111,11 @@ def daily_by_model(client: Client, scope: Scope) -> list[DailyModelRow]:
     """The daily rollup grouped by (day, provider, model, factors_version): everything a dashboard summary
     needs (totals, bounds, cache split, per-model shares, daily chart) in one round trip."""
     where, params = scope.where("daily", alias="d.")
+    keys = ", ".join(k for k, _ in _DAILY_KEYS)
     sums = ", ".join(f"sum(d.{c}) AS {c}" for c in _DAILY_SUMS)
     result = client.query(
-        f"SELECT d.day AS day, d.provider AS provider, d.model AS model, d.factors_version AS factors_version, "
-        f"{sums} FROM usage_daily AS d WHERE {where} "
-        "GROUP BY day, provider, model, factors_version HAVING events != 0 "
-        "ORDER BY day, provider, model, factors_version",
+        f"SELECT {', '.join(f'd.{k} AS {k}' for k, _ in _DAILY_KEYS)}, {sums} FROM usage_daily AS d "
+        f"WHERE {where} GROUP BY {keys} HAVING events != 0 ORDER BY {keys}",
         parameters=params,
     )
     return [DailyModelRow(*row) for row in result.result_rows]
