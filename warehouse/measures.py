@@ -89,7 +89,6 @@ ROLLUP_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES)
 INT_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES if m.is_int)
 FLOAT_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES if not m.is_int)
 TOKEN_COLUMNS: tuple[str, ...] = tuple(m.name for m in MEASURES if m.kind == "tokens")
-SAVINGS: tuple[str, ...] = tuple(m.name for m in MEASURES if m.kind == "savings")
 # sign × value aggregates over `usage_events AS e`, one per rollup column (the materialized views' sums)
 LEDGER_SUMS: dict[str, str] = {m.name: m.ledger_sum() for m in MEASURES}
 

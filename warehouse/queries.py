@@ -58,12 +58,16 @@ class TotalsRow(Totals):
     day: date | None = None
 
 
-class CacheSplit(BaseModel):
-    uncached_tokens: int = 0
-    cached_tokens: int = 0
-    cache_creation_tokens: int = 0
-    energy_cached_savings_j: float = 0.0  # facility J the cached tokens saved vs the prefill price
-    co2_cached_savings_kg: float = 0.0
+# Uncached / cached / cache-creation input tokens, then the `cache` measures: what the cached tokens saved
+# compared with the prefill price (facility J, kg CO2e).
+CacheSplit = create_model(
+    "CacheSplit",
+    __module__=__name__,
+    uncached_tokens=(int, 0),
+    cached_tokens=(int, 0),
+    cache_creation_tokens=(int, 0),
+    **{c: (float, 0.0) for c in measures.columns("cache")},
+)
 
 
 Group = Literal["org", "project", "model", "day"]
@@ -180,8 +184,7 @@ def cached_vs_uncached(
     result = client.query(
         "SELECT sum(input_tokens_uncached) AS uncached_tokens, sum(input_tokens_cached) AS cached_tokens, "
         "sum(input_tokens_cache_creation) AS cache_creation_tokens, "
-        "sum(energy_cached_savings_j) AS energy_cached_savings_j, "
-        f"sum(co2_cached_savings_kg) AS co2_cached_savings_kg FROM usage_daily{where}",
+        f"{', '.join(f'sum({c}) AS {c}' for c in measures.columns('cache'))} FROM usage_daily{where}",
         parameters=params,
     )
     return CacheSplit(**next(iter(result.named_results())))
