@@ -1,18 +1,31 @@
-"""The telemetry provider the API reads warehouse figures through (injected into `create_app`).
+"""The telemetry protocol the API reads warehouse figures through (injected into `create_app`), and the null one.
 
-The real implementation lives with the warehouse queries (ClickHouse); `NullTelemetry` answers zeros so the
-API works without a warehouse. Date ranges are inclusive calendar days in UTC. Methods may be plain (run
-in a worker thread) or `async def` (awaited).
+`TelemetryProvider` is the one interface of the dashboard's figures: totals per project, the summary, the
+event list, the per-model list and the export file. Its implementation over the ClickHouse warehouse is
+`api.telemetry_provider.WarehouseTelemetry`; `NullTelemetry` answers zeros and empty lists so the API works
+without a warehouse. Date ranges are inclusive calendar days in UTC. `project_totals` and `summary` may be
+plain (run in a worker thread) or `async def` (awaited); so may `events` and `models`; `export` is an async
+iterator of the file's chunks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from datetime import date
-from typing import Any, Protocol, runtime_checkable
+import io
+import re
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import date, timedelta
+from typing import Any, Protocol
+
+import orjson
+import pyarrow.parquet as pq
+
+from core.methodology import joules_to_kwh
+from warehouse.export import EXPORT_COLUMNS, EXPORT_SCHEMA, ExportFormat
+from warehouse.telemetry import DailyModelRow, Scope
+
+DENSE_CHART_MAX_DAYS = 400  # daily_chart lists every day of the period up to this length, else active days
 
 
-@runtime_checkable
 class TelemetryProvider(Protocol):
     def project_totals(
         self, org_id: str, project_ids: Sequence[str], start: date, end: date
@@ -28,6 +41,23 @@ class TelemetryProvider(Protocol):
         through to the client as they are."""
         ...
 
+    def events(
+        self, scope: Scope, offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int] | Awaitable[tuple[list[dict[str, Any]], int]]:
+        """One page of live events, newest first, and the number of live events in scope."""
+        ...
+
+    def models(self, scope: Scope) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]:
+        """Per (provider, model) usage, largest CO2e first."""
+        ...
+
+    def export(
+        self, scope: Scope, fmt: ExportFormat, project_names: dict[str, str], metadata: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        """The export file (`warehouse.export`), chunk by chunk; `metadata` goes into the JSON format's
+        `export_metadata`."""
+        ...
+
 
 def empty_summary() -> dict[str, Any]:
     return {
@@ -41,7 +71,7 @@ def empty_summary() -> dict[str, Any]:
 
 
 class NullTelemetry:
-    """No warehouse: every total is zero."""
+    """No warehouse: every total is zero, every list empty, every export a file without rows."""
 
     def project_totals(
         self, org_id: str, project_ids: Sequence[str], start: date, end: date
@@ -50,3 +80,92 @@ class NullTelemetry:
 
     def summary(self, org_id: str, project_id: str | None, start: date, end: date) -> dict[str, Any]:
         return empty_summary()
+
+    def events(self, scope: Scope, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        return [], 0
+
+    def models(self, scope: Scope) -> list[dict[str, Any]]:
+        return []
+
+    async def export(
+        self, scope: Scope, fmt: ExportFormat, project_names: dict[str, str], metadata: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        if fmt == "csv":
+            yield (",".join(EXPORT_COLUMNS) + "\n").encode()
+        elif fmt == "json":
+            yield orjson.dumps({"data": [], "export_metadata": {**metadata, "total_records": 0}})
+        else:
+            buf = io.BytesIO()
+            pq.write_table(EXPORT_SCHEMA.empty_table(), buf)
+            yield buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)) or (0,)
+
+
+def build_summary(rows: Sequence[DailyModelRow], start: date, end: date) -> dict[str, Any]:
+    """The dashboard summary from the daily rollup grouped by (day, provider, model, factors_version)."""
+    tokens = {"uncached": 0, "cached": 0, "creation": 0, "output": 0}
+    co2 = co2_low = co2_high = savings = energy = 0.0
+    events = 0
+    per_model: dict[tuple[str, str], dict[str, Any]] = {}
+    per_day: dict[date, dict[str, Any]] = {}
+    versions: set[str] = set()
+    for r in rows:
+        tokens["uncached"] += r.input_tokens_uncached
+        tokens["cached"] += r.input_tokens_cached
+        tokens["creation"] += r.input_tokens_cache_creation
+        tokens["output"] += r.output_tokens
+        co2 += r.co2_kg
+        co2_low += r.co2_kg_low
+        co2_high += r.co2_kg_high
+        savings += r.co2_cached_savings_kg
+        energy += r.energy_j
+        events += r.events
+        versions.add(r.factors_version)
+        m = per_model.setdefault(
+            (r.provider, r.model),
+            {"model": r.model, "provider": r.provider, "total_tokens": 0, "co2_kg": 0.0, "event_count": 0},
+        )
+        m["total_tokens"] += r.total_tokens
+        m["co2_kg"] += r.co2_kg
+        m["event_count"] += r.events
+        d = per_day.setdefault(r.day, {"date": r.day, "co2_kg": 0.0, "tokens": 0})
+        d["co2_kg"] += r.co2_kg
+        d["tokens"] += r.total_tokens
+    models_out = sorted(per_model.values(), key=lambda m: (-m["co2_kg"], m["provider"], m["model"]))
+    for m in models_out:
+        m["percentage"] = round(100.0 * m["co2_kg"] / co2, 2) if co2 > 0 else 0.0
+    if (end - start).days < DENSE_CHART_MAX_DAYS:
+        chart = [
+            per_day.get(day, {"date": day, "co2_kg": 0.0, "tokens": 0})
+            for day in (start + timedelta(days=i) for i in range((end - start).days + 1))
+        ]
+    else:
+        chart = [per_day[day] for day in sorted(per_day)]
+    ordered_versions = sorted(versions, key=_version_key)
+    return {
+        "total_co2_kg": co2,
+        "total_co2_lower_bound_kg": co2_low,
+        "total_co2_upper_bound_kg": co2_high,
+        "total_tokens": sum(tokens.values()),
+        "input_tokens": tokens["uncached"] + tokens["cached"] + tokens["creation"],
+        "output_tokens": tokens["output"],
+        "total_energy_kwh": joules_to_kwh(energy),
+        "event_count": events,
+        "cached_vs_uncached": {
+            "uncached_tokens": tokens["uncached"],
+            "cached_tokens": tokens["cached"],
+            "cache_creation_tokens": tokens["creation"],
+            "cached_co2_savings_kg": savings,
+        },
+        "per_model": models_out,
+        "daily_chart": chart,
+        "factors_version": ordered_versions[-1] if ordered_versions else None,
+        "factors_versions": ordered_versions,
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+    }

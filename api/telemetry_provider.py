@@ -1,5 +1,5 @@
-"""The real `TelemetryProvider` (api.telemetry): dashboard figures, event lists and exports read from the
-ClickHouse warehouse through `warehouse.telemetry`.
+"""The `TelemetryProvider` (api.telemetry) over the ClickHouse warehouse: dashboard figures and event lists
+read through `warehouse.telemetry`, exports streamed through `warehouse.export`.
 
     provider = WarehouseTelemetry(async_warehouse)                   # share a process's warehouse thread
     provider = WarehouseTelemetry(lambda: pipeline.warehouse)        # … one that is opened later
@@ -16,113 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import date, timedelta
-from typing import Any, Protocol, runtime_checkable
+from datetime import date
+from typing import Any
 
+from api.telemetry import build_summary
 from warehouse.aio import AsyncWarehouse
-from warehouse.telemetry import (
-    DailyModelRow,
-    ExportFormat,
-    ExportStream,
-    Scope,
-    daily_by_model,
-    events_page,
-    models,
-    open_export,
-    project_co2,
-    stream_client,
-)
+from warehouse.export import ExportFormat, ExportStream, open_export, stream_client
+from warehouse.telemetry import Scope, daily_by_model, events_page, models, project_co2
 
 log = logging.getLogger("joulestream.api.telemetry")
 
-DENSE_CHART_MAX_DAYS = 400  # daily_chart lists every day of the period up to this length, else active days
-
-
-@runtime_checkable
-class TelemetryReader(Protocol):
-    """What the telemetry and export routers need beyond `TelemetryProvider` (implemented here)."""
-
-    async def events(self, scope: Scope, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]: ...
-
-    async def models(self, scope: Scope) -> list[dict[str, Any]]: ...
-
-    def export(
-        self, scope: Scope, fmt: ExportFormat, project_names: dict[str, str], metadata: dict[str, Any]
-    ) -> AsyncIterator[bytes]: ...
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", version)) or (0,)
-
-
-def build_summary(rows: Sequence[DailyModelRow], start: date, end: date) -> dict[str, Any]:
-    """The dashboard summary from the daily rollup grouped by (day, provider, model, factors_version)."""
-    tokens = {"uncached": 0, "cached": 0, "creation": 0, "output": 0}
-    co2 = co2_low = co2_high = savings = energy = 0.0
-    events = 0
-    per_model: dict[tuple[str, str], dict[str, Any]] = {}
-    per_day: dict[date, dict[str, Any]] = {}
-    versions: set[str] = set()
-    for r in rows:
-        tokens["uncached"] += r.input_tokens_uncached
-        tokens["cached"] += r.input_tokens_cached
-        tokens["creation"] += r.input_tokens_cache_creation
-        tokens["output"] += r.output_tokens
-        co2 += r.co2_kg
-        co2_low += r.co2_kg_low
-        co2_high += r.co2_kg_high
-        savings += r.co2_cached_savings_kg
-        energy += r.energy_j
-        events += r.events
-        versions.add(r.factors_version)
-        m = per_model.setdefault(
-            (r.provider, r.model),
-            {"model": r.model, "provider": r.provider, "total_tokens": 0, "co2_kg": 0.0, "event_count": 0},
-        )
-        m["total_tokens"] += r.total_tokens
-        m["co2_kg"] += r.co2_kg
-        m["event_count"] += r.events
-        d = per_day.setdefault(r.day, {"date": r.day, "co2_kg": 0.0, "tokens": 0})
-        d["co2_kg"] += r.co2_kg
-        d["tokens"] += r.total_tokens
-    models_out = sorted(per_model.values(), key=lambda m: (-m["co2_kg"], m["provider"], m["model"]))
-    for m in models_out:
-        m["percentage"] = round(100.0 * m["co2_kg"] / co2, 2) if co2 > 0 else 0.0
-    if (end - start).days < DENSE_CHART_MAX_DAYS:
-        chart = [
-            per_day.get(day, {"date": day, "co2_kg": 0.0, "tokens": 0})
-            for day in (start + timedelta(days=i) for i in range((end - start).days + 1))
-        ]
-    else:
-        chart = [per_day[day] for day in sorted(per_day)]
-    ordered_versions = sorted(versions, key=_version_key)
-    return {
-        "total_co2_kg": co2,
-        "total_co2_lower_bound_kg": co2_low,
-        "total_co2_upper_bound_kg": co2_high,
-        "total_tokens": sum(tokens.values()),
-        "input_tokens": tokens["uncached"] + tokens["cached"] + tokens["creation"],
-        "output_tokens": tokens["output"],
-        "total_energy_kwh": energy / 3.6e6,
-        "event_count": events,
-        "cached_vs_uncached": {
-            "uncached_tokens": tokens["uncached"],
-            "cached_tokens": tokens["cached"],
-            "cache_creation_tokens": tokens["creation"],
-            "cached_co2_savings_kg": savings,
-        },
-        "per_model": models_out,
-        "daily_chart": chart,
-        "factors_version": ordered_versions[-1] if ordered_versions else None,
-        "factors_versions": ordered_versions,
-        "period": {"start": start.isoformat(), "end": end.isoformat()},
-    }
-
 
 class WarehouseTelemetry:
-    """TelemetryProvider + TelemetryReader over the warehouse. Date ranges are inclusive UTC days."""
+    """TelemetryProvider over the warehouse. Date ranges are inclusive UTC days."""
 
     def __init__(
         self,
@@ -158,7 +65,6 @@ class WarehouseTelemetry:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await (await self.warehouse()).run(fn, *args)
 
-    # TelemetryProvider ---------------------------------------------------------------------------------
     async def project_totals(
         self, org_id: str, project_ids: Sequence[str], start: date, end: date
     ) -> dict[str, float]:
@@ -169,7 +75,6 @@ class WarehouseTelemetry:
         rows = await self._run(daily_by_model, Scope(org_id, start, end, project_id=project_id))
         return build_summary(rows, start, end)
 
-    # TelemetryReader -----------------------------------------------------------------------------------
     async def events(self, scope: Scope, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         return await self._run(events_page, scope, offset, limit)
 

@@ -154,6 +154,7 @@ def worker_baseline(workdir: Path, samples: int, export_start: str, export_end: 
     from core.settings import load_settings
     from warehouse import telemetry as t
     from warehouse.client import get_client
+    from warehouse.export import export_query
 
     client = get_client(load_settings())
     pid = os.getpid()
@@ -164,7 +165,7 @@ def worker_baseline(workdir: Path, samples: int, export_start: str, export_end: 
     client.query("SELECT 1")
     names = {f"{ORG}-p{p:04d}": f"Project {p:04d}" for p in range(1000)}
     scope = t.Scope(ORG, date.fromisoformat(export_start), date.fromisoformat(export_end))
-    sql, params = t.export_query(scope, names)
+    sql, params = export_query(scope, names)
     before = _proc_mem(pid)
     t0 = time.perf_counter()
     raw = client.raw_stream(sql, parameters=params, fmt="CSV")

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 from core.methodology import compute_footprint, load_factor_set  # noqa: E402
 from pipelines.simulate import MODELS  # noqa: E402
-from warehouse.ledger import LEDGER_SCHEMA  # noqa: E402
+from warehouse.measures import LEDGER_SCHEMA  # noqa: E402
 
 MS_PER_DAY = 86_400_000
 MS_PER_HOUR = 3_600_000
@@ -95,6 +95,7 @@ def _coefficients() -> list[_ModelCoef]:
             )
             rows.append(
                 [fp.energy_j, fp.energy_j_low, fp.energy_j_high, fp.co2_kg, fp.co2_kg_low, fp.co2_kg_high]
+                + [fp.energy_cached_savings_j, fp.co2_cached_savings_kg]
             )
         out.append(
             _ModelCoef(
@@ -159,7 +160,7 @@ def _day_table(shape: Shape, coefs: list[_ModelCoef], day: date, n: int, first_i
     uncached = total_in - cached - creation
     tokens = np.stack([uncached, cached, creation, output], axis=1).astype(np.float64)  # (n, 4)
     per_token = np.stack([c.per_token for c in coefs])  # (models, 4, 6)
-    figures = np.einsum("np,npf->nf", tokens, per_token[model])  # (n, 6)
+    figures = np.einsum("np,npf->nf", tokens, per_token[model])  # (n, 8)
     factors = np.array([c.factors for c in coefs])[model]  # (n, 6)
 
     ids = pa.array(np.arange(first_id, first_id + n)).cast(pa.string())
@@ -208,6 +209,8 @@ def _day_table(shape: Shape, coefs: list[_ModelCoef], day: date, n: int, first_i
         "co2_kg": pa.array(figures[:, 3]),
         "co2_kg_low": pa.array(figures[:, 4]),
         "co2_kg_high": pa.array(figures[:, 5]),
+        "energy_cached_savings_j": pa.array(figures[:, 6]),
+        "co2_cached_savings_kg": pa.array(figures[:, 7]),
         "enriched_at": pa.array(event_ts + 1000, type=pa.timestamp("ms", tz="UTC")),
         "sign": pa.array(np.ones(n, dtype=np.int8)),
     }

@@ -136,6 +136,16 @@ class EnrichedUsage(UsageEvent):
     co2_kg: float = Field(ge=0, description="Location-based CO2e, kg")
     co2_kg_low: float = Field(ge=0)
     co2_kg_high: float = Field(ge=0)
+    energy_cached_savings_j: float | None = Field(
+        default=None,
+        description="Facility J the cached input tokens saved compared with paying the prefill price "
+        "(input_tokens_cached × (j_per_prefill_token − j_per_cached_token) × pue); None when the producer "
+        "predates the field (the warehouse then computes it from the recorded factors)",
+    )
+    co2_cached_savings_kg: float | None = Field(
+        default=None,
+        description="CO2e of energy_cached_savings_j at the event's grid intensity, kg (None: as above)",
+    )
     enriched_at: AwareDatetime
 
     @field_validator("enriched_at")

@@ -7,7 +7,9 @@ The calculation (docs/methodology.md):
     kWh         = facility J / 3.6e6
     kg CO2e     = kWh × grid(provider, region)             (kg CO2e per kWh, location-based)
 
-The low / high bounds use the tier's low / high per-token factors with the same PUE and grid.
+The low / high bounds use the tier's low / high per-token factors with the same PUE and grid. The cached-token
+savings (what the cached input tokens would have cost at the prefill price, minus what they cost at the
+cached price, at the same PUE and grid) are `cached_savings`.
 
 A factor set is data (`core/factors/{version}.yaml`); this module only reads and applies it. Every
 enriched event records the version and the factors it used, so any figure can be recomputed.
@@ -408,6 +410,16 @@ def joules_to_kwh(j: float) -> float:
     return j / J_PER_KWH
 
 
+def cached_savings(
+    input_tokens_cached: int, j_per_prefill_token: float, j_per_cached_token: float, pue: float, grid: float
+) -> tuple[float, float]:
+    """(facility J, kg CO2e) the cached input tokens saved compared with paying the prefill price, at the
+    event's own factors. Evaluated left to right in this order: the warehouse's fallback for ledger rows
+    written without these fields (migration 0002's column defaults) computes the same floats."""
+    saved_j = input_tokens_cached * (j_per_prefill_token - j_per_cached_token) * pue
+    return float(saved_j), float(saved_j * grid / J_PER_KWH)
+
+
 class Footprint(NamedTuple):
     """Everything EnrichedUsage needs beyond the raw event."""
 
@@ -427,11 +439,14 @@ class Footprint(NamedTuple):
     co2_kg: float
     co2_kg_low: float
     co2_kg_high: float
+    energy_cached_savings_j: float
+    co2_cached_savings_kg: float
 
 
 def _energies(r: _Resolved, uncached: int, cached: int, creation: int, output: int) -> tuple[float, ...]:
-    """(energy_j, energy_j_low, energy_j_high, co2_kg, co2_kg_low, co2_kg_high): IT joules per phase × PUE,
-    then × grid intensity. The one place the formula lives (compute_footprint and enrich both call it)."""
+    """(energy_j, energy_j_low, energy_j_high, co2_kg, co2_kg_low, co2_kg_high, energy_cached_savings_j,
+    co2_cached_savings_kg): IT joules per phase × PUE, then × grid intensity. The one place the formula lives
+    (compute_footprint and enrich both call it)."""
     if uncached < 0 or cached < 0 or creation < 0 or output < 0:
         raise ValueError(f"token counts must be >= 0, got {(uncached, cached, creation, output)}")
     pue = r.pue
@@ -447,6 +462,7 @@ def _energies(r: _Resolved, uncached: int, cached: int, creation: int, output: i
         float(energy * kg_per_j),
         float(energy_low * kg_per_j),
         float(energy_high * kg_per_j),
+        *cached_savings(cached, p0, c0, pue, r.grid),
     )
 
 
@@ -523,6 +539,8 @@ def enrich(event: UsageEvent, fs: FactorSet, enriched_at: datetime) -> EnrichedU
         values["co2_kg"],
         values["co2_kg_low"],
         values["co2_kg_high"],
+        values["energy_cached_savings_j"],
+        values["co2_cached_savings_kg"],
     ) = energies
     values["enriched_at"] = enriched_at.astimezone(UTC)
     return _construct(values)

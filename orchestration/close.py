@@ -7,8 +7,8 @@ For one month, per org:
                  regenerates their artefacts). Each goes to `closing` with its `ingested_at` cutoff recorded
                  the first time (default: now).
 2. `totals`    — the ledger rows as of the cutoff (`warehouse/close.py`), summed in Python with `math.fsum`
-                 (exactly rounded, so independent of row order and of ClickHouse's parallel summation: the
-                 figures are reproducible to the bit); cross-checked against the SQL sums; frozen on the period.
+                 (`orchestration/figures.py`: reproducible to the bit); cross-checked against the SQL sums;
+                 frozen on the period.
                  The events (Parquet) and the calculation breakdown (JSON) are stored as work artefacts.
 3. `retire`    — paid plans: whole-tonne credit serials from the inventory covering the period's CO2e *upper
                  bound* (a conservative claim: the retirement covers the emissions even if the true value is at
@@ -26,12 +26,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import zipfile
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -46,33 +44,16 @@ from controlplane.billing import (
     Receipts,
     is_paid,
     parse_month,
-    tonnes_needed,
     verify_url,
 )
 from controlplane.errors import ControlPlaneError
 from core.receipts import Keyring, canonical_json, sha256_hex
+from orchestration.figures import compute, cross_check
 
 log = logging.getLogger("joulestream.close")
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 RECEIPT_FIELDS = ("serial_number", "co2_retired_kg", "credit_serial_numbers", "period_start", "period_end")
-_FLOATS = ("energy_j", "energy_j_low", "energy_j_high", "co2_kg", "co2_kg_low", "co2_kg_high")
-_INTS = (
-    "request_count",
-    "input_tokens_uncached",
-    "input_tokens_cached",
-    "input_tokens_cache_creation",
-    "output_tokens",
-)
-_FACTORS = (
-    "j_per_prefill_token",
-    "j_per_decode_token",
-    "j_per_cached_token",
-    "j_per_cache_creation_token",
-    "pue",
-    "grid_intensity_kg_per_kwh",
-)
-SQL_REL_TOL = 1e-9
 
 
 def _json(obj: Any) -> bytes:
@@ -206,7 +187,7 @@ class CloseService:
         table = self.reader.events(period.org_id, start, end_x, period.cutoff, period.adjustment_from)
         figures, breakdown = compute(table, period)
         sql = self.reader.totals(period.org_id, start, end_x, period.cutoff, period.adjustment_from)
-        _cross_check(figures, sql)
+        cross_check(figures, sql)
         events_pq = _parquet(table)
         self.store.put(work_key(period.org_id, period.month, "events.parquet"), events_pq)
         self.store.put(work_key(period.org_id, period.month, "breakdown.json"), _json(breakdown))
@@ -383,119 +364,6 @@ class CloseService:
         return out
 
 
-# ----------------------------------------------------------------------------------------------- figures
-
-
-def _fsum_signed(signs: list[int], values: list[float]) -> float:
-    return math.fsum(s * v for s, v in zip(signs, values, strict=True))
-
-
-def compute(table: pa.Table, period: Period) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(figures, breakdown) from the close's ledger rows. Float sums are `math.fsum` (exactly rounded)."""
-    cols = {name: table.column(name).to_pylist() for name in table.column_names if name != "labels"}
-    n = table.num_rows
-    sign = cols["sign"]
-    adj = cols["adjustment"]
-
-    def totals(mask: list[bool]) -> dict[str, Any]:
-        idx = [i for i in range(n) if mask[i]]
-        s = [sign[i] for i in idx]
-        t: dict[str, Any] = {"ledger_rows": len(idx), "events": sum(s)}
-        for c in _INTS:
-            t[c] = sum(sign[i] * cols[c][i] for i in idx)
-        t["total_tokens"] = sum(
-            t[c]
-            for c in (
-                "input_tokens_uncached",
-                "input_tokens_cached",
-                "input_tokens_cache_creation",
-                "output_tokens",
-            )
-        )
-        for c in _FLOATS:
-            t[c] = _fsum_signed(s, [cols[c][i] for i in idx])
-        return t
-
-    month_t = totals([not a for a in adj])
-    adj_t = totals(adj)
-    all_t = totals([True] * n)
-    co2_high = max(all_t["co2_kg_high"], 0.0)
-    retired = math.ceil(co2_high * 1e6 - 1e-6) / 1e6 if co2_high > 0 else 0.0
-    figures = {
-        "org_id": period.org_id,
-        "month": period.month,
-        "period_start": period.period_start.isoformat(),
-        "period_end": period.period_end.isoformat(),
-        "cutoff": period.cutoff.isoformat() if period.cutoff else None,
-        "adjustment_from": period.adjustment_from.isoformat() if period.adjustment_from else None,
-        "month_totals": month_t,
-        "adjustment_totals": adj_t,
-        "totals": all_t,
-        "co2_kg": all_t["co2_kg"],
-        "co2_kg_low": all_t["co2_kg_low"],
-        "co2_kg_high": all_t["co2_kg_high"],
-        "co2_retired_kg": retired,
-        "credits_tonnes": tonnes_needed(retired),
-        "factors_versions": sorted(set(cols["factors_version"])),
-    }
-
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i in range(n):
-        k = (
-            cols["bucket_start"][i].date().isoformat(),
-            cols["project_id"][i],
-            cols["provider"][i],
-            cols["model"][i],
-            cols["model_tier"][i],
-            cols["factors_version"][i],
-            bool(adj[i]),
-            tuple(cols[f][i] for f in _FACTORS),
-        )
-        groups[k].append(i)
-    rows = []
-    for k in sorted(groups, key=lambda k: (k[6], k[0], k[1], k[2], k[3], k[4], k[5], k[7])):
-        idx = groups[k]
-        s = [sign[i] for i in idx]
-        row: dict[str, Any] = {
-            "day": k[0],
-            "project_id": k[1],
-            "provider": k[2],
-            "model": k[3],
-            "model_tier": k[4],
-            "factors_version": k[5],
-            "adjustment": k[6],
-            "factors": dict(zip(_FACTORS, k[7], strict=True)),
-            "events": sum(s),
-            "tokens": {c: sum(sign[i] * cols[c][i] for i in idx) for c in _INTS},
-            "results": {c: _fsum_signed(s, [cols[c][i] for i in idx]) for c in _FLOATS},
-        }
-        row["results"]["energy_kwh"] = row["results"]["energy_j"] / 3.6e6
-        rows.append(row)
-    breakdown = {
-        "org_id": period.org_id,
-        "month": period.month,
-        "cutoff": figures["cutoff"],
-        "formula": "IT J = uncached×j_per_prefill + cached×j_per_cached + cache_creation×j_per_cache_creation"
-        " + output×j_per_decode; energy_j = IT J × pue; co2_kg = energy_j / 3.6e6 × grid_intensity_kg_per_kwh",
-        "rows": rows,
-    }
-    return figures, breakdown
-
-
-def _cross_check(figures: dict[str, Any], sql: dict[str, dict[str, Any]]) -> None:
-    """The Python figures must equal ClickHouse's own sums (floats within rounding)."""
-    for part, name in (("month", "month_totals"), ("adjustment", "adjustment_totals")):
-        mine, theirs = figures[name], sql[part]
-        for c, v in theirs.items():
-            if c not in mine:
-                continue
-            if isinstance(mine[c], float) or isinstance(v, float):
-                if not math.isclose(mine[c], float(v), rel_tol=SQL_REL_TOL, abs_tol=1e-12):
-                    raise RuntimeError(f"{name}.{c}: {mine[c]!r} != warehouse {v!r}")
-            elif int(mine[c]) != int(v):
-                raise RuntimeError(f"{name}.{c}: {mine[c]!r} != warehouse {v!r}")
-
-
 def _parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", write_statistics=True)
@@ -525,8 +393,3 @@ def parse_cutoff(value: str | None) -> datetime | None:
         return None
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def month_dates(month: str) -> tuple[date, date]:
-    _, start, end = parse_month(month)
-    return start, end

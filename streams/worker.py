@@ -26,8 +26,9 @@ from streams.factors import CurrentFactors
 from streams.processing import Enricher, InRecord, StageResult, dead_letter, parse_enriched
 from warehouse.aio import AsyncWarehouse
 from warehouse.client import get_client
-from warehouse.ledger import WriteResult, reconcile_rollups, write_enriched, write_enriched_json
+from warehouse.ledger import WriteResult, write_enriched, write_enriched_json
 from warehouse.migrate import migrate
+from warehouse.reconcile import reconcile_rollups
 
 log = logging.getLogger(__name__)
 

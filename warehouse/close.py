@@ -19,26 +19,13 @@ from typing import Any
 import pyarrow as pa
 from clickhouse_connect.driver import Client
 
-from warehouse.ledger import LEDGER_SCHEMA
+from warehouse.measures import LEDGER_SCHEMA, LEDGER_SUMS, columns
 
 _TS = pa.timestamp("ms", tz="UTC")
 CLOSE_SCHEMA = pa.schema([*LEDGER_SCHEMA, pa.field("ingested_at", _TS), pa.field("adjustment", pa.bool_())])
 ORDER = "e.bucket_start, e.event_id, e.revision, e.sign, e.ingested_at"
-_SUMS = {
-    "ledger_rows": "count()",
-    "events": "sum(toInt64(e.sign))",
-    "request_count": "sum(e.sign * e.request_count)",
-    "input_tokens_uncached": "sum(e.sign * e.input_tokens_uncached)",
-    "input_tokens_cached": "sum(e.sign * e.input_tokens_cached)",
-    "input_tokens_cache_creation": "sum(e.sign * e.input_tokens_cache_creation)",
-    "output_tokens": "sum(e.sign * e.output_tokens)",
-    "energy_j": "sum(e.sign * e.energy_j)",
-    "energy_j_low": "sum(e.sign * e.energy_j_low)",
-    "energy_j_high": "sum(e.sign * e.energy_j_high)",
-    "co2_kg": "sum(e.sign * e.co2_kg)",
-    "co2_kg_low": "sum(e.sign * e.co2_kg_low)",
-    "co2_kg_high": "sum(e.sign * e.co2_kg_high)",
-}
+# count of ledger rows, then sign × value of each `totals` measure (warehouse.measures)
+_SUMS = {"ledger_rows": "count()", **{c: LEDGER_SUMS[c] for c in columns("totals")}}
 
 
 def _scope(

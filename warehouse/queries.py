@@ -1,4 +1,4 @@
-"""Typed read queries over the warehouse — with migrations and the ledger, the only place with SQL.
+"""Typed read queries over the warehouse: totals (all orgs or one), per group, straight from the ledger.
 
 Every figure is an aggregate with sum() … GROUP BY over the signed ledger or its rollups: exact whether or not
 ClickHouse has merged anything. Date ranges are half-open, `start <= day < end` (UTC days); None = unbounded.
@@ -12,26 +12,12 @@ from datetime import date
 from typing import Any, Literal
 
 from clickhouse_connect.driver import Client
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
-from warehouse.ledger import LEDGER_SUMS
+from warehouse import measures
 
 
-class Totals(BaseModel):
-    events: int = 0
-    request_count: int = 0
-    input_tokens_uncached: int = 0
-    input_tokens_cached: int = 0
-    input_tokens_cache_creation: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    energy_j: float = 0.0
-    energy_j_low: float = 0.0
-    energy_j_high: float = 0.0
-    co2_kg: float = 0.0
-    co2_kg_low: float = 0.0
-    co2_kg_high: float = 0.0
-
+class _TotalsBase(BaseModel):
     def approx_equal(self, other: Totals, rel_tol: float = 1e-9, abs_tol: float = 1e-12) -> bool:
         """The figures (not group keys) match: counts exactly, float sums within `rel_tol` (a float sum
         depends on summation order, so rollup and ledger sums may differ in the last bits)."""
@@ -45,6 +31,23 @@ class Totals(BaseModel):
         return True
 
 
+_TOTAL_COLS = measures.columns("totals")
+
+
+def _totals_fields() -> dict[str, Any]:
+    """The `totals` measures, with `total_tokens` (the four token kinds) after the last token column."""
+    fields: dict[str, Any] = {}
+    for name in _TOTAL_COLS:
+        fields[name] = (int, 0) if measures.BY_NAME[name].is_int else (float, 0.0)
+        if name == measures.TOKEN_COLUMNS[-1]:
+            fields["total_tokens"] = (int, 0)
+    return fields
+
+
+# The sums of the `totals` measures (warehouse.measures); the cached savings are `cached_vs_uncached`'s.
+Totals = create_model("Totals", __base__=_TotalsBase, __module__=__name__, **_totals_fields())
+
+
 class TotalsRow(Totals):
     """Totals of one group; the keys not part of the grouping are None."""
 
@@ -55,12 +58,16 @@ class TotalsRow(Totals):
     day: date | None = None
 
 
-class CacheSplit(BaseModel):
-    uncached_tokens: int = 0
-    cached_tokens: int = 0
-    cache_creation_tokens: int = 0
-    energy_cached_savings_j: float = 0.0  # facility J the cached tokens saved vs the prefill price
-    co2_cached_savings_kg: float = 0.0
+# Uncached / cached / cache-creation input tokens, then the `cache` measures: what the cached tokens saved
+# compared with the prefill price (facility J, kg CO2e).
+CacheSplit = create_model(
+    "CacheSplit",
+    __module__=__name__,
+    uncached_tokens=(int, 0),
+    cached_tokens=(int, 0),
+    cache_creation_tokens=(int, 0),
+    **{c: (float, 0.0) for c in measures.columns("cache")},
+)
 
 
 Group = Literal["org", "project", "model", "day"]
@@ -70,9 +77,8 @@ _GROUP_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("provider", "model"),
     "day": ("day",),
 }
-_TOTAL_COLS = tuple(f for f in Totals.model_fields if f != "total_tokens")
 _ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in _TOTAL_COLS)
-_LEDGER_SUMS = ", ".join(f"{LEDGER_SUMS[c]} AS {c}" for c in _TOTAL_COLS)
+_LEDGER_SUMS = ", ".join(f"{measures.LEDGER_SUMS[c]} AS {c}" for c in _TOTAL_COLS)
 
 
 def _where(
@@ -103,12 +109,7 @@ def _where(
 
 def _totals(row: dict[str, Any], cls: type[Totals] = Totals) -> Any:
     values = {k: (v if v is not None else 0) for k, v in row.items()}
-    values["total_tokens"] = (
-        values["input_tokens_uncached"]
-        + values["input_tokens_cached"]
-        + values["input_tokens_cache_creation"]
-        + values["output_tokens"]
-    )
+    values["total_tokens"] = sum(values[c] for c in measures.TOKEN_COLUMNS)
     return cls(**values)
 
 
@@ -183,8 +184,7 @@ def cached_vs_uncached(
     result = client.query(
         "SELECT sum(input_tokens_uncached) AS uncached_tokens, sum(input_tokens_cached) AS cached_tokens, "
         "sum(input_tokens_cache_creation) AS cache_creation_tokens, "
-        "sum(energy_cached_savings_j) AS energy_cached_savings_j, "
-        f"sum(co2_cached_savings_kg) AS co2_cached_savings_kg FROM usage_daily{where}",
+        f"{', '.join(f'sum({c}) AS {c}' for c in measures.columns('cache'))} FROM usage_daily{where}",
         parameters=params,
     )
     return CacheSplit(**next(iter(result.named_results())))

@@ -25,8 +25,9 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import Ctx, Dates, ReadPrincipal
 from api.errors import error_responses
-from api.routers.telemetry import ModelFilter, ProjectFilter, project_names, reader
-from warehouse.telemetry import EXPORT_COLUMNS, Scope
+from api.routers.telemetry import ModelFilter, ProjectFilter, project_names
+from warehouse.export import EXPORT_COLUMNS
+from warehouse.telemetry import Scope
 
 router = APIRouter(prefix="/export", tags=["export"], responses=error_responses(401, 403))
 log = logging.getLogger("joulestream.api.export")
@@ -86,20 +87,16 @@ async def export_telemetry(
     }
     scope = Scope(principal.org_id, dates.start, dates.end, project_id=project_id, model=model)
 
-    r = reader(ctx)
-    if r is None:  # no warehouse: an empty export of the same shape
-        body = _empty(format, metadata)
-    else:
-        chunks = r.export(scope, format, names, metadata)
-        try:  # open the query before answering, so a failure is still a clean 503
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = b""
-        except Exception as exc:
-            await chunks.aclose()
-            log.error("export failed to start: %s", exc, exc_info=True)
-            raise HTTPException(503, "telemetry store unavailable, retry later") from exc
-        body = _body(first, chunks)
+    chunks = ctx.telemetry.export(scope, format, names, metadata)  # NullTelemetry: a file without rows
+    try:  # open the query before answering, so a failure is still a clean 503
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+    except Exception as exc:
+        await chunks.aclose()
+        log.error("export failed to start: %s", exc, exc_info=True)
+        raise HTTPException(503, "telemetry store unavailable, retry later") from exc
+    body = _body(first, chunks)
     filename = f"telemetry-{dates.end.isoformat()}.{format}"
     return StreamingResponse(
         body,
@@ -119,22 +116,3 @@ async def _body(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes
         raise
     finally:
         await rest.aclose()
-
-
-async def _empty(fmt: str, metadata: dict) -> AsyncIterator[bytes]:
-    if fmt == "csv":
-        yield (",".join(EXPORT_COLUMNS) + "\n").encode()
-    elif fmt == "json":
-        import orjson
-
-        yield orjson.dumps({"data": [], "export_metadata": {**metadata, "total_records": 0}})
-    else:
-        import io
-
-        import pyarrow.parquet as pq
-
-        from warehouse.telemetry import EXPORT_SCHEMA
-
-        buf = io.BytesIO()
-        pq.write_table(EXPORT_SCHEMA.empty_table(), buf)
-        yield buf.getvalue()

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import AppContext, Ctx, Dates, Page, ReadPrincipal
 from api.errors import error_responses, validation_error
-from api.telemetry_provider import TelemetryReader, build_summary
+from api.telemetry import build_summary
 from controlplane import NotFound
 from warehouse.telemetry import Scope
 
@@ -154,8 +154,8 @@ class ModelList(BaseModel):
 
 
 async def warehouse_call(fn, *args) -> Any:
-    """Call the provider (`async def`, or plain in a worker thread); its failures answer 503 (logged),
-    never 500."""
+    """Call the telemetry provider (`async def`, or plain in a worker thread); its failures answer 503
+    (logged), never 500."""
     try:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
@@ -182,10 +182,6 @@ async def check_project(ctx: AppContext, org_id: str, project_id: str | None) ->
     """404 unless `project_id` (when given) is a project of the caller's org, deleted ones included."""
     if project_id is not None:
         await project_names(ctx, org_id, project_id)
-
-
-def reader(ctx: AppContext) -> TelemetryReader | None:
-    return ctx.telemetry if isinstance(ctx.telemetry, TelemetryReader) else None
 
 
 def check_order(start: date | None, end: date | None) -> None:
@@ -234,8 +230,7 @@ async def list_events(
     check_order(start_date, end_date)
     names = await project_names(ctx, principal.org_id, project_id)
     scope = Scope(principal.org_id, start_date, end_date, project_id=project_id, model=model)
-    r = reader(ctx)
-    rows, total = await warehouse_call(r.events, scope, page.offset, page.page_size) if r else ([], 0)
+    rows, total = await warehouse_call(ctx.telemetry.events, scope, page.offset, page.page_size)
     events = []
     for row in rows:
         row = dict(row)
@@ -260,8 +255,7 @@ async def list_models(
 ) -> ModelList:
     check_order(start_date, end_date)
     await check_project(ctx, principal.org_id, project_id)
-    r = reader(ctx)
-    rows = (
-        await warehouse_call(r.models, Scope(principal.org_id, start_date, end_date, project_id)) if r else []
+    rows = await warehouse_call(
+        ctx.telemetry.models, Scope(principal.org_id, start_date, end_date, project_id)
     )
     return ModelList(models=[ModelUsage.model_validate(m) for m in rows])

@@ -23,7 +23,8 @@ import uvicorn
 from bench.load_warehouse import Shape, load
 from tests.api.telemetry_data import Dataset, build
 from tests.fixtures_api import client_for
-from warehouse.telemetry import EXPORT_COLUMNS, ExportStream, Scope, iter_export
+from warehouse.export import EXPORT_COLUMNS, ExportStream, iter_export
+from warehouse.telemetry import Scope
 
 pytestmark = pytest.mark.anyio
 

@@ -20,6 +20,7 @@ from core.methodology import (
     FactorSet,
     FactorSetError,
     Footprint,
+    cached_savings,
     compute_footprint,
     enrich,
     joules_to_kwh,
@@ -99,6 +100,22 @@ def test_all_four_phases_with_region(fs: FactorSet) -> None:
     high_it = 2000 * 2.5 + 10_000 * 0.5 + 3000 * 3.0 + 800 * 10.0  # 27000 J
     assert fp.energy_j_low == pytest.approx(low_it * 1.15)
     assert fp.energy_j_high == pytest.approx(high_it * 1.15)
+
+
+def test_cached_savings(fs: FactorSet) -> None:
+    # claude-sonnet-4 -> large: prefill 0.5 J, cached 0.05 J; anthropic PUE 1.15; us-east-1 0.416 kg/kWh.
+    saved_j = 10_000 * (0.5 - 0.05) * 1.15  # 5175 J
+    fp = _fp(fs, "anthropic", "claude-sonnet-4-20250514", "us-east-1", u=2000, c=10_000, w=3000, o=800)
+    assert fp.energy_cached_savings_j == pytest.approx(5175.0)
+    assert fp.co2_cached_savings_kg == pytest.approx(saved_j / 3.6e6 * 0.416)  # 5.98e-4 kg
+    assert cached_savings(10_000, 0.5, 0.05, 1.15, 0.416) == (
+        fp.energy_cached_savings_j,
+        fp.co2_cached_savings_kg,
+    )
+    assert _fp(fs, "anthropic", "claude-sonnet-4-20250514", u=2000, o=800).energy_cached_savings_j == 0.0
+    e = enrich(_event(input_tokens_cached=10_000), fs, datetime.now(UTC))
+    assert e.energy_cached_savings_j == pytest.approx(10_000 * (0.5 - 0.05) * 1.18)  # gpt-4o on openai
+    assert e.co2_cached_savings_kg == pytest.approx(10_000 * 0.45 * 1.18 / 3.6e6 * 0.37)
 
 
 def test_small_tier_on_google(fs: FactorSet) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from warehouse.ledger import reconcile_rollups, write_enriched
+from warehouse.ledger import write_enriched
 from warehouse.queries import ledger_totals, totals, totals_by
+from warehouse.reconcile import reconcile_rollups
 
 
 def _detach_mvs(client):
