@@ -1,18 +1,4 @@
-"""`joulestream gateway`: serve the inference gateway (pipelines/gateway) with uvicorn.
-
-The lead mounts it in cli/main.py as:
-
-    @app.command()
-    def gateway(
-        host: str = "127.0.0.1",
-        port: int = 8788,
-        routes: Annotated[Path, typer.Option(help="Routing file (YAML)")] = Path("routes.yaml"),
-    ) -> None:
-        '''Run the OpenAI-compatible inference gateway.'''
-        from cli.gateway import gateway as run_gateway
-
-        run_gateway(host, port, routes)
-"""
+"""`joulestream gateway` (cli/main.py): serve the inference gateway (pipelines/gateway) with uvicorn."""
 
 from __future__ import annotations
 
