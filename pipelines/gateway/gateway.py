@@ -40,13 +40,12 @@ from pipelines.gateway.publisher import UsagePublisher
 from pipelines.gateway.receipts import ReceiptWriter
 from pipelines.gateway.relay import StreamRelay, wants_usage
 from pipelines.gateway.routing import Candidate, Router
-from pipelines.gateway.schemas import MODELS, describe_errors
+from pipelines.gateway.schemas import MODELS, describe_errors, read_body
 from pipelines.gateway.spool import Spool
-from pipelines.gateway.upstream import BAD_ANSWER, ClientFault, UpstreamFailure, UpstreamPool
+from pipelines.gateway.upstream import ClientFault, UpstreamFailure, UpstreamPool, final_error
 
 log = logging.getLogger("joulestream.gateway")
 
-MAX_BODY_BYTES = 16 << 20
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -167,7 +166,7 @@ class Gateway:
         ctx: RequestCtx | None = None
         try:
             caller = await self.auth.caller(request.headers.get("authorization"))
-            body = await self._read_body(request)
+            body = await read_body(request)
             model_cls = MODELS[endpoint]
             try:
                 model_cls.model_validate(body)
@@ -228,29 +227,6 @@ class Gateway:
                 503, "The gateway hit an internal error; retry.", type="api_error", code="internal_error"
             ).response(base)
 
-    async def _read_body(self, request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise GatewayError(
-                413, f"Request body larger than {MAX_BODY_BYTES} bytes.", code="body_too_large"
-            )
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise GatewayError(
-                413, f"Request body larger than {MAX_BODY_BYTES} bytes.", code="body_too_large"
-            )
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise GatewayError(
-                400,
-                "We could not parse the JSON body of your request. Send a JSON object (Content-Type: application/json).",
-                code="invalid_json",
-            ) from None
-        if not isinstance(body, dict):
-            raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
-        return body
-
     async def _forward(self, ctx: RequestCtx, cands: list[Candidate]) -> Response:
         path = PATHS[ctx.endpoint]
         for cand in cands:
@@ -262,7 +238,13 @@ class Gateway:
             except ClientFault as fault:
                 self.prepaid.settle(ctx.reservation, 0)
                 ctx.reservation = None
-                return self._client_fault(ctx, cand, fault)
+                return fault.response(
+                    {
+                        "X-Request-Id": ctx.request_id,
+                        "X-Routed-To": cand.upstream.routed_to,
+                        "X-Tier": ctx.tier.value,
+                    }
+                )
             data = answer.data
             model = (
                 data.get("model") if isinstance(data.get("model"), str) and data.get("model") else cand.model
@@ -283,7 +265,7 @@ class Gateway:
                 media_type="application/json",
                 headers=energy_headers(ctx, cand, fp, tokens),
             )
-        raise self._final_error(ctx)
+        raise final_error(ctx.attempts)
 
     async def _stream(self, ctx: RequestCtx, cands: list[Candidate]) -> Response:
         path = PATHS[ctx.endpoint]
@@ -296,7 +278,13 @@ class Gateway:
             except ClientFault as fault:
                 self.prepaid.settle(ctx.reservation, 0)
                 ctx.reservation = None
-                return self._client_fault(ctx, cand, fault)
+                return fault.response(
+                    {
+                        "X-Request-Id": ctx.request_id,
+                        "X-Routed-To": cand.upstream.routed_to,
+                        "X-Tier": ctx.tier.value,
+                    }
+                )
             # Headers go out before the body: they carry an estimate (prompt tokens counted from the
             # request, output = max_tokens or routing.default_output_tokens), flagged as such. The receipt
             # and the usage event use the usage of the final chunk (docs/gateway.md, "Streaming").
@@ -310,7 +298,7 @@ class Gateway:
             return StreamingResponse(
                 relay.run(), status_code=200, media_type="text/event-stream", headers=headers
             )
-        raise self._final_error(ctx)
+        raise final_error(ctx.attempts)
 
     def _payload(self, ctx: RequestCtx, cand: Candidate, stream: bool) -> bytes:
         body = ctx.body
@@ -322,42 +310,3 @@ class Gateway:
                 opts["include_usage"] = True  # always ask: the usage chunk is what gets booked
                 body["stream_options"] = opts
         return orjson.dumps(body)
-
-    def _final_error(self, ctx: RequestCtx) -> GatewayError:
-        tried = "; ".join(f"{a.upstream}: {a.detail}" for a in ctx.attempts)
-        if any(a.kind == BAD_ANSWER for a in ctx.attempts):
-            return GatewayError(
-                502,
-                f"Every capable upstream failed ({tried}).",
-                type="api_error",
-                code="upstream_error",
-            )
-        return GatewayError(
-            503,
-            f"No capable upstream is reachable right now ({tried}). Retry later.",
-            type="api_error",
-            code="upstream_unavailable",
-            headers={"Retry-After": "1"},
-        )
-
-    def _client_fault(self, ctx: RequestCtx, cand: Candidate, fault: ClientFault) -> Response:
-        """An upstream 400/413/422: hand it back in OpenAI's shape."""
-        try:
-            data = orjson.loads(fault.body)
-            ok = isinstance(data, dict) and isinstance(data.get("error"), dict)
-        except orjson.JSONDecodeError:
-            ok = False
-        if not ok:
-            data = GatewayError(
-                fault.status, f"The upstream rejected the request (HTTP {fault.status})."
-            ).body()
-        return Response(
-            orjson.dumps(data),
-            status_code=fault.status,
-            media_type="application/json",
-            headers={
-                "X-Request-Id": ctx.request_id,
-                "X-Routed-To": cand.upstream.routed_to,
-                "X-Tier": ctx.tier.value,
-            },
-        )
