@@ -1,4 +1,5 @@
-"""The stream stages as pure batch functions: records in, records out. No Kafka, no I/O.
+"""The stream stages as batch functions: records in, records out. No Kafka, and no I/O of their own (the
+enrich stage gets its factor sets from the callables it is given).
 
 Each stage takes a list of consumed `InRecord`s and returns what to publish (and, for the sink, what
 to write). Kafka transport, offsets and retries live in `streams/agents.py`.
@@ -116,9 +117,10 @@ def builtin_version(version: str) -> FactorSet | None:
 class Enricher:
     """validate → dedup → enrich → emit, one batch at a time.
 
-    `factors` gives the current set (called once per batch, so a newly published version applies at once);
-    a gateway event enriched with the version stamped in its `FACTORS_VERSION_LABEL` label (the one its
-    signed receipt used), looked up with `versions` — the current set when that version is unknown."""
+    `factors` gives the current set (called once per batch, so a newly published version applies at once).
+    A gateway event is enriched with the version stamped in its `FACTORS_VERSION_LABEL` label instead (the
+    one its signed receipt used), looked up with `versions` (the worker's `FactorResolver.version`, which
+    reads the control plane once per version); with the current set when that version is unknown."""
 
     def __init__(
         self,
