@@ -1,6 +1,8 @@
 """The demo upstream for `joulestream up`: the OpenAI-compatible stub (cli/demo_upstream.py) on a
-loopback port, and a routing file that points three "providers" at it, so `model: "auto"` routing,
-the energy headers and receipts can be tried without any provider account."""
+loopback port, and a routing file that points four "providers" at it — three chat / completions upstreams
+and one embeddings upstream — so `model: "auto"` routing, the energy headers and receipts can be tried
+without any provider account. Every model the routing file lists is served on the endpoints it is listed
+for (tests/gateway/test_demo_gateway.py)."""
 
 from __future__ import annotations
 
@@ -33,10 +35,21 @@ upstreams:
     silicon: h100-sxm5
     base_url: {url}/v1
     api_key_env: JOULESTREAM_DEMO_UPSTREAM_KEY
-    models: [gpt-4o-mini, text-embedding-3-small]
+    models: [gpt-4o-mini]
     price_in_per_1m: 0.15
     price_out_per_1m: 0.60
     tiers: [L0, L1, L2]
+  - name: demo-embed-eastus
+    provider: openai
+    region: eastus
+    silicon: h100-sxm5
+    base_url: {url}/v1
+    api_key_env: JOULESTREAM_DEMO_UPSTREAM_KEY
+    models: [text-embedding-3-small]
+    price_in_per_1m: 0.02
+    price_out_per_1m: 0.00
+    tiers: [L0, L1, L2, L3]
+    endpoints: [embeddings]
   - name: demo-claude-sonnet-us
     provider: anthropic
     region: us-east-1
@@ -51,6 +64,8 @@ upstreams:
 
 
 class DemoUpstream:
+    """The stub upstream as a subprocess on `port`, its log in `home/logs`, its routing file in `home`."""
+
     def __init__(self, port: int, home: Path) -> None:
         self.port, self.home = port, home
         self.proc: subprocess.Popen[bytes] | None = None

@@ -340,17 +340,10 @@ def _canonical_provider(fs: FactorSet, provider: str) -> str:
     return fs.provider_aliases.get(p, p)
 
 
-def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _Resolved:
-    key = (provider, model, region)
-    cache = _caches(fs).resolve
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
+def _pue_and_grid(fs: FactorSet, provider: str, region: str | None) -> tuple[float, float, list[str]]:
+    """(PUE, grid kg CO2e/kWh, estimation reasons) of a provider and region: the provider's own figures
+    (its default region when the region is unknown), else the set's defaults for an unknown provider."""
     reasons: list[str] = []
-    match = match_model(fs, model)
-    if match.reason:
-        reasons.append(match.reason)
-    tier = fs.tiers[match.tier]
     prov = _canonical_provider(fs, provider)
     if prov in fs.pue:
         pue = fs.pue[prov]
@@ -372,6 +365,27 @@ def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _R
         reasons.append(
             f"unknown provider {provider!r}: used default PUE {pue} and default grid intensity {grid} kg CO2e/kWh"
         )
+    return float(pue), float(grid), reasons
+
+
+def grid_intensity(fs: FactorSet, provider: str, region: str | None) -> float:
+    """The grid intensity (kg CO2e/kWh) the set applies to a provider and region."""
+    return _pue_and_grid(fs, provider, region)[1]
+
+
+def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _Resolved:
+    key = (provider, model, region)
+    cache = _caches(fs).resolve
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    reasons: list[str] = []
+    match = match_model(fs, model)
+    if match.reason:
+        reasons.append(match.reason)
+    tier = fs.tiers[match.tier]
+    pue, grid, place_reasons = _pue_and_grid(fs, provider, region)
+    reasons += place_reasons
     per_token = tuple(
         (float(f.prefill), float(f.cached), float(f.cache_creation), float(f.decode))
         for f in (tier.point, tier.low, tier.high)

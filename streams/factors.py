@@ -1,45 +1,20 @@
-"""Which carbon factor set the enrich agent applies: the current version in the control plane.
+"""The enrich agent's factor sets: the shared `controlplane.factor_resolver.FactorResolver`.
 
-`joulestream factors publish FILE` adds a version; a running worker picks it up within `ttl_s`
-without a restart. If the control-plane database cannot be read, the last known set stays in use
-(and the built-in v1.0 before any read succeeded), so enrichment never stops on a control-plane hiccup.
+`worker_factors` prepares the control plane the way the worker always has (migrations, the built-in v1.0
+published so `joulestream factors list` shows it) and returns the resolver. Enrichment applies its current
+set, except to gateway events, which carry the version their receipt used (`FACTORS_VERSION_LABEL`).
 """
 
 from __future__ import annotations
 
-import logging
-import time
-
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from controlplane import FactorVersions, upgrade
-from core.methodology import FactorSet, load_factor_set
-
-log = logging.getLogger(__name__)
+from controlplane.factor_resolver import DEFAULT_TTL_S, FactorResolver
 
 
-class CurrentFactors:
-    """Callable returning the current FactorSet, re-read from the control plane at most every `ttl_s`."""
-
-    def __init__(self, engine: Engine, ttl_s: float = 10.0) -> None:
-        self.repo = FactorVersions(engine)
-        self.ttl_s = ttl_s
-        self._current: FactorSet = load_factor_set()
-        self._checked_at = float("-inf")
-        upgrade(engine)
-        self.repo.ensure_seeded()
-
-    def __call__(self) -> FactorSet:
-        now = time.monotonic()
-        if now - self._checked_at >= self.ttl_s:
-            self._checked_at = now
-            try:
-                latest = self.repo.current()
-            except SQLAlchemyError as exc:
-                log.warning("cannot read carbon factor versions, keeping %s: %s", self._current.version, exc)
-                return self._current
-            if latest is not None and latest.version != self._current.version:
-                log.info("carbon factors %s → %s", self._current.version, latest.version)
-                self._current = latest.factor_set
-        return self._current
+def worker_factors(engine: Engine, ttl_s: float = DEFAULT_TTL_S) -> FactorResolver:
+    """Migrate and seed the control plane, then the resolver the enrich agent reads factor sets from."""
+    upgrade(engine)
+    FactorVersions(engine).ensure_seeded()
+    return FactorResolver(engine, ttl_s)

@@ -1,4 +1,5 @@
-"""The stream stages as pure batch functions: records in, records out. No Kafka, no I/O.
+"""The stream stages as batch functions: records in, records out. No Kafka, and no I/O of their own (the
+enrich stage gets its factor sets from the callables it is given).
 
 Each stage takes a list of consumed `InRecord`s and returns what to publish (and, for the sink, what
 to write). Kafka transport, offsets and retries live in `streams/agents.py`.
@@ -7,6 +8,7 @@ to write). Kafka transport, offsets and retries live in `streams/agents.py`.
 from __future__ import annotations
 
 import base64
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +18,12 @@ from typing import NamedTuple
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from core.contracts import DeadLetter, EnrichedUsage, UsageEvent
+from controlplane.factor_resolver import FACTORS_VERSION_LABEL
+from core.contracts import DeadLetter, EnrichedUsage, Source, UsageEvent
 from core.kafka import OutRecord
-from core.methodology import FactorSet, enrich
+from core.methodology import FactorSet, FactorSetError, enrich, load_factor_set
+
+log = logging.getLogger(__name__)
 
 
 def to_json(model: BaseModel) -> bytes:
@@ -101,16 +106,54 @@ class DedupWindow:
         return len(self._seen)
 
 
-class Enricher:
-    """validate → dedup → enrich → emit, one batch at a time."""
+def builtin_version(version: str) -> FactorSet | None:
+    """core's built-in factor set `version`, or None: the version lookup when no control plane is at hand."""
+    try:
+        return load_factor_set(version)
+    except FactorSetError:
+        return None
 
-    def __init__(self, factors: Callable[[], FactorSet], window: DedupWindow | None = None) -> None:
-        self.factors = factors  # called once per batch, so a newly published version applies at once
+
+class Enricher:
+    """validate → dedup → enrich → emit, one batch at a time.
+
+    `factors` gives the current set (called once per batch, so a newly published version applies at once).
+    A gateway event is enriched with the version stamped in its `FACTORS_VERSION_LABEL` label instead (the
+    one its signed receipt used), looked up with `versions` (the worker's `FactorResolver.version`, which
+    reads the control plane once per version); with the current set when that version is unknown."""
+
+    def __init__(
+        self,
+        factors: Callable[[], FactorSet],
+        window: DedupWindow | None = None,
+        versions: Callable[[str], FactorSet | None] = builtin_version,
+    ) -> None:
+        self.factors = factors
+        self.versions = versions
         self.window = window or DedupWindow()
+
+    def _stamped(self, ev: UsageEvent, current: FactorSet, sets: dict[str, FactorSet]) -> FactorSet:
+        version = ev.labels.get(FACTORS_VERSION_LABEL)
+        if version is None or version == current.version:
+            return current
+        fs = sets.get(version)
+        if fs is None:
+            fs = self.versions(version)
+            if fs is None:
+                log.warning(
+                    "event %s names unknown factor version %r: enriched with %s",
+                    ev.event_id,
+                    version,
+                    current.version,
+                )
+                fs = current
+            sets[version] = fs
+        return fs
 
     def process(self, records: Sequence[InRecord]) -> StageResult:
         res = StageResult()
         fs = self.factors()
+        sets: dict[str, FactorSet] = {}  # stamped versions met in this batch
         now = datetime.now(UTC)
         for rec in records:
             if rec.value is None:
@@ -126,7 +169,7 @@ class Enricher:
                 res.duplicates += 1
                 continue
             try:
-                enriched = enrich(ev, fs, now)
+                enriched = enrich(ev, self._stamped(ev, fs, sets) if ev.source is Source.gateway else fs, now)
             except (ValueError, ArithmeticError) as exc:
                 res.dlq.append(dead_letter(rec, "enrich", f"{type(exc).__name__}: {exc}"))
                 continue

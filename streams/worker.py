@@ -22,7 +22,7 @@ from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.methodology import FactorSet, load_factor_set
 from core.settings import Settings
 from streams.agents import BatchAgent, RetryableError
-from streams.factors import CurrentFactors
+from streams.factors import worker_factors
 from streams.processing import Enricher, InRecord, StageResult, dead_letter, parse_enriched
 from warehouse.aio import AsyncWarehouse
 from warehouse.client import get_client
@@ -58,8 +58,10 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         if with_enrich and factors is None:
-            factors = CurrentFactors(get_engine(settings.database))
-        self.enricher = Enricher(factors or load_factor_set)
+            resolver = worker_factors(get_engine(settings.database))
+            self.enricher = Enricher(resolver, versions=resolver.version)
+        else:
+            self.enricher = Enricher(factors or load_factor_set)
         self.with_enrich, self.with_sink = with_enrich, with_sink
         self.enrich_batch, self.sink_batch = enrich_batch, sink_batch
         self.sink_linger_ms = sink_linger_ms

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.contracts import RoutingTier
+from core.settings import env_secret
 
 Endpoint = Literal["chat", "completions", "embeddings"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -68,7 +68,7 @@ class Upstream(BaseModel):
         return f"{self.provider}/{self.region or 'default'}/{self.silicon}"
 
     def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        return env_secret(self.api_key_env)
 
 
 class Budget(BaseModel):

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.contracts import RoutingTier
-from core.methodology import FactorSet, compute_footprint
+from core.methodology import FactorSet, grid_intensity
+from core.pricing import price_usd
 from pipelines.gateway.config import GatewayConfig, Upstream
 from pipelines.gateway.errors import GatewayError
 
@@ -28,37 +30,36 @@ class Candidate:
     est_cost_usd: float
 
 
-def grid_intensity(fs: FactorSet, provider: str, region: str | None) -> float:
-    return compute_footprint(
-        fs,
-        provider=provider,
-        model="-",
-        region=region,
-        input_tokens_uncached=0,
-        input_tokens_cached=0,
-        input_tokens_cache_creation=0,
-        output_tokens=0,
-    ).grid_intensity_kg_per_kwh
-
-
 def request_cost_usd(u: Upstream, in_tokens: int, out_tokens: int) -> float:
-    return (in_tokens * u.price_in_per_1m + out_tokens * u.price_out_per_1m) / 1e6
+    return price_usd(in_tokens, out_tokens, u.price_in_per_1m, u.price_out_per_1m)
 
 
 class Router:
-    def __init__(self, config: GatewayConfig, factors: FactorSet) -> None:
+    """`factors` is a factor set, or a callable returning the current one (the grid intensities follow it)."""
+
+    def __init__(self, config: GatewayConfig, factors: FactorSet | Callable[[], FactorSet]) -> None:
         self.config = config
         self.upstreams = list(config.upstreams)
         self.order = {u.name: i for i, u in enumerate(self.upstreams)}
-        self.grid = {u.name: grid_intensity(factors, u.provider, u.region) for u in self.upstreams}
+        self._factors: Callable[[], FactorSet] = factors if callable(factors) else lambda: factors
+        self._grid: tuple[FactorSet, dict[str, float]] | None = None
         self.by_model: dict[str, list[Upstream]] = {}
         for u in self.upstreams:
             for m in u.models:
                 self.by_model.setdefault(m, []).append(u)
 
+    @property
+    def grid(self) -> dict[str, float]:
+        """Grid intensity (kg CO2e/kWh) of each upstream under the current factor set."""
+        fs = self._factors()
+        if self._grid is None or self._grid[0] is not fs:
+            self._grid = (fs, {u.name: grid_intensity(fs, u.provider, u.region) for u in self.upstreams})
+        return self._grid[1]
+
     def _rank(self, items: list[tuple[Upstream, str]], in_tokens: int, out_tokens: int) -> list[Candidate]:
+        grid = self.grid
         cands = [
-            Candidate(u, model, self.grid[u.name], request_cost_usd(u, in_tokens, out_tokens))
+            Candidate(u, model, grid[u.name], request_cost_usd(u, in_tokens, out_tokens))
             for u, model in items
         ]
         cands.sort(key=lambda c: (round(c.est_cost_usd, 12), c.grid, self.order[c.upstream.name]))
@@ -113,6 +114,7 @@ class Router:
     def model_list(self) -> list[dict]:
         """GET /v1/models entries (OpenAI shape plus a `joulestream` object with tiers, prices, routes)."""
         out = []
+        grid = self.grid
         tiers_all = sorted({t.value for u in self.upstreams for t in u.tiers})
         out.append(
             {
@@ -147,7 +149,7 @@ class Router:
                             {
                                 "upstream": u.name,
                                 "routed_to": u.routed_to,
-                                "grid_kg_per_kwh": self.grid[u.name],
+                                "grid_kg_per_kwh": grid[u.name],
                             }
                             for u in ups
                         ],

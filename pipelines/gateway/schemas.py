@@ -1,15 +1,21 @@
 """Request bodies accepted at the boundary (pydantic, strict types, unknown OpenAI parameters allowed and
-forwarded untouched). Only what the gateway relies on is checked; the upstream validates the rest."""
+forwarded untouched). Only what the gateway relies on is checked; the upstream validates the rest.
+`read_body` reads the JSON object body, within MAX_BODY_BYTES."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.gateway.errors import GatewayError
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 PositiveInt = Annotated[int, Field(ge=1, le=10_000_000)]
 TokenIds = list[Annotated[int, Field(ge=0)]]
+MAX_BODY_BYTES = 16 << 20
 
 
 class _Body(BaseModel):
@@ -81,3 +87,24 @@ def describe_errors(exc: ValidationError) -> tuple[str, str | None]:
             first = loc
         parts.append(f"{loc or 'body'}: {err['msg']}")
     return "Invalid request body: " + "; ".join(parts), first
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object body (413 above MAX_BODY_BYTES, 400 when not a JSON object)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise GatewayError(413, f"Request body larger than {MAX_BODY_BYTES} bytes.", code="body_too_large")
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise GatewayError(413, f"Request body larger than {MAX_BODY_BYTES} bytes.", code="body_too_large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise GatewayError(
+            400,
+            "We could not parse the JSON body of your request. Send a JSON object (Content-Type: application/json).",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body

@@ -36,11 +36,7 @@ Record = tuple[bytes | None, bytes]
 
 
 class SpoolError(RuntimeError):
-    pass
-
-
-class SpoolFull(SpoolError):
-    pass
+    """A spool that cannot be used: locked by another process, a corrupt cursor or record."""
 
 
 def _frame(key: bytes | None, value: bytes) -> bytes:

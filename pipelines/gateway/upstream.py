@@ -17,8 +17,10 @@ from typing import Any
 
 import aiohttp
 import orjson
+from starlette.responses import Response
 
 from pipelines.gateway.config import Upstream
+from pipelines.gateway.errors import GatewayError
 
 CLIENT_ERRORS = {400, 413, 422}
 UNAVAILABLE = "unavailable"  # connect error, timeout, 429
@@ -51,6 +53,37 @@ class ClientFault(Exception):
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(status)
         self.status, self.body = status, body
+
+    def response(self, headers: dict[str, str]) -> Response:
+        """The upstream's error handed back in OpenAI's shape (its own body when it is one)."""
+        try:
+            data = orjson.loads(self.body)
+            ok = isinstance(data, dict) and isinstance(data.get("error"), dict)
+        except orjson.JSONDecodeError:
+            ok = False
+        if not ok:
+            data = GatewayError(
+                self.status, f"The upstream rejected the request (HTTP {self.status})."
+            ).body()
+        return Response(
+            orjson.dumps(data), status_code=self.status, media_type="application/json", headers=headers
+        )
+
+
+def final_error(attempts: list[Attempt]) -> GatewayError:
+    """The answer when every candidate failed: 502 when one gave a bad answer, else 503 (retry later)."""
+    tried = "; ".join(f"{a.upstream}: {a.detail}" for a in attempts)
+    if any(a.kind == BAD_ANSWER for a in attempts):
+        return GatewayError(
+            502, f"Every capable upstream failed ({tried}).", type="api_error", code="upstream_error"
+        )
+    return GatewayError(
+        503,
+        f"No capable upstream is reachable right now ({tried}). Retry later.",
+        type="api_error",
+        code="upstream_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 class UpstreamPool:

@@ -1,32 +1,77 @@
-"""A running enrich agent picks up a newly published factor version without a restart."""
+"""The shared factor resolver: a running enrich agent picks up a newly published factor version without a
+restart, published versions are found by name, and a gateway event is enriched with the version it names."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from controlplane import FactorVersions, get_engine
-from streams.factors import CurrentFactors
+from controlplane.factor_resolver import FACTORS_VERSION_LABEL, FactorResolver
+from core.contracts import EnrichedUsage
+from streams.factors import worker_factors
+from streams.processing import Enricher
+from tests.streams.test_processing import event, rec
 
 V1 = (Path(__file__).resolve().parents[2] / "core" / "factors" / "v1.0.yaml").read_text()
 
 
+def new_version(version: str = "v1.1", published_at: str = "2026-11-23", pue: float = 1.5) -> str:
+    """v1.0 published again as `version`, with every provider's PUE set to `pue` (so its figures differ)."""
+    text = V1.replace("version: v1.0", f"version: {version}").replace(
+        "published_at: 2026-11-22", f"published_at: {published_at}"
+    )
+    return re.sub(r"(?m)^(  [a-z]+: +)1\.\d+", rf"\g<1>{pue}", text)
+
+
+V11 = new_version()
+
+
 def test_new_version_is_used_after_the_ttl(tmp_path: Path) -> None:
     engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
-    current = CurrentFactors(engine, ttl_s=0)
+    current = worker_factors(engine, ttl_s=0)
     assert current().version == "v1.0"
-    v11 = V1.replace("version: v1.0", "version: v1.1").replace(
-        "published_at: 2026-11-22", "published_at: 2026-11-23"
-    )
-    FactorVersions(engine).publish(v11)
+    FactorVersions(engine).publish(V11)
     assert current().version == "v1.1"
 
 
 def test_cached_within_the_ttl(tmp_path: Path) -> None:
     engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
-    current = CurrentFactors(engine, ttl_s=3600)
+    current = worker_factors(engine, ttl_s=3600)
     assert current().version == "v1.0"
-    v11 = V1.replace("version: v1.0", "version: v1.1").replace(
-        "published_at: 2026-11-22", "published_at: 2026-11-23"
-    )
-    FactorVersions(engine).publish(v11)
+    FactorVersions(engine).publish(V11)
     assert current().version == "v1.0"
+    assert current.refresh().version == "v1.1"  # an explicit refresh reads at once
+
+
+def test_versions_by_name(tmp_path: Path) -> None:
+    engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
+    resolver = worker_factors(engine, ttl_s=3600)
+    assert resolver.version("v1.1") is None
+    FactorVersions(engine).publish(V11)
+    assert resolver.version("v1.1") is None  # a miss is remembered for ttl_s
+    resolver.ttl_s = 0
+    v11 = resolver.version("v1.1")
+    assert v11 is not None and v11.version == "v1.1" and resolver.version("v1.1") is v11
+    assert resolver.version("v1.0") is not None and resolver.version("v9") is None
+
+
+def test_unreadable_control_plane_keeps_the_built_in_set(tmp_path: Path) -> None:
+    resolver = FactorResolver(get_engine(f"sqlite:///{tmp_path / 'empty.db'}"), ttl_s=0)  # no tables
+    assert resolver.current().version == "v1.0" and resolver.version("v1.0") is not None
+
+
+def test_gateway_event_is_enriched_with_the_version_it_names(tmp_path: Path) -> None:
+    engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
+    resolver = worker_factors(engine, ttl_s=0)
+    FactorVersions(engine).publish(V11)
+    enricher = Enricher(resolver, versions=resolver.version)
+    stamped = event(labels={FACTORS_VERSION_LABEL: "v1.0"})
+    unknown = event(event_id="ev-2", labels={FACTORS_VERSION_LABEL: "v7.7"})
+    plain = event(event_id="ev-3")
+    foreign = event(event_id="ev-4", source="poller", labels={FACTORS_VERSION_LABEL: "v1.0"})
+    res = enricher.process([rec(e.model_dump_json().encode()) for e in (stamped, unknown, plain, foreign)])
+    versions = [EnrichedUsage.model_validate_json(o.value).factors_version for o in res.out]
+    # only the gateway's stamp is honoured; an unknown version falls back to the current set
+    assert versions == ["v1.0", "v1.1", "v1.1", "v1.1"]
+    assert [EnrichedUsage.model_validate_json(o.value).pue for o in res.out] == [1.18, 1.5, 1.5, 1.5]

@@ -1,0 +1,312 @@
+"""The gateway's state and request handling: authenticate, validate, classify, route, forward (or relay a
+stream), book. `pipelines.gateway.app.create_gateway_app` wraps it in FastAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import Request
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from starlette.responses import Response, StreamingResponse
+from uuid6 import uuid7
+
+from controlplane.factor_resolver import FactorResolver
+from core.pricing import price_micros
+from core.receipts import Keyring
+from core.settings import Settings
+from pipelines.gateway import classify as cls
+from pipelines.gateway.auth import Authenticator
+from pipelines.gateway.booking import (
+    Books,
+    RequestCtx,
+    Tokens,
+    answer_text_len,
+    energy_headers,
+    footprint,
+    usage_tokens,
+)
+from pipelines.gateway.budgets import Prepaid, RateLimiter
+from pipelines.gateway.config import GatewayConfig
+from pipelines.gateway.errors import GatewayError
+from pipelines.gateway.publisher import UsagePublisher
+from pipelines.gateway.receipts import ReceiptWriter
+from pipelines.gateway.relay import StreamRelay, wants_usage
+from pipelines.gateway.routing import Candidate, Router
+from pipelines.gateway.schemas import MODELS, describe_errors, read_body
+from pipelines.gateway.spool import Spool
+from pipelines.gateway.upstream import ClientFault, UpstreamFailure, UpstreamPool, final_error
+
+log = logging.getLogger("joulestream.gateway")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+class Gateway:
+    """The gateway's parts and its request handling. `start()`/`stop()` run the background parts: usage
+    publisher, receipt writer, balance flusher, upstream connection pool and the factor-version watch
+    (which re-reads the control plane's current factor set every `factors.ttl_s`, off the event loop)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: GatewayConfig,
+        *,
+        engine: Engine,
+        factors: FactorResolver,
+        keyring: Keyring,
+        spool_dir: Path,
+        publisher_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings, self.config, self.engine, self.factors, self.keyring = (
+            settings,
+            config,
+            engine,
+            factors,
+            keyring,
+        )
+        self.router = Router(config, lambda: factors.cached)
+        self.auth = Authenticator(engine, config.auth_cache_ttl_s)
+        self.limiter = RateLimiter(config.budgets)
+        self.prepaid = Prepaid(engine, config.billing)
+        self.receipts = ReceiptWriter(engine, keyring)
+        self.books = Books(self.receipts, self.limiter, self.prepaid)
+        self.pool = UpstreamPool(config.upstreams)
+        self.spool_dir = spool_dir
+        self.publisher_options = publisher_options or {}
+        self.spool: Spool | None = None
+        self.publisher: UsagePublisher | None = None
+        self._factor_watch: asyncio.Task[None] | None = None
+        self.started = False
+
+    @property
+    def served(self) -> int:
+        return self.books.served
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.started:
+            return
+        sp = self.config.spool
+        self.spool = Spool(self.spool_dir, max_bytes=sp.max_bytes, segment_bytes=sp.segment_bytes)
+        self.publisher = UsagePublisher(self.settings, self.spool, **self.publisher_options)
+        self.books.publisher = self.publisher
+        await self.publisher.start()
+        await self.receipts.start()
+        await self.prepaid.start()
+        await self.pool.start()
+        self._factor_watch = asyncio.create_task(self._watch_factors(), name="gateway-factor-watch")
+        self.started = True
+        log.info(
+            "gateway started: %d upstreams, spool %s (%d events pending), factors %s",
+            len(self.config.upstreams),
+            self.spool_dir,
+            self.spool.depth,
+            self.factors.cached.version,
+        )
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        if self._factor_watch is not None:
+            self._factor_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._factor_watch
+            self._factor_watch = None
+        await self.pool.close()
+        assert self.publisher is not None and self.spool is not None
+        await self.publisher.stop()
+        await self.receipts.stop()
+        await self.prepaid.stop()
+        self.spool.close()
+
+    async def _watch_factors(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.factors.ttl_s, 0.05))
+            await asyncio.to_thread(self.factors.refresh)  # never raises for the control plane's sake
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        if self.publisher is None:
+            return 503, {"status": "starting"}
+        pub = self.publisher.stats()
+        spool = pub.pop("spool")
+        status = "ok"
+        if spool["full"]:
+            status = "unavailable"
+        elif pub["kafka"] != "connected" or spool["events"]:
+            status = "degraded"
+        body = {
+            "status": status,
+            "kafka": pub,
+            "spool": {"depth": spool["events"], **spool},
+            "receipts_pending": self.receipts.pending,
+            "upstreams": len(self.config.upstreams),
+            "factors_version": self.factors.cached.version,
+            "served": self.served,
+        }
+        return (503 if status == "unavailable" else 200), body
+
+    # ------------------------------------------------------------------------------------------ requests
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        started = datetime.now(UTC)
+        factors = self.factors.cached
+        incoming = request.headers.get("x-request-id", "")
+        uid = uuid7()
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else f"req_{uid.hex}"
+        base = {"X-Request-Id": request_id}
+        ctx: RequestCtx | None = None
+        try:
+            caller = await self.auth.caller(request.headers.get("authorization"))
+            body = await read_body(request)
+            model_cls = MODELS[endpoint]
+            try:
+                model_cls.model_validate(body)
+            except ValidationError as exc:
+                message, param = describe_errors(exc)
+                raise GatewayError(422, message, param=param, code="invalid_body") from exc
+            if endpoint == "chat":
+                prompt_est = cls.estimate_chat_prompt(body["messages"])
+            else:
+                prompt_est = cls.estimate_prompt_input(
+                    body.get("prompt" if endpoint == "completions" else "input")
+                )
+            self.limiter.admit(caller)
+            if self.publisher is None:
+                raise GatewayError(503, "The gateway is starting.", type="api_error", code="starting")
+            if self.publisher.full:
+                raise GatewayError(
+                    503,
+                    "The usage spool is full (Kafka has been unreachable for too long); requests are refused "
+                    "until it drains.",
+                    type="api_error",
+                    code="spool_full",
+                    headers={"Retry-After": "10"},
+                )
+            c = cls.classify(endpoint, body, prompt_est, request.headers.get("x-joulestream-tier"))
+            stream = bool(body.get("stream")) and endpoint != "embeddings"
+            out_max = cls.max_output(body)
+            rank_out = (
+                0 if endpoint == "embeddings" else (out_max or self.config.routing.default_output_tokens)
+            )
+            cands = self.router.candidates(endpoint, body["model"], c.tier, prompt_est, rank_out)
+            ctx = RequestCtx(
+                endpoint, request_id, uid, started, caller, body, c.tier, c.rule, prompt_est, factors
+            )
+            reserve_out = (
+                0
+                if endpoint == "embeddings"
+                else (out_max or self.config.billing.default_output_reserve_tokens)
+            )
+            first = cands[0].upstream  # a fallback to a dearer upstream is charged at settlement
+            reserve = price_micros(prompt_est, reserve_out, first.price_in_per_1m, first.price_out_per_1m)
+            ctx.reservation = await self.prepaid.reserve(caller, reserve)
+            try:
+                if stream:
+                    return await self._stream(ctx, cands)
+                return await self._forward(ctx, cands)
+            except BaseException:
+                self.prepaid.settle(ctx.reservation, 0)  # nothing served: refund the reservation
+                raise
+        except GatewayError as err:
+            extra = dict(base)
+            if ctx is not None:
+                extra["X-Tier"] = ctx.tier.value
+            return err.response(extra)
+        except Exception:
+            log.exception("gateway error request_id=%s", request_id)
+            return GatewayError(
+                503, "The gateway hit an internal error; retry.", type="api_error", code="internal_error"
+            ).response(base)
+
+    async def _forward(self, ctx: RequestCtx, cands: list[Candidate]) -> Response:
+        path = PATHS[ctx.endpoint]
+        for cand in cands:
+            try:
+                answer = await self.pool.call(cand.upstream, path, self._payload(ctx, cand, False))
+            except UpstreamFailure as f:
+                ctx.attempts.append(f.attempt)
+                continue
+            except ClientFault as fault:
+                self.prepaid.settle(ctx.reservation, 0)
+                ctx.reservation = None
+                return fault.response(
+                    {
+                        "X-Request-Id": ctx.request_id,
+                        "X-Routed-To": cand.upstream.routed_to,
+                        "X-Tier": ctx.tier.value,
+                    }
+                )
+            data = answer.data
+            model = (
+                data.get("model") if isinstance(data.get("model"), str) and data.get("model") else cand.model
+            )
+            tokens = usage_tokens(data.get("usage"))
+            if tokens is None:
+                out = (
+                    0
+                    if ctx.endpoint == "embeddings"
+                    else cls.tokens_for_chars(answer_text_len(ctx.endpoint, data))
+                )
+                tokens = Tokens(ctx.prompt_est, 0, out, True)
+            fp = footprint(ctx, cand, model, tokens)
+            self.books.record(ctx, cand, model, tokens, fp)
+            return Response(
+                answer.body,
+                status_code=200,
+                media_type="application/json",
+                headers=energy_headers(ctx, cand, fp, tokens),
+            )
+        raise final_error(ctx.attempts)
+
+    async def _stream(self, ctx: RequestCtx, cands: list[Candidate]) -> Response:
+        path = PATHS[ctx.endpoint]
+        for cand in cands:
+            try:
+                resp = await self.pool.open_stream(cand.upstream, path, self._payload(ctx, cand, True))
+            except UpstreamFailure as f:
+                ctx.attempts.append(f.attempt)
+                continue
+            except ClientFault as fault:
+                self.prepaid.settle(ctx.reservation, 0)
+                ctx.reservation = None
+                return fault.response(
+                    {
+                        "X-Request-Id": ctx.request_id,
+                        "X-Routed-To": cand.upstream.routed_to,
+                        "X-Tier": ctx.tier.value,
+                    }
+                )
+            # Headers go out before the body: they carry an estimate (prompt tokens counted from the
+            # request, output = max_tokens or routing.default_output_tokens), flagged as such. The receipt
+            # and the usage event use the usage of the final chunk (docs/gateway.md, "Streaming").
+            est = Tokens(
+                ctx.prompt_est, 0, cls.max_output(ctx.body) or self.config.routing.default_output_tokens, True
+            )
+            headers = energy_headers(ctx, cand, footprint(ctx, cand, cand.model, est), est)
+            headers["X-Energy-Basis"] = "stream-estimate"
+            headers["Cache-Control"] = "no-cache"
+            relay = StreamRelay(self.books, ctx, cand, resp)
+            return StreamingResponse(
+                relay.run(), status_code=200, media_type="text/event-stream", headers=headers
+            )
+        raise final_error(ctx.attempts)
+
+    def _payload(self, ctx: RequestCtx, cand: Candidate, stream: bool) -> bytes:
+        body = ctx.body
+        if body.get("model") != cand.model or (stream and not wants_usage(body)):
+            body = dict(body)
+            body["model"] = cand.model
+            if stream:
+                opts = dict(body.get("stream_options") or {})
+                opts["include_usage"] = True  # always ask: the usage chunk is what gets booked
+                body["stream_options"] = opts
+        return orjson.dumps(body)
