@@ -40,7 +40,7 @@ def poll(once: bool = False, interval_s: float | None = None, loglevel: str = "I
     (JOULESTREAM_MASTER_KEY outside the embedded demo): exit status 2. Returns 0 on a clean stop."""
     from aiokafka.errors import KafkaError
 
-    from controlplane import get_engine, upgrade
+    from controlplane import get_engine
     from core.kafka import ensure_topics, producer
     from core.secrets import SecretStoreError, SecretStores
     from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler
@@ -59,8 +59,7 @@ def poll(once: bool = False, interval_s: float | None = None, loglevel: str = "I
     except ValueError as exc:
         print(f"joulestream poll: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    engine = get_engine(settings.database)
-    upgrade(engine)
+    engine = get_engine(settings.database)  # migrated by the `poll` command before this runs
 
     async def main() -> int:
         try:

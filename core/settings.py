@@ -150,7 +150,6 @@ class Settings(BaseSettings):
         return _from_values(values)
 
 
-
 def _env_name(name: str) -> list[str]:
     field = Settings.model_fields[name]
     alias = field.validation_alias

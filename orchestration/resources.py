@@ -162,11 +162,10 @@ class ControlPlaneResource(dg.ConfigurableResource):
     database_url: str | None = None  # SQLAlchemy URL; default JOULESTREAM_DATABASE
 
     def engine(self):
-        from controlplane import get_engine, upgrade
+        """The control-plane engine; the database is migrated beforehand (`joulestream migrate`)."""
+        from controlplane import get_engine
 
-        engine = get_engine(self.database_url or load_settings().database)
-        upgrade(engine)
-        return engine
+        return get_engine(self.database_url or load_settings().database)
 
 
 class ArtifactsResource(dg.ConfigurableResource):
@@ -197,4 +196,4 @@ class StripeResource(dg.ConfigurableResource):
     def client(self):
         from controlplane.billing import stripe_client
 
-        return stripe_client(self.api_key, self.api_base)
+        return stripe_client(load_settings(), api_key=self.api_key, api_base=self.api_base)

@@ -13,7 +13,7 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from controlplane import FactorVersions, upgrade
+from controlplane import FactorVersions
 from core.methodology import FactorSet, load_factor_set
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ class CurrentFactors:
         self.ttl_s = ttl_s
         self._current: FactorSet = load_factor_set()
         self._checked_at = float("-inf")
-        upgrade(engine)
         self.repo.ensure_seeded()
 
     def __call__(self) -> FactorSet:

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 from uuid6 import uuid7
 
-from controlplane import FactorVersions, get_engine, upgrade
+from controlplane import FactorVersions, get_engine
 from core.contracts import RoutingTier, Source, UsageEvent
 from core.methodology import FactorSet, Footprint, compute_footprint, load_factor_set
 from core.receipts import Keyring, utc_timestamp
@@ -701,24 +701,19 @@ def create_gateway_app(
     factors: FactorSet | None = None,
     keyring: Keyring | None = None,
     spool_dir: str | Path | None = None,
-    migrate: bool = True,
     publisher_options: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The gateway as a FastAPI app (routes under /v1, plus /health). `app.state.gateway` is the `Gateway`.
 
     settings           Kafka / topic prefix / data dir / control-plane URL
     routes             the routing file (`pipelines.gateway.config.load_routes`)
-    engine             control-plane engine (default `get_engine(settings.database)`), migrated when `migrate`
+    engine             control-plane engine (default `get_engine(settings.database)`), already migrated
     factors            carbon factor set (default: the control plane's current version, else built-in v1.0)
     keyring            receipt signing keys (default `Keyring.load(settings.home)`)
     spool_dir          default `routes.spool.dir` or `$JOULESTREAM_HOME/gateway/spool`
     publisher_options  `UsagePublisher` keyword overrides (timeouts; tests)
     """
     engine = engine or get_engine(settings.database)
-    if migrate:
-        import controlplane.gateway  # noqa: F401  (registers the gateway tables on the metadata)
-
-        upgrade(engine)
     factors = factors or _default_factors(engine)
     keyring = keyring or Keyring.load(settings.home)
     spool = Path(spool_dir or routes.spool.dir or settings.home / "gateway" / "spool")

@@ -37,7 +37,7 @@ MAX_EXAMPLES = int(os.environ.get("JOULESTREAM_FUZZ_EXAMPLES", "50"))
 def _openapi() -> dict:
     with tempfile.TemporaryDirectory() as home:
         s = load_settings({"JOULESTREAM_HOME": home, "JOULESTREAM_DATABASE": f"sqlite:///{home}/unused.db"})
-        return create_app(s, migrate=False).openapi()
+        return create_app(s, seed_factors=False).openapi()
 
 
 schema = schemathesis.openapi.from_dict(_openapi())

@@ -20,7 +20,7 @@ from controlplane import (
     Projects,
     Workloads,
 )
-from controlplane.repos import LAST_USED_RESOLUTION
+from controlplane.keys import LAST_USED_RESOLUTION
 from controlplane.schema import api_keys
 from tests.fixtures_controlplane import tiny_factors
 

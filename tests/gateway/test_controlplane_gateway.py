@@ -11,7 +11,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
 
-import controlplane.gateway  # noqa: F401  (registers the tables on the metadata)
 from controlplane import Invalid, NotFound, Orgs, get_engine, upgrade
 from controlplane.gateway import Balances, GatewayReceipts
 from controlplane.schema import metadata
