@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane._util import now as _now
@@ -75,21 +75,11 @@ class Balances:
             ).rowcount
         return n == 1
 
-    def adjust(self, org_id: str, delta_micros: int) -> None:
-        """Settle a reservation: add (refund) or remove (an overshoot the reservation did not cover)
-        `delta_micros` unconditionally. May leave the balance below zero by at most one request's overshoot;
-        the next `debit` then fails, so the org answers 402 until it tops up."""
-        if delta_micros == 0:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(org_balances)
-                .where(org_balances.c.org_id == org_id)
-                .values(balance_micros=org_balances.c.balance_micros + delta_micros, updated_at=_now())
-            )
-
     def adjust_many(self, deltas: dict[str, int]) -> None:
-        """Several settlements in one transaction (the gateway's background settler)."""
+        """Settle reservations, one org → delta (micro-USD) each, in one transaction (the gateway's background
+        settler): add (a refund) or remove (an overshoot the reservation did not cover) unconditionally. May
+        leave a balance below zero by at most one request's overshoot; the next `debit` then fails, so the
+        org answers 402 until it tops up."""
         deltas = {k: v for k, v in deltas.items() if v}
         if not deltas:
             return
@@ -160,10 +150,3 @@ class GatewayReceipts:
         return SignedRecord(
             payload=payload, sha256=row.sha256, signature=row.signature, key_version=row.key_version
         )
-
-    def count(self, org_id: str | None = None) -> int:
-        stmt = select(func.count()).select_from(gateway_receipts)
-        if org_id is not None:
-            stmt = stmt.where(gateway_receipts.c.org_id == org_id)
-        with self.engine.connect() as conn:
-            return conn.execute(stmt).scalar_one()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane._util import new_id as _new_id
@@ -74,15 +74,6 @@ class Workloads:
             )
         return [Workload.model_validate(dict(r)) for r in rows]
 
-    def count_active_by_project(self, org_id: str) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(workloads.c.project_id, func.count())
-                .where(workloads.c.org_id == org_id, workloads.c.is_active.is_(True))
-                .group_by(workloads.c.project_id)
-            ).all()
-        return {pid: n for pid, n in rows}
-
     def remap(
         self, org_id: str, kind: str, ref_id: str, project_id: str, now: datetime | None = None
     ) -> Workload:
@@ -117,20 +108,6 @@ class Workloads:
         except IntegrityError as exc:
             raise Conflict(f"{kind} {ref_id!r} was re-mapped concurrently; retry") from exc
         return Workload(**new)
-
-    def deactivate(self, org_id: str, kind: str, ref_id: str, now: datetime | None = None) -> Workload | None:
-        """Deactivate the source's active workload (e.g. its connection was removed). None if it had none."""
-        current = self.active(org_id, kind, ref_id)
-        if current is None:
-            return None
-        now = now or _now()
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(workloads)
-                .where(workloads.c.id == current.id, workloads.c.is_active.is_(True))
-                .values(is_active=False, deactivated_at=now)
-            )
-        return current.model_copy(update={"is_active": False, "deactivated_at": now})
 
     def _check(self, org_id: str, project_id: str, kind: str) -> None:
         if kind not in WORKLOAD_KINDS:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from controlplane._util import new_id as _new_id
 from controlplane._util import now as _now
@@ -196,16 +196,6 @@ class Credits:
         with self.engine.connect() as conn:
             rows = conn.execute(select(credit_blocks).order_by(*_BLOCK_ORDER)).mappings().all()
         return [CreditBlock(**dict(r)) for r in rows]
-
-    def available_tonnes(self) -> int:
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(
-                        func.coalesce(func.sum(credit_blocks.c.tonnes - credit_blocks.c.allocated_tonnes), 0)
-                    )
-                ).scalar_one()
-            )
 
     def allocations(self, period_id: str) -> list[Allocation]:
         with self.engine.connect() as conn:

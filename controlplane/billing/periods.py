@@ -176,17 +176,6 @@ class BillingPeriods:
             )
         return [_period(r) for r in rows]
 
-    def previous_cutoff(self, org_id: str, month: str) -> datetime | None:
-        """The cutoff of the org's latest closed period before `month` (the late-event window's start)."""
-        with self.engine.connect() as conn:
-            return conn.execute(
-                select(func.max(billing_periods.c.cutoff)).where(
-                    billing_periods.c.org_id == org_id,
-                    billing_periods.c.month < month,
-                    billing_periods.c.status == "closed",
-                )
-            ).scalar_one_or_none()
-
     def begin_close(self, period_id: str, cutoff: datetime) -> Period:
         """Start (or resume) a close: status → closing; `cutoff` and the adjustment window are recorded the
         first time only. A closed period is returned unchanged (a re-run regenerates identical artefacts)."""
