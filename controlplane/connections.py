@@ -33,16 +33,6 @@ SYNC_MIN_INTERVAL = timedelta(minutes=5)
 Provider = Literal["openai", "anthropic", "openrouter"]
 Status = Literal["active", "error", "disabled"]
 
-__all__ = [
-    "PROVIDERS",
-    "SYNC_MIN_INTERVAL",
-    "WORKLOAD_KIND",
-    "Connection",
-    "Connections",
-    "SyncRateLimited",
-    "new_connection_id",
-]
-
 
 def new_connection_id() -> str:
     """A fresh connection id (the API uses it to name the secret before the row exists)."""
