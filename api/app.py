@@ -4,8 +4,8 @@
     app = create_app(load_settings(), telemetry=..., kafka_check=..., last_poll=...)
 
 Routes live under /api/v1 (OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs); /health is also served
-at the root for load balancers. `create_app` migrates the control-plane database and seeds the built-in
-carbon factor set (both idempotent) before returning, so the app is ready to serve.
+at the root for load balancers. The control-plane database must be migrated first (`joulestream migrate`,
+or the start of `up` / `worker`); `create_app` seeds the built-in carbon factor set (idempotent).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from api.routers import (
 )
 from api.routers import telemetry as telemetry_routes
 from api.telemetry import NullTelemetry, TelemetryProvider
-from controlplane import FactorVersions, get_engine, upgrade
+from controlplane import FactorVersions, get_engine
 from controlplane.jwt import JwtSettings, JwtVerifier
 from core.settings import Settings, load_settings
 
@@ -57,7 +57,7 @@ def create_app(
     last_poll: LastPoll | None = None,
     telemetry: TelemetryProvider | None = None,
     jwt_settings: JwtSettings | None = None,
-    migrate: bool = True,
+    seed_factors: bool = True,
     health_timeout_s: float = 5.0,
 ) -> FastAPI:
     """Build the API.
@@ -72,15 +72,14 @@ def create_app(
     telemetry                 TelemetryProvider (api.telemetry); default: the warehouse-backed
                               api.telemetry_provider.WarehouseTelemetry when warehouse_client_factory is
                               given, else NullTelemetry (zeros)
-    jwt_settings              default `JwtSettings.from_env()` (None → API keys only)
-    migrate                   run the control-plane migrations and seed factor v1.0 first
+    jwt_settings              default `JwtSettings.from_settings(settings)` (None → API keys only)
+    seed_factors              publish the built-in factor set v1.0 when the (migrated) database has none
     """
     settings = settings or load_settings()
     engine = engine or get_engine(settings.database)
-    if migrate:
-        upgrade(engine)
+    if seed_factors:
         FactorVersions(engine).ensure_seeded()
-    jwt_settings = jwt_settings or JwtSettings.from_env()
+    jwt_settings = jwt_settings or JwtSettings.from_settings(settings)
     version = _version()
     if telemetry is None and warehouse_client_factory is not None:
         from api.telemetry_provider import WarehouseTelemetry

@@ -261,7 +261,6 @@ def main() -> None:
     ap.add_argument("--optimize", action="store_true", help="OPTIMIZE … FINAL the rollups afterwards")
     args = ap.parse_args()
 
-
     from core.settings import load_settings
     from warehouse.client import get_client
     from warehouse.migrate import migrate

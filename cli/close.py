@@ -37,6 +37,8 @@ def close_month(month: str, org: str | None = None, cutoff: str | None = None) -
     except Invalid as exc:
         raise typer.BadParameter(str(exc)) from exc
     settings = load_settings()
+    engine = get_engine(settings.database)
+    upgrade(engine)  # the close's Dagster resources expect a migrated database
     progress = Progress(
         TextColumn("{task.description:<12}"),
         BarColumn(),
@@ -53,8 +55,6 @@ def close_month(month: str, org: str | None = None, cutoff: str | None = None) -
 
     with progress, listening(on_progress):
         result = run_close(key, org=org, cutoff=cutoff, raise_on_error=False, log_level="ERROR")
-    engine = get_engine(settings.database)
-    upgrade(engine)
     table = Table(title=f"monthly close {key}")
     for col in ("org", "status", "CO2e kg", "upper bound kg", "receipt", "error"):
         table.add_column(col)

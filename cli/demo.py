@@ -3,7 +3,7 @@ the simulated traffic shows up in the API exactly as a customer's would."""
 
 from __future__ import annotations
 
-from controlplane import ApiKeys, Orgs, Projects, get_engine, upgrade
+from controlplane import ApiKeys, Orgs, Projects, get_engine
 from core.settings import Settings
 from pipelines.simulate import Tenants
 
@@ -15,7 +15,6 @@ DEMO_KEY_NAME = "joulestream-up-demo"
 def ensure_demo_tenant(settings: Settings) -> tuple[Tenants, str]:
     """(tenants for the simulator, a new read+ingest key). Keys from earlier runs are revoked."""
     engine = get_engine(settings.database)
-    upgrade(engine)
     orgs, projects, keys = Orgs(engine), Projects(engine), ApiKeys(engine)
     org = orgs.get_by_slug(DEMO_SLUG) or orgs.create(
         DEMO_SLUG, name="Demo (synthetic traffic)", plan_tier="growth"

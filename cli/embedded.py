@@ -22,7 +22,7 @@ from rich.table import Table
 
 from api.internal import internal_router
 from api.internal_close import close_router
-from controlplane import FactorVersions, get_engine, upgrade
+from controlplane import FactorVersions, get_engine
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
 from core.settings import Settings
@@ -203,10 +203,10 @@ def run_worker(
     split: bool = True,
 ) -> None:
     """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
-    child process (streams/split.py) so the two stages use two cores."""
+    child process (streams/split.py) so the two stages use two cores. The control-plane database must be
+    migrated first (the `worker` and `up` commands do it before calling this)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = get_engine(settings.database)
-    upgrade(engine)  # once, here: the enrich child and the API would otherwise race on a fresh SQLite file
     FactorVersions(engine).ensure_seeded()
     child = EnrichProcess(settings, loglevel, logfile).start() if split else None
     pipeline = Pipeline(settings, with_enrich=not split)

@@ -53,13 +53,27 @@ def broker(
         b.stop()
 
 
+def _migrate_controlplane(s: Settings) -> tuple[str | None, str]:
+    """Migrate the control-plane database to the newest revision; (revision before, revision after)."""
+    from controlplane import current_revision, get_engine, head_revision, upgrade
+
+    engine = get_engine(s.database)
+    before = current_revision(engine)
+    upgrade(engine)
+    return before, head_revision()
+
+
 @app.command()
 def migrate() -> None:
-    """Apply the warehouse migrations (idempotent)."""
+    """Apply the control-plane and warehouse migrations (idempotent)."""
     from warehouse.client import get_client
     from warehouse.migrate import migrate as run_migrations
 
     s = _settings()
+    before, after = _migrate_controlplane(s)
+    console.print(
+        f"control plane: at revision {after}" + (f" (was {before or 'empty'})" if before != after else "")
+    )
     applied = run_migrations(get_client(s), s.ch_database)
     console.print(
         f"warehouse {s.ch_database}: {len(applied)} migration(s) applied"
@@ -81,7 +95,9 @@ def worker(
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
     from cli.embedded import run_worker
 
-    run_worker(_settings(), http_port=http_port, loglevel=loglevel.upper(), split=split)
+    s = _settings()
+    _migrate_controlplane(s)
+    run_worker(s, http_port=http_port, loglevel=loglevel.upper(), split=split)
 
 
 @app.command()
@@ -95,6 +111,7 @@ def gateway(
     """Run the OpenAI-compatible inference gateway (energy headers, signed receipts, usage to Kafka)."""
     from cli.gateway import gateway as run_gateway
 
+    _migrate_controlplane(_settings())
     run_gateway(host, port, routes)
 
 
@@ -109,7 +126,9 @@ def poll(
     """Poll the providers' usage APIs for every active connection (long-running)."""
     from cli.poll import poll as run_poll
 
-    raise typer.Exit(run_poll(_settings(), once=once, interval_s=interval, loglevel=loglevel))
+    settings = _settings()
+    _migrate_controlplane(settings)
+    raise typer.Exit(run_poll(settings, once=once, interval_s=interval, loglevel=loglevel))
 
 
 @app.command()
@@ -161,6 +180,7 @@ def up(
 
     s = _settings()
     s.home.mkdir(parents=True, exist_ok=True)
+    _migrate_controlplane(s)
     log_dir = s.home / "logs"
     log_dir.mkdir(exist_ok=True)
     from cli.demo import ensure_demo_tenant

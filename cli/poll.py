@@ -25,7 +25,7 @@ def poll(
     (a master key outside the embedded demo): exit status 2. Returns 0 on a clean stop."""
     from aiokafka.errors import KafkaError
 
-    from controlplane import get_engine, upgrade
+    from controlplane import get_engine
     from core.kafka import ensure_topics, producer
     from core.secrets import SecretStoreError, SecretStores
     from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler
@@ -39,8 +39,7 @@ def poll(
         raise SystemExit(2) from None
     overrides = {"interval": timedelta(seconds=interval_s)} if interval_s else {}
     config = PollerConfig.from_settings(settings, **overrides)
-    engine = get_engine(settings.database)
-    upgrade(engine)
+    engine = get_engine(settings.database)  # migrated by the `poll` command before this runs
 
     async def main() -> int:
         try:

@@ -1,137 +1,42 @@
-"""Provider connections (an org's admin key for OpenAI / Anthropic / OpenRouter usage APIs) and the pollers'
-per-bucket state.
+"""Provider connections, the tenant side: an org's admin key for the OpenAI / Anthropic / OpenRouter usage
+APIs — register, list, re-map to a project, request a sync, delete.
 
-Tables (migration `0020_connections`, on the shared `controlplane.schema.metadata`):
-
-- `connections`: one row per registered provider key. The key itself is never here: `secret_ref` is a
-  `core.secrets` reference (NaCl ciphertext or an AWS ARN), cleared when the connection is deleted. At most
-  one live (not deleted) connection per org and provider. Deleting is soft (`deleted_at`): the connection's
-  workloads (and so its telemetry history) keep resolving. Status: `active` (polled on schedule), `error`
-  (N consecutive failures: still retried, at the longest backoff; a success makes it active again),
-  `disabled` (the provider answered 401/403: never polled again; register the key anew).
-- `connection_buckets`: what the poller last published for each provider bucket (event_id): a hash of the
-  figures, the revision and the event itself. It makes re-polling idempotent — an unchanged bucket keeps its
-  (event_id, revision) — and a correction gets a higher revision. It also pins a bucket's attribution:
-  later revisions keep the workload/project of the first one, so re-mapping a connection never moves
-  history.
-
-Scheduling columns: `next_poll_at` (NULL = due now), `poll_cursor` (the start of the newest bucket fully
-fetched; the next poll starts at min(cursor, now - lookback)), `consecutive_failures`, `last_error` (never
-contains the key), `lease_owner`/`lease_until` (a poller claims a connection with one guarded UPDATE, so
-several poller processes never poll the same connection at once), `sync_requested_at` (a manual sync asks
-for an immediate poll), `last_sync_request_at` (rate limit of manual syncs).
+Table `connections` (`controlplane.schema`, migration `0020_connections`). The key itself is never stored:
+`secret_ref` is a `core.secrets` reference (NaCl ciphertext or an AWS ARN), cleared when the connection is
+deleted. At most one live (not deleted) connection per org and provider. Deleting is soft (`deleted_at`):
+the connection's workloads (and so its telemetry history) keep resolving. Status: `active` (polled on
+schedule), `error` (N consecutive failures: still retried, at the longest backoff; a success makes it active
+again), `disabled` (the provider answered 401/403: never polled again; register the key anew).
+`sync_requested_at` asks the pollers for an immediate poll; `last_sync_request_at` rate-limits manual
+syncs. The pollers' side (leases, cursors, bucket states, failures) is `controlplane.poll_state`.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    and_,
-    delete,
-    func,
-    insert,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from controlplane._util import new_id as _new_id
+from controlplane._util import now as _now
 from controlplane.errors import Conflict, Invalid, NotFound
-from controlplane.repos import Projects, Workloads
-from controlplane.schema import UTCDateTime, metadata, projects, workloads
+from controlplane.projects import Projects
+from controlplane.schema import PROVIDERS, connection_buckets, connections, projects, workloads
+from controlplane.workloads import Workloads
 
-PROVIDERS = ("openai", "anthropic", "openrouter")
-STATUSES = ("active", "error", "disabled")
 WORKLOAD_KIND = "connection"
 SYNC_MIN_INTERVAL = timedelta(minutes=5)
-LAST_ERROR_MAX = 500
 
 Provider = Literal["openai", "anthropic", "openrouter"]
 Status = Literal["active", "error", "disabled"]
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-connections = Table(
-    "connections",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column(
-        "org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
-    ),
-    Column("provider", String(20), nullable=False),
-    Column("status", String(20), nullable=False, server_default="active"),
-    Column("secret_ref", Text(), nullable=True),  # core.secrets reference; NULL once deleted
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-    Column("deleted_at", UTCDateTime(), nullable=True),
-    Column("last_polled_at", UTCDateTime(), nullable=True),  # last successful poll
-    Column("last_attempt_at", UTCDateTime(), nullable=True),
-    Column("next_poll_at", UTCDateTime(), nullable=True),
-    Column("poll_cursor", UTCDateTime(), nullable=True),
-    Column("consecutive_failures", Integer(), nullable=False, server_default=text("0")),
-    Column("last_error", String(LAST_ERROR_MAX), nullable=True),
-    Column("sync_requested_at", UTCDateTime(), nullable=True),
-    Column("sync_job_id", String(36), nullable=True),
-    Column("last_sync_request_at", UTCDateTime(), nullable=True),
-    Column("lease_owner", String(64), nullable=True),
-    Column("lease_until", UTCDateTime(), nullable=True),
-    CheckConstraint(_in("provider", PROVIDERS), name="provider"),
-    CheckConstraint(_in("status", STATUSES), name="status"),
-    Index(
-        "uq_connections_org_id_provider_live",
-        "org_id",
-        "provider",
-        unique=True,
-        sqlite_where=text("deleted_at IS NULL"),
-        postgresql_where=text("deleted_at IS NULL"),
-    ),
-)
-
-connection_buckets = Table(
-    "connection_buckets",
-    metadata,
-    Column(
-        "connection_id",
-        String(36),
-        ForeignKey("connections.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("event_id", String(200), primary_key=True),
-    Column("bucket_start", UTCDateTime(), nullable=False),
-    Column("content_hash", String(64), nullable=False),
-    Column("revision", BigInteger(), nullable=False),
-    Column("event", Text(), nullable=False),  # the UsageEvent JSON last published for this bucket
-    Column("updated_at", UTCDateTime(), nullable=False),
-    Index("ix_connection_buckets_connection_id_bucket_start", "connection_id", "bucket_start"),
-)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def new_connection_id() -> str:
-    return str(uuid.uuid4())
+    """A fresh connection id (the API uses it to name the secret before the row exists)."""
+    return _new_id()
 
 
 class SyncRateLimited(Conflict):
@@ -173,26 +78,8 @@ class Connection(BaseModel):
     secret_ref: str | None = Field(default=None, exclude=True, repr=False)
 
 
-@dataclass(frozen=True)
-class BucketState:
-    event_id: str
-    bucket_start: datetime
-    content_hash: str
-    revision: int
-    event: str  # JSON
-
-
-@dataclass(frozen=True)
-class BucketWrite:
-    event_id: str
-    bucket_start: datetime
-    content_hash: str
-    revision: int
-    event: str
-
-
 _cols = [c for c in connections.c if c.name not in ("lease_owner", "lease_until")]
-_select = (
+SELECT_CONNECTION = (
     select(
         *_cols,
         workloads.c.id.label("workload_id"),
@@ -211,24 +98,22 @@ _select = (
     )
     .outerjoin(projects, projects.c.id == workloads.c.project_id)
 )
-_live = connections.c.deleted_at.is_(None)
+IS_LIVE = connections.c.deleted_at.is_(None)
 
 
-def _model(row) -> Connection:
+def connection_from_row(row) -> Connection:
     return Connection.model_validate(dict(row))
 
 
 class Connections:
-    """Repository of provider connections. API-side methods take `org_id` (another org's id is NotFound);
-    poller-side methods (`due`, `claim`, `record_*`) work across orgs."""
+    """Repository of an org's provider connections: every method takes `org_id` (another org's id is
+    NotFound). The pollers use `controlplane.poll_state.PollState`."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    # ----------------------------------------------------------------------------------------- API side
-
     def live_for_provider(self, org_id: str, provider: str) -> Connection | None:
-        return self._one(connections.c.org_id == org_id, connections.c.provider == provider, _live)
+        return self._one(connections.c.org_id == org_id, connections.c.provider == provider, IS_LIVE)
 
     def create(
         self,
@@ -266,7 +151,7 @@ class Connections:
                 )
                 conn.execute(
                     insert(workloads).values(
-                        id=str(uuid.uuid4()),
+                        id=_new_id(),
                         org_id=org_id,
                         project_id=project_id,
                         kind=WORKLOAD_KIND,
@@ -283,20 +168,20 @@ class Connections:
         return found
 
     def get(self, org_id: str, connection_id: str) -> Connection | None:
-        return self._one(connections.c.org_id == org_id, connections.c.id == connection_id, _live)
+        return self._one(connections.c.org_id == org_id, connections.c.id == connection_id, IS_LIVE)
 
     def list(self, org_id: str) -> list[Connection]:
         with self.engine.connect() as conn:
             rows = (
                 conn.execute(
-                    _select.where(connections.c.org_id == org_id, _live).order_by(
+                    SELECT_CONNECTION.where(connections.c.org_id == org_id, IS_LIVE).order_by(
                         connections.c.created_at, connections.c.id
                     )
                 )
                 .mappings()
                 .all()
             )
-        return [_model(r) for r in rows]
+        return [connection_from_row(r) for r in rows]
 
     def delete(self, org_id: str, connection_id: str, now: datetime | None = None) -> Connection:
         """Soft-delete: erase the secret reference, deactivate the workload, drop the poller state. The
@@ -305,7 +190,7 @@ class Connections:
         with self.engine.begin() as conn:
             n = conn.execute(
                 update(connections)
-                .where(connections.c.org_id == org_id, connections.c.id == connection_id, _live)
+                .where(connections.c.org_id == org_id, connections.c.id == connection_id, IS_LIVE)
                 .values(
                     deleted_at=now,
                     updated_at=now,
@@ -355,7 +240,7 @@ class Connections:
                     else "polling keeps failing (see last_error); it is retried automatically"
                 )
             )
-        job_id = str(uuid.uuid4())
+        job_id = _new_id()
         # one guarded UPDATE: concurrent requests cannot both pass the rate limit
         with self.engine.begin() as conn:
             n = conn.execute(
@@ -364,7 +249,7 @@ class Connections:
                     connections.c.id == connection_id,
                     connections.c.org_id == org_id,
                     connections.c.status == "active",
-                    _live,
+                    IS_LIVE,
                     or_(
                         connections.c.last_sync_request_at.is_(None),
                         connections.c.last_sync_request_at <= now - min_interval,
@@ -393,239 +278,7 @@ class Connections:
             raise NotFound("connection not found")
         return found
 
-    # ----------------------------------------------------------------------------------------- poller side
-
-    def get_any(self, connection_id: str) -> Connection | None:
-        """A live connection by id, whatever its org (pollers)."""
-        return self._one(connections.c.id == connection_id, _live)
-
-    def due(self, now: datetime, limit: int = 100) -> list[str]:
-        """Ids of live, not disabled, unleased connections whose poll is due or that have a sync request."""
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(connections.c.id)
-                    .where(
-                        _live,
-                        connections.c.status != "disabled",
-                        connections.c.secret_ref.is_not(None),
-                        or_(
-                            connections.c.next_poll_at.is_(None),
-                            connections.c.next_poll_at <= now,
-                            connections.c.sync_requested_at.is_not(None),
-                        ),
-                        or_(connections.c.lease_until.is_(None), connections.c.lease_until < now),
-                    )
-                    .order_by(
-                        connections.c.sync_requested_at.is_(None),
-                        connections.c.next_poll_at.asc().nulls_first(),
-                    )
-                    .limit(limit)
-                ).scalars()
-            )
-
-    def claim(self, connection_id: str, owner: str, now: datetime, lease: timedelta) -> Connection | None:
-        """Take the connection's lease (one guarded UPDATE); None when another poller holds it or it is gone."""
-        with self.engine.begin() as conn:
-            n = conn.execute(
-                update(connections)
-                .where(
-                    connections.c.id == connection_id,
-                    _live,
-                    connections.c.status != "disabled",
-                    or_(connections.c.lease_until.is_(None), connections.c.lease_until < now),
-                )
-                .values(lease_owner=owner[:64], lease_until=now + lease, last_attempt_at=now)
-            ).rowcount
-        return self.get_any(connection_id) if n else None
-
-    def release(self, connection_id: str, owner: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(connections)
-                .where(connections.c.id == connection_id, connections.c.lease_owner == owner[:64])
-                .values(lease_owner=None, lease_until=None)
-            )
-
-    def postpone(self, connection_id: str, owner: str, *, next_poll_at: datetime) -> None:
-        """Try again at `next_poll_at` without counting a failure (our side failed, e.g. Kafka), and release."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(connections)
-                .where(connections.c.id == connection_id, connections.c.lease_owner == owner[:64])
-                .values(next_poll_at=next_poll_at, lease_owner=None, lease_until=None)
-            )
-
-    def active_workload(self, org_id: str, connection_id: str):
-        """The connection's active workload (re-created in the Default project if it has none)."""
-        return Workloads(self.engine).ensure_active(org_id, WORKLOAD_KIND, connection_id)
-
-    def bucket_states(self, connection_id: str, since: datetime | None = None) -> dict[str, BucketState]:
-        conds = [connection_buckets.c.connection_id == connection_id]
-        if since is not None:
-            conds.append(connection_buckets.c.bucket_start >= since)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    connection_buckets.c.event_id,
-                    connection_buckets.c.bucket_start,
-                    connection_buckets.c.content_hash,
-                    connection_buckets.c.revision,
-                    connection_buckets.c.event,
-                ).where(*conds)
-            ).all()
-        return {r.event_id: BucketState(*r) for r in rows}
-
-    def record_success(
-        self,
-        connection_id: str,
-        owner: str,
-        *,
-        now: datetime,
-        claimed_at: datetime,
-        cursor: datetime,
-        next_poll_at: datetime,
-        writes: Iterable[BucketWrite] = (),
-        prune_before: datetime | None = None,
-    ) -> None:
-        """After the events are acknowledged by Kafka: store the bucket states, advance the cursor, reset
-        failures (error → active), clear a sync request served by this poll, release the lease."""
-        writes = list(writes)
-        with self.engine.begin() as conn:
-            if writes:
-                ids = [w.event_id for w in writes]
-                for i in range(0, len(ids), 500):
-                    conn.execute(
-                        delete(connection_buckets).where(
-                            connection_buckets.c.connection_id == connection_id,
-                            connection_buckets.c.event_id.in_(ids[i : i + 500]),
-                        )
-                    )
-                conn.execute(
-                    insert(connection_buckets),
-                    [
-                        {
-                            "connection_id": connection_id,
-                            "event_id": w.event_id,
-                            "bucket_start": w.bucket_start,
-                            "content_hash": w.content_hash,
-                            "revision": w.revision,
-                            "event": w.event,
-                            "updated_at": now,
-                        }
-                        for w in writes
-                    ],
-                )
-            if prune_before is not None:
-                conn.execute(
-                    delete(connection_buckets).where(
-                        connection_buckets.c.connection_id == connection_id,
-                        connection_buckets.c.bucket_start < prune_before,
-                    )
-                )
-            conn.execute(
-                update(connections)
-                .where(connections.c.id == connection_id, _live)
-                .values(
-                    status="active",
-                    last_polled_at=now,
-                    poll_cursor=cursor,
-                    next_poll_at=next_poll_at,
-                    consecutive_failures=0,
-                    last_error=None,
-                    updated_at=now,
-                )
-            )
-            self._finish(conn, connection_id, owner, claimed_at)
-
-    def record_failure(
-        self,
-        connection_id: str,
-        owner: str,
-        *,
-        now: datetime,
-        claimed_at: datetime,
-        error: str,
-        next_poll_at: datetime,
-        max_failures: int,
-    ) -> Connection | None:
-        """One more consecutive failure; status `error` once `max_failures` is reached."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(connections)
-                .where(connections.c.id == connection_id, _live)
-                .values(
-                    consecutive_failures=connections.c.consecutive_failures + 1,
-                    last_error=error[:LAST_ERROR_MAX],
-                    next_poll_at=next_poll_at,
-                    updated_at=now,
-                )
-            )
-            conn.execute(
-                update(connections)
-                .where(
-                    connections.c.id == connection_id,
-                    _live,
-                    connections.c.status == "active",
-                    connections.c.consecutive_failures >= max_failures,
-                )
-                .values(status="error")
-            )
-            self._finish(conn, connection_id, owner, claimed_at)
-        return self.get_any(connection_id)
-
-    def disable(
-        self, connection_id: str, owner: str, *, now: datetime, claimed_at: datetime, error: str
-    ) -> None:
-        """The provider rejected the key (401/403): never poll again."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(connections)
-                .where(connections.c.id == connection_id, _live)
-                .values(
-                    status="disabled",
-                    consecutive_failures=connections.c.consecutive_failures + 1,
-                    last_error=error[:LAST_ERROR_MAX],
-                    next_poll_at=None,
-                    updated_at=now,
-                )
-            )
-            self._finish(conn, connection_id, owner, claimed_at)
-
-    def last_poll_at(self) -> datetime | None:
-        """The newest successful poll of any live, not disabled connection (for /health); None if none."""
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                select(func.max(connections.c.last_polled_at)).where(
-                    _live, connections.c.status != "disabled"
-                )
-            ).scalar_one_or_none()
-        if value is None:
-            return None
-        if isinstance(value, str):  # SQLite's max() over the text column bypasses the type decorator
-            value = datetime.fromisoformat(value)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    # ----------------------------------------------------------------------------------------- helpers
-
-    @staticmethod
-    def _finish(conn, connection_id: str, owner: str, claimed_at: datetime) -> None:
-        conn.execute(
-            update(connections)
-            .where(
-                connections.c.id == connection_id,
-                connections.c.sync_requested_at.is_not(None),
-                connections.c.sync_requested_at <= claimed_at,
-            )
-            .values(sync_requested_at=None)
-        )
-        conn.execute(
-            update(connections)
-            .where(connections.c.id == connection_id, connections.c.lease_owner == owner[:64])
-            .values(lease_owner=None, lease_until=None)
-        )
-
     def _one(self, *conds) -> Connection | None:
         with self.engine.connect() as conn:
-            row = conn.execute(_select.where(*conds)).mappings().first()
-        return _model(row) if row else None
+            row = conn.execute(SELECT_CONNECTION.where(*conds)).mappings().first()
+        return connection_from_row(row) if row else None

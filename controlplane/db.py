@@ -6,14 +6,14 @@ be chosen in the URL with libpq options, e.g. `…/db?options=-csearch_path%3Dte
 
 `upgrade(engine)` runs the Alembic migrations that live in this package (`migrations/`) programmatically:
 no alembic.ini is needed at runtime, it is idempotent, and on PostgreSQL concurrent callers are serialised
-with an advisory lock. To author a new revision:
+with an advisory lock. It is a step of its own — `joulestream migrate`, and the start of the long-running
+commands (`up`, `worker`, `gateway`, `poll`) — never a side effect of building an engine, an app or a
+repository. To author a new revision:
 `alembic -c controlplane/migrations/alembic.ini revision -m "…"` (then write the upgrade by hand).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import threading
 from pathlib import Path
 
@@ -79,16 +79,6 @@ def _create_engine(url: str) -> Engine:
     return engine
 
 
-def load_all_tables() -> None:
-    """Import every module of `controlplane`, so that tables defined outside `schema.py` (on the shared
-    `schema.metadata`, e.g. `gateway.py`) are registered before the metadata is compared or used."""
-    import controlplane as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if not module.ispkg:
-            importlib.import_module(f"{package.__name__}.{module.name}")
-
-
 def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -107,7 +97,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the control-plane schema to `revision` (default: the newest). Safe to call on every start."""
+    """Migrate the control-plane schema to `revision` (default: the newest). Idempotent."""
     cfg = alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":

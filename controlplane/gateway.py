@@ -1,10 +1,7 @@
 """Control-plane storage for the inference gateway: prepaid balances and per-request receipts.
 
-Tables (created by migration `0010_gateway`, registered on the shared `controlplane.schema.metadata`):
-
-- `org_balances`: one row per prepaid org, `balance_micros` in millionths of a US dollar (integers: no
-  float rounding in money). An org with no row is not prepaid (the gateway never answers 402 for it).
-- `gateway_receipts`: one Ed25519-signed receipt per gateway request (`core.receipts.SignedRecord`).
+Tables `org_balances` and `gateway_receipts` (`controlplane.schema`, migration `0010_gateway`). Balances are
+in micro-USD; an org with no balance row is not prepaid (the gateway never answers 402 for it).
 
 Balances change only through single-statement UPDATEs, so concurrent gateways can never spend a cent twice:
 `debit` is `UPDATE … SET balance = balance - :p WHERE org_id = :o AND balance >= :p` (false when short).
@@ -13,59 +10,17 @@ Balances change only through single-statement UPDATEs, so concurrent gateways ca
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Engine,
-    ForeignKey,
-    Index,
-    String,
-    Table,
-    Text,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from controlplane._util import now as _now
 from controlplane.errors import Invalid, NotFound
-from controlplane.schema import UTCDateTime, metadata
+from controlplane.schema import gateway_receipts, org_balances
 from core.receipts import SignedRecord
-
-MICROS_PER_USD = 1_000_000
-
-org_balances = Table(
-    "org_balances",
-    metadata,
-    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
-    Column("balance_micros", BigInteger(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-)
-
-gateway_receipts = Table(
-    "gateway_receipts",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("key_version", String(64), nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("signature", String(128), nullable=False),
-    Column("payload", Text(), nullable=False),  # canonical JSON of the signed payload
-    Index("ix_gateway_receipts_org_id_created_at", "org_id", "created_at"),
-)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def usd_to_micros(usd: float) -> int:
-    return round(usd * MICROS_PER_USD)
 
 
 class Balances:
@@ -120,21 +75,11 @@ class Balances:
             ).rowcount
         return n == 1
 
-    def adjust(self, org_id: str, delta_micros: int) -> None:
-        """Settle a reservation: add (refund) or remove (an overshoot the reservation did not cover)
-        `delta_micros` unconditionally. May leave the balance below zero by at most one request's overshoot;
-        the next `debit` then fails, so the org answers 402 until it tops up."""
-        if delta_micros == 0:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(org_balances)
-                .where(org_balances.c.org_id == org_id)
-                .values(balance_micros=org_balances.c.balance_micros + delta_micros, updated_at=_now())
-            )
-
     def adjust_many(self, deltas: dict[str, int]) -> None:
-        """Several settlements in one transaction (the gateway's background settler)."""
+        """Settle reservations, one org → delta (micro-USD) each, in one transaction (the gateway's background
+        settler): add (a refund) or remove (an overshoot the reservation did not cover) unconditionally. May
+        leave a balance below zero by at most one request's overshoot; the next `debit` then fails, so the
+        org answers 402 until it tops up."""
         deltas = {k: v for k, v in deltas.items() if v}
         if not deltas:
             return
@@ -205,12 +150,3 @@ class GatewayReceipts:
         return SignedRecord(
             payload=payload, sha256=row.sha256, signature=row.signature, key_version=row.key_version
         )
-
-    def count(self, org_id: str | None = None) -> int:
-        from sqlalchemy import func
-
-        stmt = select(func.count()).select_from(gateway_receipts)
-        if org_id is not None:
-            stmt = stmt.where(gateway_receipts.c.org_id == org_id)
-        with self.engine.connect() as conn:
-            return conn.execute(stmt).scalar_one()

@@ -1,6 +1,6 @@
 """Bearer JWTs from an OIDC provider (Clerk, Auth0, Keycloak, …), verified against its JWKS.
 
-Enabled when all of these are set:
+Enabled when all of these are set (fields `jwt_*` of `core.settings.Settings`):
 
 | variable                             | meaning                                                  | default  |
 |--------------------------------------|----------------------------------------------------------|----------|
@@ -21,7 +21,6 @@ or `scopes` (list or string); unknown scope names (openid, email, …) are ignor
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from jwt import PyJWKClient
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
 from controlplane.schema import SCOPES
+from core.settings import Settings
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 
@@ -61,18 +61,16 @@ class JwtSettings:
     jwks_timeout_s: float = 5.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> JwtSettings | None:
-        """Settings from the environment, or None when JWT auth is not configured."""
-        e = os.environ if env is None else env
-        url, iss, aud = (e.get(f"JOULESTREAM_JWT_{k}") or "" for k in ("JWKS_URL", "ISSUER", "AUDIENCE"))
-        if not (url and iss and aud):
+    def from_settings(cls, settings: Settings) -> JwtSettings | None:
+        """The JWT settings, or None when JWT auth is not configured (JWKS URL, issuer or audience unset)."""
+        if not (settings.jwt_jwks_url and settings.jwt_issuer and settings.jwt_audience):
             return None
         return cls(
-            jwks_url=url,
-            issuer=iss,
-            audience=aud,
-            org_claim=e.get("JOULESTREAM_JWT_ORG_CLAIM") or "org_slug",
-            memberships_claim=e.get("JOULESTREAM_JWT_MEMBERSHIPS_CLAIM") or "orgs",
+            jwks_url=settings.jwt_jwks_url,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            org_claim=settings.jwt_org_claim or "org_slug",
+            memberships_claim=settings.jwt_memberships_claim or "orgs",
         )
 
 

@@ -1,5 +1,19 @@
-"""Control-plane SQL schema (SQLAlchemy Core). Migrations in `migrations/versions/` create exactly this
-schema; `tests/controlplane` compares the migrated database with this metadata, so change both together.
+"""Control-plane SQL schema (SQLAlchemy Core): every table, on one `metadata`. Migrations in
+`migrations/versions/` create exactly this schema; `tests/controlplane` compares the migrated database with
+this metadata, so change both together.
+
+Tables by migration:
+
+- `0001_initial`: `organizations`, `api_keys`, `projects`, `workloads`, `carbon_factor_versions`.
+- `0010_gateway`: `org_balances` — one row per prepaid org, `balance_micros` in millionths of a US dollar
+  (integers: no float rounding in money; an org with no row is not prepaid); `gateway_receipts` — one
+  Ed25519-signed receipt per gateway request (`core.receipts.SignedRecord`).
+- `0020_connections`: `connections` — one row per registered provider key (the key itself is never here:
+  `secret_ref` is a `core.secrets` reference, cleared on delete; at most one live connection per org and
+  provider; deleting is soft); `connection_buckets` — what the poller last published for each provider
+  bucket (see `controlplane.polling`).
+- `0030_billing`: `billing_periods`, `credit_blocks`, `credit_allocations`, `receipt_counters`, `receipts`,
+  `stripe_events` (see `controlplane.billing`).
 
 Timestamps are timezone-aware UTC in Python on every backend (`UTCDateTime`): PostgreSQL stores
 `timestamptz`, SQLite stores naive UTC text (fixed-width, so it sorts chronologically).
@@ -10,10 +24,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -21,13 +38,20 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.types import TypeDecorator
 
+from controlplane._util import sql_in as _in
+
 PLAN_TIERS = ("free", "starter", "growth", "scale", "enterprise")
 SCOPES = ("read", "ingest", "admin", "billing")
 WORKLOAD_KINDS = ("connection", "gateway_key")
+PROVIDERS = ("openai", "anthropic", "openrouter")
+CONNECTION_STATUSES = ("active", "error", "disabled")
+LAST_ERROR_MAX = 500
+PERIOD_STATUSES = ("open", "closing", "closed", "failed")
 
 metadata = MetaData(
     naming_convention={
@@ -60,10 +84,6 @@ class UTCDateTime(TypeDecorator):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 organizations = Table(
@@ -159,4 +179,198 @@ carbon_factor_versions = Table(
     Column("body", Text(), nullable=False),  # the factor set YAML, verbatim
     Column("tier_count", Integer(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+
+# --------------------------------------------------------------------------------------------- gateway (0010)
+
+org_balances = Table(
+    "org_balances",
+    metadata,
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("balance_micros", BigInteger(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+gateway_receipts = Table(
+    "gateway_receipts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("key_version", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("payload", Text(), nullable=False),  # canonical JSON of the signed payload
+    Index("ix_gateway_receipts_org_id_created_at", "org_id", "created_at"),
+)
+
+
+# --------------------------------------------------------------------------------------------- connections (0020)
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("provider", String(20), nullable=False),
+    Column("status", String(20), nullable=False, server_default="active"),
+    Column("secret_ref", Text(), nullable=True),  # core.secrets reference; NULL once deleted
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime(), nullable=True),
+    Column("last_polled_at", UTCDateTime(), nullable=True),  # last successful poll
+    Column("last_attempt_at", UTCDateTime(), nullable=True),
+    Column("next_poll_at", UTCDateTime(), nullable=True),
+    Column("poll_cursor", UTCDateTime(), nullable=True),
+    Column("consecutive_failures", Integer(), nullable=False, server_default=text("0")),
+    Column("last_error", String(LAST_ERROR_MAX), nullable=True),
+    Column("sync_requested_at", UTCDateTime(), nullable=True),
+    Column("sync_job_id", String(36), nullable=True),
+    Column("last_sync_request_at", UTCDateTime(), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    CheckConstraint(_in("provider", PROVIDERS), name="provider"),
+    CheckConstraint(_in("status", CONNECTION_STATUSES), name="status"),
+    Index(
+        "uq_connections_org_id_provider_live",
+        "org_id",
+        "provider",
+        unique=True,
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
+)
+
+connection_buckets = Table(
+    "connection_buckets",
+    metadata,
+    Column(
+        "connection_id",
+        String(36),
+        ForeignKey("connections.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("event_id", String(200), primary_key=True),
+    Column("bucket_start", UTCDateTime(), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("revision", BigInteger(), nullable=False),
+    Column("event", Text(), nullable=False),  # the UsageEvent JSON last published for this bucket
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_connection_buckets_connection_id_bucket_start", "connection_id", "bucket_start"),
+)
+
+
+# --------------------------------------------------------------------------------------------- billing (0030)
+
+billing_periods = Table(
+    "billing_periods",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("month", String(7), nullable=False),  # "YYYY-MM"
+    Column("period_start", Date(), nullable=False),
+    Column("period_end", Date(), nullable=False),  # last day, inclusive
+    Column("status", String(10), nullable=False, server_default="open"),
+    Column("cutoff", UTCDateTime(), nullable=True),
+    Column("adjustment_from", UTCDateTime(), nullable=True),  # previous close's cutoff (late events)
+    Column("closing_since", UTCDateTime(), nullable=True),
+    Column("figures", Text(), nullable=True),  # JSON, frozen by the first successful totals step
+    Column("co2_kg", Float(), nullable=True),
+    Column("co2_kg_high", Float(), nullable=True),
+    Column("credits_retired_kg", Float(), nullable=True),
+    Column("error", String(500), nullable=True),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("closed_at", UTCDateTime(), nullable=True),
+    CheckConstraint(_in("status", PERIOD_STATUSES), name="status"),
+    UniqueConstraint("org_id", "month"),
+    Index("ix_billing_periods_month_status", "month", "status"),
+)
+
+credit_blocks = Table(
+    "credit_blocks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("registry", String(50), nullable=False),
+    Column("serial_block", String(200), nullable=False, unique=True),
+    Column("serial_prefix", String(150), nullable=False),
+    Column("first_number", BigInteger(), nullable=False),
+    Column("width", Integer(), nullable=False),
+    Column("project", String(200), nullable=False),
+    Column("vintage", Integer(), nullable=False),
+    Column("tonnes", Integer(), nullable=False),
+    Column("allocated_tonnes", Integer(), nullable=False, server_default="0"),
+    Column("loaded_at", UTCDateTime(), nullable=False),
+    CheckConstraint("tonnes > 0", name="tonnes"),
+    CheckConstraint("allocated_tonnes >= 0 AND allocated_tonnes <= tonnes", name="allocated"),
+)
+
+credit_allocations = Table(
+    "credit_allocations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "period_id",
+        String(36),
+        ForeignKey("billing_periods.id", ondelete="RESTRICT"),
+        nullable=False,
+        index=True,
+    ),
+    Column("block_id", String(36), ForeignKey("credit_blocks.id", ondelete="RESTRICT"), nullable=False),
+    Column("first_index", Integer(), nullable=False),
+    Column("count", Integer(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("block_id", "first_index"),
+    CheckConstraint("count > 0", name="count"),
+)
+
+receipt_counters = Table(
+    "receipt_counters",
+    metadata,
+    Column("month", String(7), primary_key=True),
+    Column("last_seq", Integer(), nullable=False),
+)
+
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "period_id",
+        String(36),
+        ForeignKey("billing_periods.id", ondelete="RESTRICT"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("month", String(7), nullable=False),
+    Column("seq", Integer(), nullable=False),
+    Column("serial_number", String(20), nullable=False, unique=True),
+    Column("payload", Text(), nullable=False),  # canonical JSON of the signed payload
+    Column("payload_hash", String(64), nullable=False),
+    Column("signature", Text(), nullable=False),  # base64 Ed25519 over the canonical JSON
+    Column("key_version", String(64), nullable=False),
+    Column("public_key", String(64), nullable=False),  # base64, as published
+    Column("co2_retired_kg", Float(), nullable=False),
+    Column("pdf_key", Text(), nullable=True),
+    Column("pdf_sha256", String(64), nullable=True),
+    Column("audit_pack_key", Text(), nullable=True),
+    Column("audit_pack_sha256", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("month", "seq"),
+    Index("ix_receipts_org_id_month", "org_id", "month"),
+)
+
+stripe_events = Table(
+    "stripe_events",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("type", String(100), nullable=False),
+    Column("org_id", String(36), nullable=True),
+    Column("outcome", String(200), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
 )

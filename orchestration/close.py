@@ -86,6 +86,7 @@ class CloseService:
     reader_factory: Callable[[], Any]
     store: Any
     keyring_factory: Callable[[], Keyring]
+    public_url: str  # settings.public_url: receipts link to its /public/receipts/verify/{serial}
     progress: Callable[[str, int, int], None] | None = None
     _reader: Any = None
     _keyring: Keyring | None = None
@@ -254,7 +255,7 @@ class CloseService:
             public_key=receipt.public_key,
             org_name=org.name if org else period.org_id,
             issued_on=receipt.created_at.date().isoformat(),
-            verify_url=verify_url(receipt.serial_number),
+            verify_url=verify_url(receipt.serial_number, self.public_url),
             allocations=[a.model_dump() for a in allocations],
             figures=figures,
         )
@@ -295,7 +296,7 @@ class CloseService:
             {
                 **receipt.signed_record(),
                 "public_key": receipt.public_key,
-                "verification_url": verify_url(receipt.serial_number),
+                "verification_url": verify_url(receipt.serial_number, self.public_url),
             }
         )
         for name in ("breakdown.json", "events.parquet"):

@@ -51,6 +51,7 @@ def _service(
         reader_factory=warehouse.reader,
         store=artifacts.store(),
         keyring_factory=signing.keyring,
+        public_url=warehouse.settings().public_url,
         progress=progress,
     )
 

@@ -131,11 +131,10 @@ class ControlPlaneResource(dg.ConfigurableResource):
     database_url: str | None = None  # SQLAlchemy URL; default JOULESTREAM_DATABASE
 
     def engine(self):
-        from controlplane import get_engine, upgrade
+        """The control-plane engine; the database is migrated beforehand (`joulestream migrate`)."""
+        from controlplane import get_engine
 
-        engine = get_engine(self.database_url or resource_settings().database)
-        upgrade(engine)
-        return engine
+        return get_engine(self.database_url or resource_settings().database)
 
 
 class ArtifactsResource(dg.ConfigurableResource):
@@ -166,6 +165,4 @@ class StripeResource(dg.ConfigurableResource):
     def client(self):
         from controlplane.billing import stripe_client
 
-        s = resource_settings()
-        key = self.api_key or (s.stripe_api_key.get_secret_value() if s.stripe_api_key else None)
-        return stripe_client(key, self.api_base or s.stripe_api_base)
+        return stripe_client(resource_settings(), api_key=self.api_key, api_base=self.api_base)

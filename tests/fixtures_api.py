@@ -28,7 +28,8 @@ def settings(db_url, tmp_path):
 @pytest.fixture
 def make_app(settings, engine):
     def make(**kwargs):
-        return create_app(settings, engine=engine, **kwargs)
+        kwargs.setdefault("settings", settings)
+        return create_app(engine=engine, **kwargs)
 
     return make
 

@@ -1,13 +1,13 @@
 """Billing: GET /billing/status, POST /billing/upgrade, POST /billing/portal, POST /billing/webhook.
 
-Stripe goes through the real `stripe` library (`controlplane.billing.stripe_client`): `STRIPE_API_KEY`,
-`STRIPE_API_BASE` (a local stub in tests), `STRIPE_WEBHOOK_SECRET`, price ids per plan in
-`JOULESTREAM_STRIPE_PRICES` ("starter=price_…,growth=price_…,scale=price_…"). Redirects after Checkout and
-the portal go to `JOULESTREAM_APP_URL`; enterprise upgrades get `JOULESTREAM_SALES_URL`.
+Stripe goes through the real `stripe` library (`controlplane.billing.stripe_client`), configured by the
+app's settings (`ctx.settings`): `stripe_api_key`, `stripe_api_base` (a local stub in tests),
+`stripe_webhook_secret`, price ids per plan in `stripe_prices` ("starter=price_…,growth=price_…,…").
+Redirects after Checkout and the portal go to `public_url`; enterprise upgrades get `sales_url`.
 
 Scopes: status needs `read` or `billing`; upgrade and portal need `billing`. The webhook is authenticated
 by its `Stripe-Signature` only (`stripe.Webhook.construct_event`): 400 when it is missing or wrong (or the
-body is not a JSON object), 503 when `STRIPE_WEBHOOK_SECRET` is not set, else
+body is not a JSON object), 503 when no webhook secret is configured, else
 always 200 `{"received": true}` — processing errors are logged and acknowledged (Stripe retries only on
 non-2xx), and a replayed event id changes nothing.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -52,10 +51,6 @@ def any_scope(*scopes: str):
 
 StatusPrincipal = Annotated[Principal, Depends(any_scope("read", "billing"))]
 BillingPrincipal = Annotated[Principal, Depends(any_scope("billing"))]
-
-
-def _app_url() -> str:
-    return (os.environ.get("JOULESTREAM_APP_URL") or "http://127.0.0.1:8787").rstrip("/")
 
 
 def _period_json(p, receipt_serial: str | None = None, total: float | None = None) -> dict[str, Any]:
@@ -127,11 +122,12 @@ def upgrade(body: UpgradeBody, ctx: Ctx, principal: BillingPrincipal) -> dict[st
     if body.plan == "enterprise":
         return {
             "plan": "enterprise",
-            "contact_url": os.environ.get("JOULESTREAM_SALES_URL") or "https://joulestream.dev/contact-sales",
+            "contact_url": ctx.settings.sales_url,
         }
-    plans = StripePlans.from_env(os.environ)
+    plans = StripePlans.from_settings(ctx.settings)
+    app_url = ctx.settings.public_url
     try:
-        client = stripe_client()
+        client = stripe_client(ctx.settings)
     except Invalid as exc:
         raise HTTPException(503, str(exc)) from exc
     import stripe
@@ -150,8 +146,8 @@ def upgrade(body: UpgradeBody, ctx: Ctx, principal: BillingPrincipal) -> dict[st
                 "customer": customer_id,
                 "client_reference_id": org.id,
                 "line_items": [{"price": plans.prices[body.plan], "quantity": 1}],
-                "success_url": f"{_app_url()}/billing?checkout=success",
-                "cancel_url": f"{_app_url()}/billing?checkout=cancelled",
+                "success_url": f"{app_url}/billing?checkout=success",
+                "cancel_url": f"{app_url}/billing?checkout=cancelled",
                 "metadata": {"org_id": org.id, "plan": body.plan},
                 "subscription_data": {"metadata": {"org_id": org.id, "plan": body.plan}},
             }
@@ -173,14 +169,14 @@ def portal(ctx: Ctx, principal: BillingPrincipal) -> dict[str, Any]:
     if not org.stripe_customer_id:
         raise HTTPException(409, "this organization has no Stripe customer yet: upgrade first")
     try:
-        client = stripe_client()
+        client = stripe_client(ctx.settings)
     except Invalid as exc:
         raise HTTPException(503, str(exc)) from exc
     import stripe
 
     try:
         session = client.v1.billing_portal.sessions.create(
-            params={"customer": org.stripe_customer_id, "return_url": f"{_app_url()}/billing"}
+            params={"customer": org.stripe_customer_id, "return_url": f"{ctx.settings.public_url}/billing"}
         )
     except stripe.StripeError as exc:
         log.warning("Stripe portal failed for org %s: %s", org.id, exc)
@@ -208,7 +204,8 @@ async def webhook(
 
     if not sig:  # unsigned: a 400 whether or not this server is configured for webhooks
         raise HTTPException(400, "missing Stripe-Signature")
-    secret = os.environ.get("STRIPE_WEBHOOK_SECRET")
+    secret_value = ctx.settings.stripe_webhook_secret
+    secret = secret_value.get_secret_value() if secret_value else None
     if not secret:
         raise HTTPException(503, "Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET)")
     payload = await request.body()
@@ -226,7 +223,7 @@ async def webhook(
         from starlette.concurrency import run_in_threadpool
 
         outcome = await run_in_threadpool(
-            handle_stripe_event, ctx.engine, data, StripePlans.from_env(os.environ)
+            handle_stripe_event, ctx.engine, data, StripePlans.from_settings(ctx.settings)
         )
         log.info("Stripe event %s (%s): %s", eid, etype, outcome)
     except Exception:  # acknowledged anyway: see the module docstring

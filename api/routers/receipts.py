@@ -19,7 +19,7 @@ router = APIRouter(prefix="/receipts", tags=["receipts"], responses=error_respon
 UPGRADE_URL = "/api/v1/billing/upgrade"
 
 
-def receipt_json(r) -> dict[str, Any]:
+def receipt_json(r, public_url: str) -> dict[str, Any]:
     return {
         "id": r.id,
         "serial_number": r.serial_number,
@@ -28,7 +28,7 @@ def receipt_json(r) -> dict[str, Any]:
         "period_start": r.payload["period_start"],
         "period_end": r.payload["period_end"],
         "pdf_url": f"/api/v1/receipts/{r.id}/pdf",
-        "verification_url": verify_url(r.serial_number),
+        "verification_url": verify_url(r.serial_number, public_url),
         "created_at": r.created_at.isoformat().replace("+00:00", "Z"),
     }
 
@@ -60,7 +60,7 @@ def list_receipts(
         org.id, start_date, end_date, offset=(page - 1) * page_size, limit=page_size
     )
     return {
-        "receipts": [receipt_json(r) for r in items],
+        "receipts": [receipt_json(r, ctx.settings.public_url) for r in items],
         "pagination": {
             "page": page,
             "page_size": page_size,

@@ -7,14 +7,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from controlplane.db import load_all_tables
 from controlplane.schema import metadata
 
 config = context.config
-if config.attributes.get("connection") is None:
-    # alembic CLI (authoring, autogenerate): register tables defined in other modules on the shared
-    # metadata. Runtime upgrades (`db.upgrade`) run the explicit migrations and need no metadata.
-    load_all_tables()
 
 
 def _run(connection: Connection) -> None:

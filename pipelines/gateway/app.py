@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from controlplane import get_engine, upgrade
+from controlplane import get_engine
 from controlplane.factor_resolver import FactorResolver
 from core.receipts import Keyring
 from core.settings import Settings
@@ -67,14 +67,13 @@ def create_gateway_app(
     factors: FactorResolver | None = None,
     keyring: Keyring | None = None,
     spool_dir: str | Path | None = None,
-    migrate: bool = True,
     publisher_options: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The gateway as a FastAPI app (routes under /v1, plus /health). `app.state.gateway` is the `Gateway`.
 
     settings           Kafka / topic prefix / data dir / control-plane URL
     routes             the routing file (`pipelines.gateway.config.load_routes`)
-    engine             control-plane engine (default `get_engine(settings.database)`), migrated when `migrate`
+    engine             control-plane engine (default `get_engine(settings.database)`), already migrated
     factors            the factor resolver (default `FactorResolver(engine)`: the control plane's current
                        version, re-read every 10 s; built-in v1.0 while it cannot be read)
     keyring            receipt signing keys (default `Keyring.load(settings)`)
@@ -82,10 +81,6 @@ def create_gateway_app(
     publisher_options  `UsagePublisher` keyword overrides (timeouts; tests)
     """
     engine = engine or get_engine(settings.database)
-    if migrate:
-        import controlplane.gateway  # noqa: F401  (registers the gateway tables on the metadata)
-
-        upgrade(engine)
     if factors is None:
         factors = FactorResolver(engine)
     factors.refresh()

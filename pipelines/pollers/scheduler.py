@@ -45,7 +45,8 @@ import httpx
 from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
-from controlplane.connections import BucketWrite, Connection, Connections
+from controlplane.connections import Connection
+from controlplane.poll_state import BucketWrite, PollState
 from core.contracts import UsageEvent
 from core.kafka import OutRecord, send_many
 from core.secrets import SecretStore, SecretStoreError, redact
@@ -166,7 +167,7 @@ class PollScheduler:
         owner: str | None = None,
     ) -> None:
         self.settings = settings
-        self.repo = Connections(engine)
+        self.repo = PollState(engine)
         self.producer = producer
         self.secrets = secrets
         self.config = config or PollerConfig.from_settings(settings)
@@ -442,7 +443,7 @@ class PollScheduler:
 def last_poll_at(engine: Engine) -> datetime | None:
     """The newest successful poll of any live connection, from the control plane (for /health in a process
     that does not run the scheduler itself)."""
-    return Connections(engine).last_poll_at()
+    return PollState(engine).last_poll_at()
 
 
 async def run_scheduler(

@@ -157,12 +157,11 @@ async def test_jwt_jwks_unavailable(make_app, jwks, tenants):
     assert r.status_code == 503 and r.json() == {"detail": "authentication service unavailable, retry later"}
 
 
-async def test_jwt_from_env(make_app, jwks, tenants, monkeypatch):
-    monkeypatch.setenv("JOULESTREAM_JWT_JWKS_URL", jwks.url)
-    monkeypatch.setenv("JOULESTREAM_JWT_ISSUER", ISSUER)
-    monkeypatch.setenv("JOULESTREAM_JWT_AUDIENCE", AUDIENCE)
-    monkeypatch.setenv("JOULESTREAM_JWT_ORG_CLAIM", "tenant")
-    async with client_for(make_app()) as c:
+async def test_jwt_from_settings(make_app, settings, jwks, tenants):
+    jwt_on = settings.replace(
+        jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_org_claim="tenant"
+    )
+    async with client_for(make_app(settings=jwt_on)) as c:
         ok = await c.get(PROJECTS, headers=bearer(jwks.token("RS256", tenant="beta", scope="read")))
         assert ok.status_code == 200
         assert (

@@ -157,7 +157,7 @@ async def test_database_down_is_503(settings, make_app):
     dead = create_engine(
         "postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
     )
-    app = create_app(settings, engine=dead, migrate=False)
+    app = create_app(settings, engine=dead, seed_factors=False)
     async with client_for(app) as c:
         r = await c.get("/health")
     assert r.status_code == 503

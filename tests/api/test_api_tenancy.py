@@ -186,12 +186,8 @@ def _close_september_for(org_id: str, engine, warehouse, settings, db_url) -> tu
 
 
 @pytest.fixture
-def stripe_stub(monkeypatch):
+def stripe_stub():
     stub = StripeStub()
-    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_joulestream")
-    monkeypatch.setenv("STRIPE_API_BASE", stub.url)
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.setenv("JOULESTREAM_STRIPE_PRICES", "starter=price_s,growth=price_g,scale=price_x")
     yield stub
     stub.close()
 
@@ -225,7 +221,14 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
     )
     # B's most privileged key: read + admin + billing
     b_headers = bearer(ApiKeys(engine).create(b_t.org.id, ["read", "admin", "billing"], name="b-all")[1])
-    app = make_app()
+    app = make_app(
+        settings=settings.replace(
+            stripe_api_key="sk_test_joulestream",
+            stripe_api_base=stripe_stub.url,
+            stripe_webhook_secret=WEBHOOK_SECRET,
+            stripe_prices="starter=price_s,growth=price_g,scale=price_x",
+        )
+    )
     stub = OpenRouterStub().start()  # B's POST /connections validates its key against a local stub
     stub.keys[ADMIN_KEYS["openrouter"]] = "admin"
     app.state.ctx.extras.update(

@@ -18,19 +18,25 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def stripe_stub(monkeypatch):
+def stripe_stub():
     stub = StripeStub()
-    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_joulestream")
-    monkeypatch.setenv("STRIPE_API_BASE", stub.url)
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.setenv("JOULESTREAM_STRIPE_PRICES", "starter=price_s,growth=price_g,scale=price_x")
     yield stub
     stub.close()
 
 
 @pytest.fixture
-async def bapi(make_app, stripe_stub):
-    async with client_for(with_close_routes(make_app())) as c:
+def stripe_settings(settings, stripe_stub):
+    return settings.replace(
+        stripe_api_key="sk_test_joulestream",
+        stripe_api_base=stripe_stub.url,
+        stripe_webhook_secret=WEBHOOK_SECRET,
+        stripe_prices="starter=price_s,growth=price_g,scale=price_x",
+    )
+
+
+@pytest.fixture
+async def bapi(make_app, stripe_settings):
+    async with client_for(with_close_routes(make_app(settings=stripe_settings))) as c:
         yield c
 
 

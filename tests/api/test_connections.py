@@ -15,9 +15,7 @@ import pytest
 from sqlalchemy import select, update
 
 from controlplane import Projects, Workloads
-from controlplane.connections import connections
-from controlplane.db import load_all_tables
-from controlplane.schema import metadata
+from controlplane.schema import connections, metadata
 from core.secrets import LocalSecretStore, SecretNotFound
 from pipelines.pollers.scheduler import last_poll_at
 from tests.fixtures_api import bearer, client_for
@@ -449,7 +447,6 @@ async def test_the_key_is_in_no_response_log_line_or_column(api, tenants, engine
     api.assert_no_key()
     for key in (*ADMIN_KEYS.values(), *LIMITED_KEYS.values()):
         assert key not in caplog.text
-    load_all_tables()
     with engine.connect() as conn:
         for table in metadata.sorted_tables:
             for row in conn.execute(select(table)).all():

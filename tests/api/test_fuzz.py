@@ -37,25 +37,26 @@ MAX_EXAMPLES = int(os.environ.get("JOULESTREAM_FUZZ_EXAMPLES", "50"))
 def _openapi() -> dict:
     with tempfile.TemporaryDirectory() as home:
         s = load_settings({"JOULESTREAM_HOME": home, "JOULESTREAM_DATABASE": f"sqlite:///{home}/unused.db"})
-        return create_app(s, migrate=False).openapi()
+        return create_app(s, seed_factors=False).openapi()
 
 
 schema = schemathesis.openapi.from_dict(_openapi())
 
 
 @pytest.fixture
-def fuzz_app(make_app, warehouse, engine, tenants, monkeypatch):
+def fuzz_app(make_app, settings, warehouse, engine, tenants):
     wh = warehouse[0]
     build(wh, engine, tenants, n_a=60, n_b=10)
-    app = make_app(warehouse_client_factory=lambda: wh)
+    # Stripe webhooks configured, so generated Stripe-Signature headers reach the signature check
+    app = make_app(
+        settings=settings.replace(stripe_webhook_secret=WEBHOOK_SECRET), warehouse_client_factory=lambda: wh
+    )
     # provider connections: a local secret store, and provider usage APIs that reject every key (401), so
     # POST /connections runs its whole validation path without leaving the machine
     app.state.ctx.extras["secret_store"] = LocalSecretStore(os.urandom(32))
     app.state.ctx.extras["provider_http"] = httpx.AsyncClient(
         transport=httpx.MockTransport(lambda request: httpx.Response(401, json={"error": "invalid key"}))
     )
-    # Stripe webhooks configured, so generated Stripe-Signature headers reach the signature check
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
     yield app
     app.state.ctx.telemetry.close()
 

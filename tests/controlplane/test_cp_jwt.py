@@ -16,6 +16,7 @@ from controlplane.jwt import (
     JwtVerifier,
     scopes_from_claims,
 )
+from core.settings import load_settings
 from tests.fixtures_controlplane import AUDIENCE, ISSUER
 
 
@@ -142,18 +143,23 @@ def test_scopes_from_claims():
     assert scopes_from_claims({}) == ()
 
 
-def test_settings_from_env():
-    assert JwtSettings.from_env({}) is None
+def test_settings_from_settings():
+    assert JwtSettings.from_settings(load_settings({})) is None
     assert (
-        JwtSettings.from_env({"JOULESTREAM_JWT_JWKS_URL": "http://x", "JOULESTREAM_JWT_ISSUER": "i"}) is None
+        JwtSettings.from_settings(
+            load_settings({"JOULESTREAM_JWT_JWKS_URL": "http://x", "JOULESTREAM_JWT_ISSUER": "i"})
+        )
+        is None
     )
-    s = JwtSettings.from_env(
-        {
-            "JOULESTREAM_JWT_JWKS_URL": "http://x",
-            "JOULESTREAM_JWT_ISSUER": "i",
-            "JOULESTREAM_JWT_AUDIENCE": "a",
-            "JOULESTREAM_JWT_ORG_CLAIM": "org",
-        }
+    s = JwtSettings.from_settings(
+        load_settings(
+            {
+                "JOULESTREAM_JWT_JWKS_URL": "http://x",
+                "JOULESTREAM_JWT_ISSUER": "i",
+                "JOULESTREAM_JWT_AUDIENCE": "a",
+                "JOULESTREAM_JWT_ORG_CLAIM": "org",
+            }
+        )
     )
     assert (s.jwks_url, s.issuer, s.audience, s.org_claim, s.memberships_claim) == (
         "http://x",

@@ -8,7 +8,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from controlplane import current_revision, dispose_engine, get_engine, head_revision, upgrade
-from controlplane.db import load_all_tables
 from controlplane.schema import metadata
 from core.settings import load_settings
 
@@ -27,7 +26,6 @@ def test_upgrade_creates_schema_and_is_idempotent(db_url):
 
 
 def test_migrations_match_metadata(engine):
-    load_all_tables()  # every table module on the shared metadata
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     assert diffs == []

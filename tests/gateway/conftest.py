@@ -79,7 +79,6 @@ class Tenants:
 def cp_engine(tmp_path: Path) -> Iterator[Any]:
     url = f"sqlite:///{tmp_path / 'control.db'}"
     engine = get_engine(url)
-    import controlplane.gateway  # noqa: F401
 
     upgrade(engine)
     yield engine

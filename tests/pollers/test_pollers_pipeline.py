@@ -15,9 +15,8 @@ import pytest
 from sqlalchemy import delete, select
 
 from controlplane import Orgs, dispose_engine, get_engine, upgrade
-from controlplane.connections import Connections, connection_buckets, new_connection_id
-from controlplane.db import load_all_tables
-from controlplane.schema import metadata
+from controlplane.connections import Connections, new_connection_id
+from controlplane.schema import connection_buckets, metadata
 from core.contracts import UsageEvent
 from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.secrets import LocalSecretStore
@@ -229,7 +228,6 @@ def test_polled_usage_lands_once_corrections_replace_and_a_revoked_key_disables(
     assert worker.stop() == 0
     worker_log = worker.log_path.read_text(errors="replace")
     assert worker_log
-    load_all_tables()
     with h.engine.connect() as conn:
         columns = [
             str(v) for t in metadata.sorted_tables for row in conn.execute(select(t)).all() for v in row

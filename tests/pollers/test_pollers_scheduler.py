@@ -13,9 +13,9 @@ from aiokafka.errors import KafkaConnectionError
 from sqlalchemy import select, update
 
 from controlplane import Orgs, Projects
-from controlplane.connections import Connections, connections, new_connection_id
-from controlplane.db import load_all_tables
-from controlplane.schema import metadata
+from controlplane.connections import Connections, new_connection_id
+from controlplane.poll_state import PollState
+from controlplane.schema import connections, metadata
 from core.contracts import Source, UsageEvent
 from core.settings import load_settings
 from pipelines.pollers.scheduler import PollerConfig, PollScheduler, last_poll_at
@@ -126,7 +126,7 @@ async def test_first_poll_publishes_every_bucket_and_a_repoll_changes_nothing(
         assert r.outcome == "ok" and r.published == 0 and r.unchanged >= 1
     assert len(producer.sent) == 4
     # and another poller process computes the very same (event_id, revision) for the same bucket
-    states = Connections(engine).bucket_states(conns["openai"].id)
+    states = PollState(engine).bucket_states(conns["openai"].id)
     assert {(s.event_id, s.revision) for s in states.values()} == {
         (e.event_id, e.revision) for e in first if e.provider == "openai"
     }
@@ -176,7 +176,7 @@ async def test_401_disables_the_connection_and_403_too(
     for cid in (c.id, limited.id):
         after = repo.get(org.id, cid)
         assert after.status == "disabled" and after.next_poll_at is None and after.last_error
-    assert repo.due(datetime.now(UTC) + timedelta(days=30)) == []  # never polled again
+    assert PollState(engine).due(datetime.now(UTC) + timedelta(days=30)) == []  # never polled again
     assert await sched.poll_connection(c.id) is None
     assert ADMIN_KEYS["anthropic"] not in caplog.text and LIMITED_KEYS["openrouter"] not in caplog.text
 
@@ -282,7 +282,7 @@ def test_the_window_always_covers_the_last_completed_bucket(engine, org, secret_
 
 async def test_a_leased_connection_is_not_polled_twice(engine, org, stubs, secret_store, make_scheduler):
     c = register(engine, secret_store, org.id, "openai")
-    repo = Connections(engine)
+    repo = PollState(engine)
     now = datetime.now(UTC)
     assert repo.claim(c.id, "other-poller", now, timedelta(minutes=5)) is not None
     sched = make_scheduler()
@@ -303,7 +303,7 @@ async def test_kafka_failure_postpones_without_counting_and_republishes_the_same
     assert r.outcome == "postponed"
     after = Connections(engine).get(org.id, c.id)
     assert after.consecutive_failures == 0 and after.status == "active" and after.last_polled_at is None
-    assert Connections(engine).bucket_states(c.id) == {}
+    assert PollState(engine).bucket_states(c.id) == {}
     producer.fail = None
     r = await sched.poll_connection(c.id)
     assert r.outcome == "ok" and r.published == 2
@@ -326,7 +326,6 @@ async def test_the_key_is_in_no_table_and_no_log_line(
     await sched.poll_connection(conns[1].id)
     Connections(engine).delete(org.id, conns[2].id)
 
-    load_all_tables()
     with engine.connect() as conn:
         for table in metadata.sorted_tables:
             for row in conn.execute(select(table)).all():

@@ -4,9 +4,13 @@ restart, published versions are found by name, and a gateway event is enriched w
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
-from controlplane import FactorVersions, get_engine
+import pytest
+from sqlalchemy import Engine
+
+from controlplane import FactorVersions, dispose_engine, get_engine, upgrade
 from controlplane.factor_resolver import FACTORS_VERSION_LABEL, FactorResolver
 from core.contracts import EnrichedUsage
 from streams.factors import worker_factors
@@ -27,16 +31,24 @@ def new_version(version: str = "v1.1", published_at: str = "2026-11-23", pue: fl
 V11 = new_version()
 
 
-def test_new_version_is_used_after_the_ttl(tmp_path: Path) -> None:
-    engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated control-plane database (the worker command migrates before the agents start)."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    eng = get_engine(url)
+    upgrade(eng)
+    yield eng
+    dispose_engine(url)
+
+
+def test_new_version_is_used_after_the_ttl(engine: Engine) -> None:
     current = worker_factors(engine, ttl_s=0)
     assert current().version == "v1.0"
     FactorVersions(engine).publish(V11)
     assert current().version == "v1.1"
 
 
-def test_cached_within_the_ttl(tmp_path: Path) -> None:
-    engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
+def test_cached_within_the_ttl(engine: Engine) -> None:
     current = worker_factors(engine, ttl_s=3600)
     assert current().version == "v1.0"
     FactorVersions(engine).publish(V11)
@@ -44,8 +56,7 @@ def test_cached_within_the_ttl(tmp_path: Path) -> None:
     assert current.refresh().version == "v1.1"  # an explicit refresh reads at once
 
 
-def test_versions_by_name(tmp_path: Path) -> None:
-    engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
+def test_versions_by_name(engine: Engine) -> None:
     resolver = worker_factors(engine, ttl_s=3600)
     assert resolver.version("v1.1") is None
     FactorVersions(engine).publish(V11)
@@ -61,8 +72,7 @@ def test_unreadable_control_plane_keeps_the_built_in_set(tmp_path: Path) -> None
     assert resolver.current().version == "v1.0" and resolver.version("v1.0") is not None
 
 
-def test_gateway_event_is_enriched_with_the_version_it_names(tmp_path: Path) -> None:
-    engine = get_engine(f"sqlite:///{tmp_path / 'cp.db'}")
+def test_gateway_event_is_enriched_with_the_version_it_names(engine: Engine) -> None:
     resolver = worker_factors(engine, ttl_s=0)
     FactorVersions(engine).publish(V11)
     enricher = Enricher(resolver, versions=resolver.version)

@@ -1,6 +1,6 @@
 """Inference gateway: prepaid balances per org and signed per-request receipts.
 
-Tables defined in `controlplane/gateway.py` (on the shared metadata).
+Tables defined in `controlplane/schema.py`.
 
 Revision ID: 0010_gateway
 Revises: 0001_initial

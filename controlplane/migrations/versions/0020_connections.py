@@ -1,6 +1,6 @@
 """Provider connections and the pollers' per-bucket state.
 
-Tables defined in `controlplane/connections.py` (on the shared metadata).
+Tables defined in `controlplane/schema.py`.
 
 Revision ID: 0020_connections
 Revises: 0010_gateway

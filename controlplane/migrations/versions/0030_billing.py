@@ -1,6 +1,6 @@
 """Billing periods, carbon-credit inventory and allocations, monthly receipts, processed Stripe events.
 
-Tables defined in `controlplane/billing.py` (on the shared metadata).
+Tables defined in `controlplane/schema.py`.
 
 Revision ID: 0030_billing
 Revises: 0020_connections
