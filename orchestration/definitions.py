@@ -26,6 +26,7 @@ from orchestration.resources import (
     SigningResource,
     StripeResource,
     WarehouseResource,
+    resource_settings,
 )
 
 START_MONTH = "2025-01-01"
@@ -51,7 +52,7 @@ def _service(
         reader_factory=warehouse.reader,
         store=artifacts.store(),
         keyring_factory=signing.keyring,
-        public_url=warehouse.settings().public_url,
+        public_url=resource_settings(warehouse.home).public_url,
         progress=progress,
     )
 
