@@ -29,6 +29,7 @@ from core.settings import Settings
 from pipelines import simulate
 from streams.split import EnrichProcess, EnrichSupervisor
 from streams.worker import Pipeline, build_app
+from warehouse.client import ping
 from warehouse.runtime import RuntimeInfo, clear_runtime, publish_runtime
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def http_app(
         return await check_kafka(pipeline.producer, settings.raw_topic)
 
     async def warehouse_check() -> None:
-        await warehouse.run(lambda client: client.command("SELECT 1"))
+        await warehouse.run(ping)
 
     api = create_app(
         settings,

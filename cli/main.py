@@ -15,6 +15,7 @@ from rich.table import Table
 
 from cli.broker import EmbeddedBroker
 from cli.controlplane import factors_app, keys_app, orgs_app
+from core.methodology import joules_to_kwh
 from core.settings import Settings, load_settings
 
 app = typer.Typer(help="joulestream — energy and carbon accounting for AI inference.", no_args_is_help=True)
@@ -242,7 +243,7 @@ def totals(
     t = data["totals"]
     console.print(
         f"events {t['events']:,}  requests {t['request_count']:,}  tokens {t['total_tokens']:,}  "
-        f"energy {t['energy_j'] / 3.6e6:,.3f} kWh  CO2e {t['co2_kg']:,.4f} kg "
+        f"energy {joules_to_kwh(t['energy_j']):,.3f} kWh  CO2e {t['co2_kg']:,.4f} kg "
         f"[{t['co2_kg_low']:,.4f} – {t['co2_kg_high']:,.4f}]"
     )
     if data["rows"]:
@@ -255,7 +256,7 @@ def totals(
                 *[str(r[k]) for k in keys],
                 f"{r['events']:,}",
                 f"{r['total_tokens']:,}",
-                f"{r['energy_j'] / 3.6e6:,.4f}",
+                f"{joules_to_kwh(r['energy_j']):,.4f}",
                 f"{r['co2_kg']:,.5f}",
             )
         console.print(table)

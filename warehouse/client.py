@@ -145,6 +145,11 @@ def get_client(settings: Settings | None = None, database: str | None = None) ->
         return client
 
 
+def ping(client: Client) -> None:
+    """Raises when the warehouse does not answer (health checks)."""
+    client.command("SELECT 1")
+
+
 def ensure_database(client: Client, database: str) -> None:
     """CREATE DATABASE IF NOT EXISTS; tolerated to fail when the database exists (no DDL rights)."""
     try:

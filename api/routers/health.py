@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from api.deps import AppContext
+from warehouse.client import ping
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("joulestream.api.health")
@@ -106,18 +107,18 @@ def _warehouse_check(ctx: AppContext):
         return None
     factory = ctx.warehouse_client_factory
 
-    def ping() -> None:
-        factory().command("SELECT 1")
+    def check() -> None:
+        ping(factory())
 
-    return ping
+    return check
 
 
 def _database_check(ctx: AppContext):
-    def ping() -> None:
+    def ping_db() -> None:
         with ctx.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
-    return ping
+    return ping_db
 
 
 @router.get(
