@@ -227,6 +227,14 @@ class Gateway:
                 503, "The gateway hit an internal error; retry.", type="api_error", code="internal_error"
             ).response(base)
 
+    def _client_fault(self, ctx: RequestCtx, cand: Candidate, fault: ClientFault) -> Response:
+        """The upstream refused the request as the client's fault: release the reservation, relay its answer."""
+        self.prepaid.settle(ctx.reservation, 0)
+        ctx.reservation = None
+        return fault.response(
+            {"X-Request-Id": ctx.request_id, "X-Routed-To": cand.upstream.routed_to, "X-Tier": ctx.tier.value}
+        )
+
     async def _forward(self, ctx: RequestCtx, cands: list[Candidate]) -> Response:
         path = PATHS[ctx.endpoint]
         for cand in cands:
@@ -236,15 +244,7 @@ class Gateway:
                 ctx.attempts.append(f.attempt)
                 continue
             except ClientFault as fault:
-                self.prepaid.settle(ctx.reservation, 0)
-                ctx.reservation = None
-                return fault.response(
-                    {
-                        "X-Request-Id": ctx.request_id,
-                        "X-Routed-To": cand.upstream.routed_to,
-                        "X-Tier": ctx.tier.value,
-                    }
-                )
+                return self._client_fault(ctx, cand, fault)
             data = answer.data
             model = (
                 data.get("model") if isinstance(data.get("model"), str) and data.get("model") else cand.model
@@ -276,15 +276,7 @@ class Gateway:
                 ctx.attempts.append(f.attempt)
                 continue
             except ClientFault as fault:
-                self.prepaid.settle(ctx.reservation, 0)
-                ctx.reservation = None
-                return fault.response(
-                    {
-                        "X-Request-Id": ctx.request_id,
-                        "X-Routed-To": cand.upstream.routed_to,
-                        "X-Tier": ctx.tier.value,
-                    }
-                )
+                return self._client_fault(ctx, cand, fault)
             # Headers go out before the body: they carry an estimate (prompt tokens counted from the
             # request, output = max_tokens or routing.default_output_tokens), flagged as such. The receipt
             # and the usage event use the usage of the final chunk (docs/gateway.md, "Streaming").
