@@ -45,6 +45,11 @@ MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 PeriodStatus = Literal["open", "closing", "closed", "failed"]
 
 
+def _period_row(conn: Any, period_id: str) -> Any:
+    """The period's row (raises NoResultFound for an unknown id)."""
+    return conn.execute(select(billing_periods).where(billing_periods.c.id == period_id)).mappings().one()
+
+
 class Period(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -182,11 +187,7 @@ class BillingPeriods:
         cutoff = _ms(cutoff)
         with self.engine.begin() as conn:
             lock_period(conn, period_id)
-            row = (
-                conn.execute(select(billing_periods).where(billing_periods.c.id == period_id))
-                .mappings()
-                .one()
-            )
+            row = _period_row(conn, period_id)
             if row["status"] == "closed":
                 return _period(row)
             later_closed = conn.execute(
@@ -215,11 +216,7 @@ class BillingPeriods:
             if row["status"] != "closing" or row["closing_since"] is None:
                 values["closing_since"] = _now()
             conn.execute(update(billing_periods).where(billing_periods.c.id == period_id).values(**values))
-            row = (
-                conn.execute(select(billing_periods).where(billing_periods.c.id == period_id))
-                .mappings()
-                .one()
-            )
+            row = _period_row(conn, period_id)
         return _period(row)
 
     def record_figures(self, period_id: str, figures: dict[str, Any]) -> Period:
@@ -228,11 +225,7 @@ class BillingPeriods:
         text = json.dumps(figures, sort_keys=True, separators=(",", ":"))
         with self.engine.begin() as conn:
             lock_period(conn, period_id)
-            row = (
-                conn.execute(select(billing_periods).where(billing_periods.c.id == period_id))
-                .mappings()
-                .one()
-            )
+            row = _period_row(conn, period_id)
             if row["figures"] is not None:
                 if json.loads(row["figures"]) != json.loads(text):
                     raise Conflict(
@@ -249,21 +242,13 @@ class BillingPeriods:
                     co2_kg_high=figures.get("co2_kg_high"),
                 )
             )
-            row = (
-                conn.execute(select(billing_periods).where(billing_periods.c.id == period_id))
-                .mappings()
-                .one()
-            )
+            row = _period_row(conn, period_id)
         return _period(row)
 
     def mark_closed(self, period_id: str, credits_retired_kg: float | None) -> Period:
         with self.engine.begin() as conn:
             lock_period(conn, period_id)
-            row = (
-                conn.execute(select(billing_periods).where(billing_periods.c.id == period_id))
-                .mappings()
-                .one()
-            )
+            row = _period_row(conn, period_id)
             if row["status"] != "closed":
                 conn.execute(
                     update(billing_periods)
