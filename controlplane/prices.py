@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -290,3 +290,14 @@ class PriceLookup:
             return None if o is None else converter(o)
 
         return lookup
+
+    def prices(self) -> Callable[[str, str, str], Any]:
+        """The lookup in core's terms, as the enrichment takes it: `(org_id, provider, model) -> Prices | None`."""
+        return self.using(as_prices)
+
+
+def as_prices(o: PriceOverride) -> Any:
+    """The override as core's `Prices` (what `enrich` takes)."""
+    from core.methodology import Prices
+
+    return Prices(o.input, o.cached_input, o.cache_write, o.output, o.source)
