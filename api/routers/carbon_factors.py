@@ -11,11 +11,12 @@ from datetime import date, datetime
 
 from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import Ctx, ReadPrincipal
 from api.errors import error_responses
 from controlplane import FactorVersion, NotFound
+from core.methodology import PHASES, TierFactors
 
 router = APIRouter(prefix="/carbon-factors", tags=["carbon factors"], responses=error_responses(401, 403))
 
@@ -37,6 +38,16 @@ class TierOut(BaseModel):
     energy_per_token_cache_creation_j: float
     low: PhaseJoules
     high: PhaseJoules
+    # the seed contract's per-tier fields: joulestream's PUE and grid intensity are per provider and region
+    # (see `pue` and `grid_intensity_kg_per_kwh` below), so a tier shows what applies to an unknown provider
+    pue: float = Field(description="PUE applied when the provider is unknown (the set's default)")
+    grid_intensity_kg_per_kwh: float = Field(
+        description="kg CO2e/kWh applied when the provider is unknown (the set's default, location-based)"
+    )
+    uncertainty_pct: float = Field(
+        description="The band's widest deviation from the point value over the phases, % (the band is "
+        "asymmetric: `low` and `high` give it exactly)"
+    )
     sources: list[str]
 
 
@@ -78,6 +89,18 @@ class FactorVersionList(BaseModel):
     versions: list[FactorVersionItem]
 
 
+def tier_uncertainty_pct(t: TierFactors) -> float:
+    """The widest relative deviation of a tier's low or high per-token energy from its point value, in %."""
+    worst = 0.0
+    for phase in PHASES:
+        point = getattr(t.point, phase)
+        if point > 0:
+            worst = max(
+                worst, (getattr(t.high, phase) - point) / point, (point - getattr(t.low, phase)) / point
+            )
+    return round(worst * 100, 1)
+
+
 def factor_version_out(fv: FactorVersion, is_current: bool) -> FactorVersionOut:
     fs = fv.factor_set
     patterns: dict[str, list[str]] = {name: [] for name in fs.tiers}
@@ -94,6 +117,9 @@ def factor_version_out(fv: FactorVersion, is_current: bool) -> FactorVersionOut:
             energy_per_token_cache_creation_j=t.point.cache_creation,
             low=PhaseJoules(**t.low.model_dump()),
             high=PhaseJoules(**t.high.model_dump()),
+            pue=fs.default_pue,
+            grid_intensity_kg_per_kwh=fs.default_grid_intensity,
+            uncertainty_pct=tier_uncertainty_pct(t),
             sources=list(t.sources),
         )
         for name, t in fs.tiers.items()

@@ -4,6 +4,7 @@ and its source, taken from the current carbon factor version (so it always match
 from __future__ import annotations
 
 from datetime import date
+from statistics import median
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -11,7 +12,9 @@ from pydantic import BaseModel
 
 from api.deps import Ctx
 from api.errors import error_responses
+from api.routers.carbon_factors import tier_uncertainty_pct
 from controlplane import NotFound
+from core.methodology import FactorSet
 
 router = APIRouter(tags=["methodology"])
 
@@ -78,8 +81,13 @@ class MethodologyOut(BaseModel):
     fallback_tier: str
     pue_values: dict[str, object]
     grid_intensity: dict[str, object]
-    uncertainty: dict[str, str]
+    uncertainty: dict[str, str | float]
     sources: list[SourceOut]
+
+
+def _default_uncertainty_pct(fs: FactorSet) -> float:
+    """The fallback tier's widest band deviation, % (what an unknown model gets)."""
+    return tier_uncertainty_pct(fs.tiers[fs.fallback_tier])
 
 
 @router.get(
@@ -128,6 +136,8 @@ async def methodology(ctx: Ctx) -> MethodologyOut:
         pue_values={
             "providers": dict(fs.pue),
             "default": fs.default_pue,
+            # the seed contract's two figures: the known providers' median PUE, and the unknown-provider one
+            "known_hyperscalers": median(fs.pue.values()) if fs.pue else fs.default_pue,
             "unknown_providers": fs.default_pue,
         },
         grid_intensity={
@@ -135,7 +145,12 @@ async def methodology(ctx: Ctx) -> MethodologyOut:
             "basis": "location-based annual average of the provider's region; provider default when unknown",
             "providers": {p: dict(r) for p, r in fs.grid.items()},
             "default": fs.default_grid_intensity,
+            "value_kg_per_kwh": fs.default_grid_intensity,  # the seed contract's single value: the default
         },
-        uncertainty={"method": "low/high bounds per tier and phase", "basis": UNCERTAINTY_BASIS},
+        uncertainty={
+            "method": "low/high bounds per tier and phase",
+            "basis": UNCERTAINTY_BASIS,
+            "default_pct": _default_uncertainty_pct(fs),
+        },
         sources=[SourceOut(key=k, citation=v) for k, v in fs.sources.items()],
     )

@@ -103,3 +103,25 @@ async def test_methodology_is_public(api, engine):
     m = (await api.get("/api/v1/methodology")).json()
     assert m["version"] == "v9.0" and m["grid_intensity"]["default"] == 0.481
     assert m["sources"] == [{"key": "s1", "citation": "A test citation"}]
+
+
+async def test_seed_contract_fields(api, tenants):
+    """The fields the seed's API contract documents: per-tier `pue`, `grid_intensity_kg_per_kwh`,
+    `uncertainty_pct`; the methodology's `known_hyperscalers` / `unknown_providers` PUE and default figures."""
+    current = (await api.get(f"{CF}/current", headers=bearer(tenants[0].read))).json()
+    for tier in current["tiers"]:
+        assert tier["pue"] == current["pue"]["default"]
+        assert tier["grid_intensity_kg_per_kwh"] == current["grid_intensity_kg_per_kwh"]["default"]
+        assert 0.001 < tier["grid_intensity_kg_per_kwh"] < 2.0  # kg/kWh, not the seed's t/kWh example
+        point, low, high = tier["energy_per_token_decode_j"], tier["low"]["decode"], tier["high"]["decode"]
+        assert tier["uncertainty_pct"] >= round(max(high - point, point - low) / point * 100, 1)
+    small = next(t for t in current["tiers"] if t["model_tier"] == "small")
+    assert small["uncertainty_pct"] == 900.0  # v1.0 small: cached 0.005 J, high 0.05 J → +900 %
+    m = (await api.get("/api/v1/methodology")).json()
+    pue = m["pue_values"]
+    assert pue["unknown_providers"] == pue["default"] == current["pue"]["default"]
+    assert min(pue["providers"].values()) <= pue["known_hyperscalers"] <= max(pue["providers"].values())
+    assert m["grid_intensity"]["value_kg_per_kwh"] == m["grid_intensity"]["default"]
+    assert m["uncertainty"]["default_pct"] == next(
+        t["uncertainty_pct"] for t in current["tiers"] if t["model_tier"] == m["fallback_tier"]
+    )
