@@ -24,6 +24,7 @@ from controlplane.prices import PriceLookup, PriceOverrides
 from core.contracts import UsageEvent
 from core.methodology import enrich, load_factor_set
 from pipelines.simulate import generate
+from tests.stack import publish
 from warehouse.ledger import write_enriched
 
 TOKENS = ("input_tokens_uncached", "input_tokens_cached", "input_tokens_cache_creation", "output_tokens")
@@ -195,3 +196,37 @@ def test_reenrich_rejects_bad_arguments(warehouse, engine, tmp_path, monkeypatch
     assert r.exit_code == 2 and "YYYY-MM-DD" in r.output
     r = runner.invoke(app, ["reenrich", "--factors", "v2.0", "--since", "2026-11-01", "--org", "nobody"])
     assert r.exit_code == 2 and "no org 'nobody'" in r.output
+
+
+@pytest.mark.slow
+def test_reenrich_through_the_running_runtime(stack, worker, monkeypatch):
+    """With a runtime holding the embedded warehouse (`joulestream worker --http-port`, as `up` does), the
+    command asks it over loopback (the same queries and the same ledger writer): the runtime's totals become
+    the v2.0 figures of the final events."""
+    worker.start()
+    now = datetime.now(UTC)
+    traffic = generate(600, days=10, now=now, invalid_rate=0)
+    assert publish(stack, traffic.messages) == len(traffic.messages)
+    final = list(traffic.final.values())
+    worker.wait_for(lambda s: s["totals"]["totals"]["events"] >= len(final), what="the traffic stored")
+    for key, value in stack.env.items():
+        if key.startswith("JOULESTREAM_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("JOULESTREAM_CLICKHOUSE", raising=False)  # the worker's own path: it holds it
+    r = CliRunner(env={"COLUMNS": "300"}).invoke(
+        app, ["reenrich", "--factors", "v2.0", "--since", "2015-01-01"]
+    )
+    assert r.exit_code == 0, r.output
+    assert f"{len(final):,} re-enriched with v2.0" in r.output
+    got = worker.totals()["totals"]
+    want = {"": defaultdict(float)}
+    fs = load_factor_set("v2.0")
+    for e in final:
+        en = enrich(e, fs, NOW)
+        for f in FIGURES:
+            want[""][f] += getattr(en, f) or 0
+    assert got["events"] == len(final)
+    for f, v in want[""].items():
+        if f in got:
+            assert math.isclose(got[f], v, rel_tol=1e-9, abs_tol=1e-12), f
+    assert worker.stop() == 0
