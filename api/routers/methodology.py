@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from api.deps import Ctx
 from api.errors import error_responses
-from api.routers.carbon_factors import tier_uncertainty_pct
+from api.routers.carbon_factors import V2Sections, tier_uncertainty_pct, v2_sections
 from controlplane import NotFound
 from core.methodology import FactorSet
 
@@ -26,6 +26,23 @@ FORMULA = [
     "facility J = IT J × PUE(provider)",
     "kWh = facility J / 3.6e6",
     "kg CO2e = kWh × grid intensity(provider, region) [kg CO2e/kWh, location-based]",
+]
+FORMULA_V2 = [
+    "co2_kg_market = kWh × market-based grid intensity(provider, region)",
+    "co2_kg_embodied = IT J × embodied k [kg CO2e per J of IT energy; not × PUE]",
+    "water_l = IT kWh × (on-site WUE(provider) + PUE × off-site water(country of the region)) [L/kWh]",
+    "cost_usd = (uncached × input + cached × cached_input + cache_write × cache_write + output × output) / 1e6 "
+    "[USD per 1M tokens: the org's override, else the price book]",
+    "measured energy (when an event carries one) replaces the token estimate: gpu boundary × host factor × PUE, "
+    "server × PUE, facility as measured; energy_source = measured",
+]
+FIGURES = [
+    ("energy_j", "J", "facility energy (IT × PUE); energy_source says whether estimated from tokens or measured"),
+    ("co2_kg", "kg CO2e", "Scope 2, location-based (operational); the meaning it always had"),
+    ("co2_kg_market", "kg CO2e", "Scope 2, market-based (the providers' contractual instruments)"),
+    ("co2_kg_embodied", "kg CO2e", "Scope 3 (category 1, purchased services): the hardware's embodied share"),
+    ("water_l", "L", "water consumed on site (cooling) and off site (electricity generation)"),
+    ("cost_usd", "USD", "price of the tokens: the org's price override, else the factor set's price book"),
 ]
 PHASES = [
     {"name": "prefill", "tokens": "input_tokens_uncached", "description": "uncached input (prompt) tokens"},
@@ -69,7 +86,13 @@ class SourceOut(BaseModel):
     citation: str
 
 
-class MethodologyOut(BaseModel):
+class FigureOut(BaseModel):
+    field: str
+    unit: str
+    meaning: str
+
+
+class MethodologyOut(V2Sections):
     version: str
     published_at: date
     description: str
@@ -82,6 +105,7 @@ class MethodologyOut(BaseModel):
     pue_values: dict[str, object]
     grid_intensity: dict[str, object]
     uncertainty: dict[str, str | float]
+    figures: list[FigureOut]
     sources: list[SourceOut]
 
 
@@ -109,13 +133,16 @@ async def methodology(ctx: Ctx) -> MethodologyOut:
         published_at=fv.published_at.date(),
         description=fs.description,
         pipeline=PIPELINE,
-        formula=FORMULA,
+        formula=FORMULA + (FORMULA_V2 if fs.embodied is not None else []),
         units={
             "energy": "J (1 kWh = 3.6e6 J)",
             "energy_per_token": "J of IT (server) energy per token, before PUE",
             "pue": "dimensionless, facility energy / IT energy",
             "grid_intensity": "kg CO2e per kWh",
             "co2e": "kg",
+            "embodied": "kg CO2e per J of IT energy",
+            "water": "L per kWh (on-site per IT kWh, off-site per kWh generated)",
+            "price": "USD per 1,000,000 tokens",
         },
         phases=[PhaseOut(**p) for p in PHASES],
         tiers=[
@@ -152,5 +179,11 @@ async def methodology(ctx: Ctx) -> MethodologyOut:
             "basis": UNCERTAINTY_BASIS,
             "default_pct": _default_uncertainty_pct(fs),
         },
+        figures=[
+            FigureOut(field=f, unit=u, meaning=m)
+            for f, u, m in FIGURES
+            if fs.embodied is not None or f in ("energy_j", "co2_kg")
+        ],
         sources=[SourceOut(key=k, citation=v) for k, v in fs.sources.items()],
+        **dict(v2_sections(fs)),
     )
