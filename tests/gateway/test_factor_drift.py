@@ -17,6 +17,7 @@ import pytest
 
 from controlplane import FactorVersions
 from controlplane.factor_resolver import FactorResolver
+from core.methodology import FACTORS_DIR
 from pipelines.gateway.booking import fmt
 from tests.gateway.conftest import GatewayFactory, GatewayHandle, Tenants
 from tests.stack import REPO, Stack, WorkerProcess
@@ -50,7 +51,32 @@ COLUMNS = [
     "co2_kg",
     "co2_kg_low",
     "co2_kg_high",
+    # methodology v2 (None in the v1.x phases)
+    "energy_source",
+    "co2_kg_market",
+    "co2_kg_market_low",
+    "co2_kg_market_high",
+    "co2_kg_embodied",
+    "co2_kg_embodied_low",
+    "co2_kg_embodied_high",
+    "water_l",
+    "water_l_low",
+    "water_l_high",
+    "cost_usd",
+    "price_source",
 ]
+V2_PAIRS = (  # receipt field, ledger column, scale
+    ("carbon_market_mg", "co2_kg_market", 1e6),
+    ("carbon_market_mg_low", "co2_kg_market_low", 1e6),
+    ("carbon_market_mg_high", "co2_kg_market_high", 1e6),
+    ("carbon_embodied_mg", "co2_kg_embodied", 1e6),
+    ("carbon_embodied_mg_low", "co2_kg_embodied_low", 1e6),
+    ("carbon_embodied_mg_high", "co2_kg_embodied_high", 1e6),
+    ("water_ml", "water_l", 1e3),
+    ("water_ml_low", "water_l_low", 1e3),
+    ("water_ml_high", "water_l_high", 1e3),
+    ("cost_usd", "cost_usd", 1),
+)
 
 
 def one_request(gw: GatewayHandle, i: int) -> dict[str, Any]:
@@ -115,6 +141,10 @@ def test_receipts_and_ledger_agree_across_factor_publications(
         factor_versions.publish(new_version("v1.2", "2026-11-24", pue=1.3))
         resolver.refresh()
         phase("v1.2, worker on v1.1")
+        # methodology v2: market-based, embodied, water and cost in the receipt and the ledger row alike
+        factor_versions.publish((FACTORS_DIR / "v2.0.yaml").read_text())
+        resolver.refresh()
+        phase("v2.0")
     finally:
         stop.set()
         thread.join(30)
@@ -171,16 +201,26 @@ def test_receipts_and_ledger_agree_across_factor_publications(
             row["co2_kg_low"] * 1e6,
             row["co2_kg_high"] * 1e6,
         ), s
+        assert p["energy_source"] == row["energy_source"] and p["price_source"] == row["price_source"]
+        for field, column, scale in V2_PAIRS:
+            want = None if row[column] is None else row[column] * scale
+            assert p[field] == want, (s, field)
         if s["headers"] is not None:  # not streamed: the headers carry the booked figures
             h = s["headers"]
             assert h["x-factors-version"] == row["factors_version"]
             assert h["x-energy-joules"] == fmt(row["energy_j"])
             assert h["x-carbon-mg"] == fmt(row["co2_kg"] * 1e6)
+            if row["co2_kg_market"] is not None:
+                assert h["x-carbon-market-mg"] == fmt(row["co2_kg_market"] * 1e6)
+                assert h["x-water-ml"] == fmt(row["water_l"] * 1e3)
 
     assert versions_by_phase["v1.0"] == {"v1.0"}
     assert versions_by_phase["v1.0, worker on v1.1"] == {"v1.0"}
     assert versions_by_phase["v1.1"] == {"v1.1"}
     assert versions_by_phase["v1.2, worker on v1.1"] == {"v1.2"}
+    assert versions_by_phase["v2.0"] == {"v2.0"}
+    v2_rows = [rows[receipts[s["rid"]]["event_id"]] for s in served if s["phase"] == "v2.0"]
+    assert all(r["co2_kg_market"] is not None and r["water_l"] is not None for r in v2_rows)
     assert {"v1.0", "v1.1", "v1.2"} <= versions_by_phase["background"]
     pues = {rows[receipts[s["rid"]]["event_id"]]["pue"] for s in served if s["phase"] != "background"}
     assert {1.5, 1.3} <= pues and len(pues) >= 3  # the versions' figures differ

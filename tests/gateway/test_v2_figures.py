@@ -88,8 +88,8 @@ def test_headers_and_receipt_carry_the_v2_figures(v2_gateway, tenants, fresh_stu
         model="auto", messages=Q
     )
     fp_b = _footprint(raw_b.parse())
-    pb = v2_gateway.http(
-        "GET", f"/v1/receipts/{raw_b.headers['x-receipt-id']}", key=tenants.key_b
-    ).json()["payload"]
+    pb = v2_gateway.http("GET", f"/v1/receipts/{raw_b.headers['x-receipt-id']}", key=tenants.key_b).json()[
+        "payload"
+    ]
     assert pb["cost_usd"] == fp_b.cost_usd and pb["price_source"] == fp_b.price_source
     assert pb["price_source"] is None or not pb["price_source"].startswith("org override")
