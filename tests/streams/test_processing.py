@@ -38,7 +38,7 @@ def rec(value: bytes | None, key: bytes | None = b"k", offset: int = 0) -> InRec
 
 
 def enricher() -> Enricher:
-    fs = load_factor_set()
+    fs = load_factor_set("v1.0")
     return Enricher(lambda: fs)
 
 
@@ -105,7 +105,7 @@ def test_dedup_window_is_bounded() -> None:
 
 
 def test_new_factor_version_applies_from_the_next_batch() -> None:
-    fs = load_factor_set()
+    fs = load_factor_set("v1.0")
     current = {"fs": fs}
     e = Enricher(lambda: current["fs"])
     first = EnrichedUsage.model_validate_json(
