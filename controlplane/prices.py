@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -38,7 +38,7 @@ from controlplane._util import now as _now
 from controlplane.errors import Conflict, Invalid, NotFound
 from controlplane.models import _Row
 from controlplane.schema import organizations, price_overrides
-from core.methodology import normalise_model
+from core.methodology import Prices, normalise_model
 
 log = logging.getLogger(__name__)
 
@@ -291,13 +291,11 @@ class PriceLookup:
 
         return lookup
 
-    def prices(self) -> Callable[[str, str, str], Any]:
+    def prices(self) -> Callable[[str, str, str], Prices | None]:
         """The lookup in core's terms, as the enrichment takes it: `(org_id, provider, model) -> Prices | None`."""
         return self.using(as_prices)
 
 
-def as_prices(o: PriceOverride) -> Any:
+def as_prices(o: PriceOverride) -> Prices:
     """The override as core's `Prices` (what `enrich` takes)."""
-    from core.methodology import Prices
-
     return Prices(o.input, o.cached_input, o.cache_write, o.output, o.source)

@@ -160,7 +160,8 @@ def v2_sections(fs: FactorSet) -> V2Sections:
     out = V2Sections()
     if fs.grid_market is not None and fs.default_grid_market_intensity is not None:
         out.grid_market_intensity_kg_per_kwh = MarketGridOut(
-            providers={p: dict(r) for p, r in fs.grid_market.items()}, default=fs.default_grid_market_intensity
+            providers={p: dict(r) for p, r in fs.grid_market.items()},
+            default=fs.default_grid_market_intensity,
         )
     e = fs.embodied
     if e is not None:

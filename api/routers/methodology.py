@@ -37,7 +37,11 @@ FORMULA_V2 = [
     "server × PUE, facility as measured; energy_source = measured",
 ]
 FIGURES = [
-    ("energy_j", "J", "facility energy (IT × PUE); energy_source says whether estimated from tokens or measured"),
+    (
+        "energy_j",
+        "J",
+        "facility energy (IT × PUE); energy_source says whether estimated from tokens or measured",
+    ),
     ("co2_kg", "kg CO2e", "Scope 2, location-based (operational); the meaning it always had"),
     ("co2_kg_market", "kg CO2e", "Scope 2, market-based (the providers' contractual instruments)"),
     ("co2_kg_embodied", "kg CO2e", "Scope 3 (category 1, purchased services): the hardware's embodied share"),

@@ -99,6 +99,8 @@ def _assert_equal(got, want, where: str) -> None:
 
 def test_reenrich_open_periods_exactly_and_refuse_closed(warehouse, engine, tmp_path, monkeypatch):
     client, database = warehouse
+    for table in ("usage_events", "usage_daily"):  # every figure is checked, in the ledger and the rollup
+        assert set(FIGURES) <= _columns(client, table), table
     orgs = [Orgs(engine).create(slug) for slug in ("acme", "beta")]
     tenants = {o.id: [Projects(engine).ensure_default_project(o.id).id] for o in orgs}
     acme, beta = orgs
@@ -155,13 +157,12 @@ def test_reenrich_open_periods_exactly_and_refuse_closed(warehouse, engine, tmp_
         "GROUP BY m, factors_version HAVING sum(sign) != 0 ORDER BY m"
     ).result_rows
     assert [(m, v) for m, v, _ in versions] == [("2026-10", "v1.0"), ("2026-11", "v2.0")]
-    if "price_source" in _columns(client, "usage_events"):
-        sources = client.query(
-            "SELECT DISTINCT price_source FROM usage_events WHERE org_id = {o:String} AND sign = 1 "
-            "AND factors_version = 'v2.0'",
-            parameters={"o": beta.id},
-        ).result_rows
-        assert len(sources) == 1 and sources[0][0].startswith("org override ")
+    sources = client.query(
+        "SELECT DISTINCT price_source FROM usage_events WHERE org_id = {o:String} AND sign = 1 "
+        "AND factors_version = 'v2.0'",
+        parameters={"o": beta.id},
+    ).result_rows
+    assert len(sources) == 1 and sources[0][0].startswith("org override ")
 
     # 3. again: nothing to do, nothing written
     rows = client.command("SELECT count() FROM usage_events")
