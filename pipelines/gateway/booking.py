@@ -4,7 +4,7 @@ A request computes its figures with the factor set it took at its start (`Reques
 that set's version on its usage event (label `FACTORS_VERSION_LABEL`); enrichment applies the stamped
 version, so the ledger row of the event equals the signed receipt even across `joulestream factors publish`.
 
-`cost_usd` (receipt, `X-Cost-USD`) is what enrichment records too: the tokens at the org's price override
+`cost_usd` (receipt `cost_usd_micros`, header `X-Cost-USD`) is what enrichment records too: the tokens at the org's price override
 (`controlplane.prices`, as the gateway last read it) or the factor set's price book. It is not what the
 gateway charges a prepaid balance (`price_usd_micros`: the routing file's prices for the upstream that
 answered, rounded up to whole micro-USD).
@@ -19,7 +19,7 @@ from typing import Any
 
 from controlplane.factor_resolver import FACTORS_VERSION_LABEL
 from core.contracts import RoutingTier, Source, UsageEvent
-from core.methodology import FactorSet, Footprint, Prices, compute_footprint
+from core.methodology import J_PER_KWH, FactorSet, Footprint, Prices, compute_footprint
 from core.pricing import price_micros
 from core.receipts import utc_timestamp
 from pipelines.gateway.auth import Caller
@@ -144,10 +144,11 @@ def v2_headers(fp: Footprint) -> dict[str, str]:
         ("X-Carbon-Market-mg", _mg(fp.co2_kg_market)),
         ("X-Carbon-Embodied-mg", _mg(fp.co2_kg_embodied)),
         ("X-Water-mL", _ml(fp.water_l)),
-        ("X-Cost-USD", fp.cost_usd),
     ):
         if value is not None:
             out[name] = fmt(value)
+    if fp.cost_usd is not None:  # a request costs fractions of a cent: ten decimals
+        out["X-Cost-USD"] = f"{fp.cost_usd:.10f}".rstrip("0").rstrip(".") or "0"
     return out
 
 
@@ -264,7 +265,7 @@ def receipt(
         "water_ml": _ml(fp.water_l),
         "water_ml_low": _ml(fp.water_l_low),
         "water_ml_high": _ml(fp.water_l_high),
-        "cost_usd": fp.cost_usd,
+        "cost_usd_micros": None if fp.cost_usd is None else fp.cost_usd * 1e6,
         "price_source": fp.price_source,
         "factors_version": fp.factors_version,
         "factors": {
@@ -275,7 +276,9 @@ def receipt(
             "j_per_decode_token": fp.j_per_decode_token,
             "j_per_cached_token": fp.j_per_cached_token,
             "grid_market_intensity_kg_per_kwh": fp.grid_market_intensity_kg_per_kwh,
-            "embodied_kg_per_it_j": fp.embodied_kg_per_it_j,
+            "embodied_kg_per_it_kwh": (
+                None if fp.embodied_kg_per_it_j is None else fp.embodied_kg_per_it_j * J_PER_KWH
+            ),
             "wue_onsite_l_per_kwh": fp.wue_onsite_l_per_kwh,
             "water_offsite_l_per_kwh": fp.water_offsite_l_per_kwh,
             "price_usd_per_1m_input": fp.price_usd_per_1m_input,

@@ -51,7 +51,7 @@ class StreamRelay:
             "carbon_market_mg": None if fp.co2_kg_market is None else fp.co2_kg_market * 1e6,
             "carbon_embodied_mg": None if fp.co2_kg_embodied is None else fp.co2_kg_embodied * 1e6,
             "water_ml": None if fp.water_l is None else fp.water_l * 1e3,
-            "cost_usd": fp.cost_usd,
+            "cost_usd_micros": None if fp.cost_usd is None else fp.cost_usd * 1e6,
             "energy_source": fp.energy_source.value,
             "tier": self.ctx.tier.value,
             "routed_to": self.cand.upstream.routed_to,

@@ -17,7 +17,6 @@ import pytest
 
 from controlplane import FactorVersions
 from controlplane.factor_resolver import FactorResolver
-from core.methodology import FACTORS_DIR
 from pipelines.gateway.booking import fmt
 from tests.gateway.conftest import GatewayFactory, GatewayHandle, Tenants
 from tests.stack import REPO, Stack, WorkerProcess
@@ -51,7 +50,7 @@ COLUMNS = [
     "co2_kg",
     "co2_kg_low",
     "co2_kg_high",
-    # methodology v2 (None in the v1.x phases)
+    # methodology v2
     "energy_source",
     "co2_kg_market",
     "co2_kg_market_low",
@@ -75,7 +74,7 @@ V2_PAIRS = (  # receipt field, ledger column, scale
     ("water_ml", "water_l", 1e3),
     ("water_ml_low", "water_l_low", 1e3),
     ("water_ml_high", "water_l_high", 1e3),
-    ("cost_usd", "cost_usd", 1),
+    ("cost_usd_micros", "cost_usd", 1e6),
 )
 
 
@@ -130,21 +129,17 @@ def test_receipts_and_ledger_agree_across_factor_publications(
     thread = threading.Thread(target=serve_in_background, daemon=True)
     thread.start()
     try:
-        phase("v1.0")
-        factor_versions.publish(new_version("v1.1", "2026-11-23", pue=1.5))
-        # past the worker's 10 s re-read: its current set is v1.1 while the gateway still serves v1.0
+        phase("v2.0")  # the seeded current set (methodology v2: market, embodied, water, cost)
+        factor_versions.publish(new_version("v2.1", "2026-12-04", pue=1.5))
+        # past the worker's 10 s re-read: its current set is v2.1 while the gateway still serves v2.0
         time.sleep(11)
-        phase("v1.0, worker on v1.1")
+        phase("v2.0, worker on v2.1")
         resolver.refresh()
-        phase("v1.1")
-        # the gateway re-reads at once, the worker (re-read within the last 10 s) still has v1.1
-        factor_versions.publish(new_version("v1.2", "2026-11-24", pue=1.3))
+        phase("v2.1")
+        # the gateway re-reads at once, the worker (re-read within the last 10 s) still has v2.1
+        factor_versions.publish(new_version("v2.2", "2026-12-05", pue=1.3))
         resolver.refresh()
-        phase("v1.2, worker on v1.1")
-        # methodology v2: market-based, embodied, water and cost in the receipt and the ledger row alike
-        factor_versions.publish((FACTORS_DIR / "v2.0.yaml").read_text())
-        resolver.refresh()
-        phase("v2.0")
+        phase("v2.2, worker on v2.1")
     finally:
         stop.set()
         thread.join(30)
@@ -214,14 +209,13 @@ def test_receipts_and_ledger_agree_across_factor_publications(
                 assert h["x-carbon-market-mg"] == fmt(row["co2_kg_market"] * 1e6)
                 assert h["x-water-ml"] == fmt(row["water_l"] * 1e3)
 
-    assert versions_by_phase["v1.0"] == {"v1.0"}
-    assert versions_by_phase["v1.0, worker on v1.1"] == {"v1.0"}
-    assert versions_by_phase["v1.1"] == {"v1.1"}
-    assert versions_by_phase["v1.2, worker on v1.1"] == {"v1.2"}
     assert versions_by_phase["v2.0"] == {"v2.0"}
-    v2_rows = [rows[receipts[s["rid"]]["event_id"]] for s in served if s["phase"] == "v2.0"]
-    assert all(r["co2_kg_market"] is not None and r["water_l"] is not None for r in v2_rows)
-    assert {"v1.0", "v1.1", "v1.2"} <= versions_by_phase["background"]
+    assert versions_by_phase["v2.0, worker on v2.1"] == {"v2.0"}
+    assert versions_by_phase["v2.1"] == {"v2.1"}
+    assert versions_by_phase["v2.2, worker on v2.1"] == {"v2.2"}
+    assert {"v2.0", "v2.1", "v2.2"} <= versions_by_phase["background"]
+    # every set is a v2 one: the v2 figures are there, not just equal as nulls
+    assert all(r["co2_kg_market"] is not None and r["water_l"] is not None for r in rows.values())
     pues = {rows[receipts[s["rid"]]["event_id"]]["pue"] for s in served if s["phase"] != "background"}
     assert {1.5, 1.3} <= pues and len(pues) >= 3  # the versions' figures differ
 
@@ -230,11 +224,11 @@ def test_gateway_picks_up_a_published_version_by_itself(
     make_gateway: GatewayFactory, tenants: Tenants
 ) -> None:
     gw = make_gateway(factors=FactorResolver(tenants.engine, ttl_s=0.1))
-    assert gw.http("GET", "/health", key=None).json()["factors_version"] == "v1.0"
-    FactorVersions(tenants.engine).publish(new_version("v1.1", "2026-11-23"))
+    assert gw.http("GET", "/health", key=None).json()["factors_version"] == "v2.0"  # the built-in default
+    FactorVersions(tenants.engine).publish(new_version("v2.1", "2026-12-04"))
     deadline = time.monotonic() + 10
-    while gw.http("GET", "/health", key=None).json()["factors_version"] != "v1.1":
-        assert time.monotonic() < deadline, "the gateway did not pick up v1.1"
+    while gw.http("GET", "/health", key=None).json()["factors_version"] != "v2.1":
+        assert time.monotonic() < deadline, "the gateway did not pick up v2.1"
         time.sleep(0.05)
     raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=Q)
-    assert raw.headers["x-factors-version"] == "v1.1"
+    assert raw.headers["x-factors-version"] == "v2.1"
