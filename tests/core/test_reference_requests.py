@@ -7,6 +7,8 @@ test. Setting: OpenAI (served on Microsoft Azure, US; provider default region), 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from core.methodology import Footprint, compute_footprint, load_factor_set
 
 # (label, provider, model, region, uncached input, output)
@@ -126,8 +128,19 @@ EXPECTED = [
 ]
 
 
+def markdown() -> list[str]:
+    return [
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+        *("| " + " | ".join(row) + " |" for row in rows()),
+    ]
+
+
 def test_reference_requests_match_the_doc() -> None:
     assert rows() == EXPECTED
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "methodology.md").read_text(encoding="utf-8")
+    for line in markdown():
+        assert line in doc, f"docs/methodology.md is missing the line {line!r}"
 
 
 def test_reference_requests_by_hand() -> None:
@@ -141,7 +154,4 @@ def test_reference_requests_by_hand() -> None:
 
 
 if __name__ == "__main__":
-    print("| " + " | ".join(HEADER) + " |")
-    print("|" + "---|" * len(HEADER))
-    for row in rows():
-        print("| " + " | ".join(row) + " |")
+    print("\n".join(markdown()))
