@@ -22,8 +22,6 @@ from core.methodology.factors import (
     FactorSetError,
     ModelPattern,
     PhaseFactors,
-    PriceBook,
-    PriceRow,
     TierFactors,
     builtin_versions,
     load_factor_set,
@@ -49,6 +47,7 @@ from core.methodology.matching import (
     place,
     price_for,
 )
+from core.methodology.sections import PriceBook, PriceRow
 from core.pricing import Prices
 
 __all__ = [

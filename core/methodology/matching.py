@@ -10,7 +10,8 @@ import fnmatch
 import re
 from typing import NamedTuple
 
-from core.methodology.factors import _CACHE_LIMIT, FactorSet, ModelPattern, PriceRow
+from core.methodology.factors import _CACHE_LIMIT, FactorSet, ModelPattern
+from core.methodology.sections import PriceRow
 from core.pricing import Prices
 
 

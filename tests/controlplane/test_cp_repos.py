@@ -367,7 +367,7 @@ def test_factor_versions_publish(engine):
     # an older published_at does not become current; list is newest first
     repo.publish(tiny_factors("v0.5", "2001-01-01"))
     assert repo.current().version == "v9.0"
-    assert [v.version for v in repo.list()] == ["v9.0", "v1.0", "v0.5"]
+    assert [v.version for v in repo.list()] == ["v9.0", "v2.0", "v1.0", "v0.5"]
 
 
 def test_factor_versions_same_day_later_publication_wins(engine):
