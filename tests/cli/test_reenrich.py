@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from controlplane import Orgs, Projects
 from controlplane.billing import BillingPeriods
-from controlplane.prices import PriceLookup, PriceOverrides
+from controlplane.prices import PriceLookup, PriceOverrides, as_prices
 from core.contracts import UsageEvent
 from core.methodology import enrich, load_factor_set
 from pipelines.simulate import generate
@@ -200,17 +200,48 @@ def test_reenrich_rejects_bad_arguments(warehouse, engine, tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_reenrich_through_the_running_runtime(stack, worker, monkeypatch):
-    """With a runtime holding the embedded warehouse (`joulestream worker --http-port`, as `up` does), the
-    command asks it over loopback (the same queries and the same ledger writer). The worker enriches with the
-    current set (v2.0); re-enriching with v1.0 makes the runtime's totals the v1.0 figures of the final events
-    (the direction does not matter to the mechanism)."""
-    worker.start()
-    now = datetime.now(UTC)
-    traffic = generate(600, days=10, now=now, invalid_rate=0)
+def test_worker_prices_and_reenrich_through_the_running_runtime(stack, worker, monkeypatch):
+    """The worker (`joulestream worker --http-port`, the runtime that holds the embedded warehouse, as `up`
+    does) enriches with the current set (v2.0) and the org's price override: its totals are the v2.0 figures
+    with the override's cost. The command then asks the runtime over loopback (the same queries and the same
+    ledger writer): re-enriching with v1.0 makes the totals the v1.0 figures (the direction does not matter
+    to the mechanism; v1.0 has no market, embodied or water, and no price book, but the override still prices
+    the tokens)."""
+    from controlplane import get_engine
+
+    worker.start()  # migrates and seeds the control plane under the stack's home
+    engine = get_engine(stack.settings.database)
+    org = Orgs(engine).create("runtime-org")
+    override, _ = PriceOverrides(engine).put(
+        org.id, "*", input=3.0, cached_input=0.3, cache_write=3.75, output=15.0
+    )
+    traffic = generate(600, days=10, now=datetime.now(UTC), invalid_rate=0, tenants={org.id: ["p1", "p2"]})
     assert publish(stack, traffic.messages) == len(traffic.messages)
     final = list(traffic.final.values())
     worker.wait_for(lambda s: s["totals"]["totals"]["events"] >= len(final), what="the traffic stored")
+
+    def want(version: str, prices) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for e in final:
+            en = enrich(e, load_factor_set(version), NOW, prices=prices)
+            for f in FIGURES:
+                out[f] += getattr(en, f) or 0.0
+        return out
+
+    def assert_totals(expected: dict[str, float]) -> None:
+        got = worker.totals()["totals"]
+        assert got["events"] == len(final)
+        for f in FIGURES:
+            assert math.isclose(got[f] or 0.0, expected[f], rel_tol=1e-9, abs_tol=1e-12), (
+                f,
+                got[f],
+                expected[f],
+            )
+
+    v2 = want("v2.0", as_prices(override))
+    assert v2["cost_usd"] > 0 and v2["co2_kg_market"] > 0
+    assert_totals(v2)  # the worker applied the override
+
     for key, value in stack.env.items():
         if key.startswith("JOULESTREAM_"):
             monkeypatch.setenv(key, value)
@@ -220,16 +251,7 @@ def test_reenrich_through_the_running_runtime(stack, worker, monkeypatch):
     )
     assert r.exit_code == 0, r.output
     assert f"{len(final):,} re-enriched with v1.0" in r.output
-    got = worker.totals()["totals"]
-    want = {"": defaultdict(float)}
-    fs = load_factor_set("v1.0")
-    for e in final:
-        en = enrich(e, fs, NOW)
-        for f in FIGURES:
-            want[""][f] += getattr(en, f) or 0
-    assert got["events"] == len(final)
-    for f, v in want[""].items():
-        if f in got:
-            assert math.isclose(got[f] or 0.0, v, rel_tol=1e-9, abs_tol=1e-12), (f, got[f], v)
-    assert math.isclose(got["co2_kg"], want[""]["co2_kg"], rel_tol=1e-9)
+    v1 = want("v1.0", as_prices(override))
+    assert v1["co2_kg_market"] == 0 and v1["cost_usd"] == v2["cost_usd"]  # an override prices any set
+    assert_totals(v1)
     assert worker.stop() == 0
