@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from core.contracts import EnergySource, EnrichedUsage, MeasuredBoundary, UsageEvent
 from core.methodology.factors import _CACHE_LIMIT, J_PER_KWH, FactorSet
 from core.methodology.matching import Place, _caches, match_model, place, price_for
-from core.pricing import Prices, cost_usd
+from core.pricing import Prices, cost_exact_micros
 
 
 def joules_to_kwh(j: float) -> float:
@@ -102,6 +102,8 @@ class Footprint(NamedTuple):
 _V1_FIELDS = Footprint._fields[: Footprint._fields.index("energy_source")]
 _V2_FIELDS = Footprint._fields[len(_V1_FIELDS) :]
 _NO_PRICE = (None, None, None, None, None)
+_V1_TAIL = (EnergySource.estimated, *(None,) * (len(_V2_FIELDS) - 1))  # a v1 set, no price
+_TAIL_FIELDS = _V1_FIELDS[10:] + _V2_FIELDS  # energy_j … price_source
 
 
 class _Resolved(NamedTuple):
@@ -120,6 +122,10 @@ class _Resolved(NamedTuple):
     head: dict[str, Any]
     k: tuple[float, float, float] | None  # embodied kg CO2e per IT J: point, low, high (v2 sets)
     book_prices: Prices | None
+    # derived once for the hot path (see _v2): per IT joule, market kg and water L; the factor fields
+    per_it_j: tuple[float, float] | None
+    factor_fields: tuple[Any, ...]
+    book_fields: tuple[Any, ...]  # the price fields of the book's prices (or all None)
 
 
 def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _Resolved:
@@ -149,9 +155,21 @@ def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _R
         )
     )
     k = None
+    per_it_j = None
+    factor_fields: tuple[Any, ...] = (None, None, None, None)
     if fs.embodied is not None:
         band = fs.embodied.k_kg_per_j_it
         k = (float(band.point), float(band.low), float(band.high))
+        assert (
+            where.grid_market is not None and where.wue_onsite is not None and where.water_offsite is not None
+        )
+        per_it_j = (
+            where.pue * where.grid_market / J_PER_KWH,  # facility kWh × market grid, per IT joule
+            (where.wue_onsite + where.pue * where.water_offsite)
+            / J_PER_KWH,  # IT kWh × (on-site + PUE × off-site)
+        )
+        factor_fields = (where.grid_market, k[0], where.wue_onsite, where.water_offsite)
+    book = price_for(fs, provider, model)
     resolved = _Resolved(
         tier=match.tier,
         pue=where.pue,
@@ -163,7 +181,10 @@ def _resolve(fs: FactorSet, provider: str, model: str, region: str | None) -> _R
         per_token=per_token,
         head=head,
         k=k,
-        book_prices=price_for(fs, provider, model),
+        book_prices=book,
+        per_it_j=per_it_j,
+        factor_fields=factor_fields,
+        book_fields=_price_fields(book),
     )
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
@@ -204,6 +225,12 @@ def _energies(r: _Resolved, it: tuple[float, float, float], cached: int) -> tupl
     )
 
 
+def _price_fields(p: Prices | None) -> tuple[Any, ...]:
+    if p is None:
+        return _NO_PRICE
+    return (float(p.input), float(p.cached), float(p.cache_write), float(p.output), p.source)
+
+
 def _v2(
     r: _Resolved,
     it: tuple[float, float, float],
@@ -211,55 +238,38 @@ def _v2(
     prices: Prices | None,
     source: EnergySource,
 ) -> tuple[Any, ...]:
-    """The v2 figures and factors, in Footprint / EnrichedUsage field order (energy_source … price_source)."""
-    p = prices if prices is not None else r.book_prices
-    if p is None:
-        cost: float | None = None
-        price_fields: tuple[Any, ...] = _NO_PRICE
+    """The v2 figures and factors, in Footprint / EnrichedUsage field order (energy_source … price_source):
+    market = IT J × PUE × grid_market / 3.6e6; embodied = IT J × k; water = IT J / 3.6e6 × (WUE on-site +
+    PUE × off-site); cost = core.pricing's formula at the override's or the book's prices."""
+    if prices is None:
+        p, price_fields = r.book_prices, r.book_fields
     else:
-        cost = cost_usd(*tokens, p)
-        price_fields = (float(p.input), float(p.cached), float(p.cache_write), float(p.output), p.source)
-    if r.k is None:  # v1 set: no environmental v2 factors
-        return (
-            source,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            cost,
-            None,
-            None,
-            None,
-            None,
-            *price_fields,
-        )
-    pl = r.place
-    pue = r.pue
-    assert pl.grid_market is not None and pl.wue_onsite is not None and pl.water_offsite is not None
-    market_per_it_j = pue * pl.grid_market / J_PER_KWH  # facility kWh × market grid, per IT joule
-    water_per_it_j = (pl.wue_onsite + pue * pl.water_offsite) / J_PER_KWH
-    k = r.k
+        p, price_fields = prices, _price_fields(prices)
+    cost = (
+        None
+        if p is None
+        else float(cost_exact_micros(*tokens, p.input, p.cached, p.cache_write, p.output) / 1e6)
+    )
+    if r.per_it_j is None or r.k is None:  # v1 set: no environmental v2 factors
+        if cost is None and source is EnergySource.estimated:
+            return _V1_TAIL
+        return (source, *(None,) * 9, cost, *(None,) * 4, *price_fields)
+    market, water = r.per_it_j
+    k0, k1, k2 = r.k
+    i0, i1, i2 = it
     return (
         source,
-        float(it[0] * market_per_it_j),
-        float(it[1] * market_per_it_j),
-        float(it[2] * market_per_it_j),
-        float(it[0] * k[0]),
-        float(it[1] * k[1]),
-        float(it[2] * k[2]),
-        float(it[0] * water_per_it_j),
-        float(it[1] * water_per_it_j),
-        float(it[2] * water_per_it_j),
+        float(i0 * market),
+        float(i1 * market),
+        float(i2 * market),
+        float(i0 * k0),
+        float(i1 * k1),
+        float(i2 * k2),
+        float(i0 * water),
+        float(i1 * water),
+        float(i2 * water),
         cost,
-        pl.grid_market,
-        k[0],
-        pl.wue_onsite,
-        pl.water_offsite,
+        *r.factor_fields,
         *price_fields,
     )
 
@@ -388,6 +398,7 @@ _FAST_CONSTRUCT = (
     and not EnrichedUsage.__private_attributes__
 )
 _ALL_FIELDS_SET = frozenset(_ENRICHED_FIELDS)
+assert len(_TAIL_FIELDS) == 8 + len(_V2_FIELDS) and len(_V1_TAIL) == len(_V2_FIELDS)
 
 
 def _construct(values: dict[str, Any]) -> EnrichedUsage:
@@ -418,16 +429,21 @@ def enrich(
         event.input_tokens_cache_creation,
         event.output_tokens,
     )
-    head, energies, v2 = _footprint(fs, r, tokens, measured_of(event), prices)
+    if event.measured_energy_j is None:  # the hot path: _footprint without a measurement, inlined
+        head = r.head
+        it = _it_joules(r, *tokens)
+        tail = _energies(r, it, tokens[1]) + _v2(r, it, tokens, prices, EnergySource.estimated)
+    else:
+        measured_head, energies, v2 = _footprint(fs, r, tokens, measured_of(event), prices)
+        head = measured_head or r.head
+        tail = energies + v2
     if type(event) is UsageEvent:  # its __dict__ is exactly its fields, in order
         values = event.__dict__.copy()
     else:
         values = {name: getattr(event, name) for name in _EVENT_FIELDS}  # field order, as EnrichedUsage
     values["labels"] = dict(event.labels)
-    head = head or r.head
     values.update(head)  # the footprint's head, in field order
     values["estimation_reasons"] = list(head["estimation_reasons"])
-    values.update(zip(_V1_FIELDS[10:], energies, strict=True))
-    values.update(zip(_V2_FIELDS, v2, strict=True))
+    values.update(zip(_TAIL_FIELDS, tail, strict=True))  # energy_j … price_source, in field order
     values["enriched_at"] = enriched_at.astimezone(UTC)
     return _construct(values)
