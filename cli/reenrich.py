@@ -1,7 +1,7 @@
 """`joulestream reenrich --factors v2.0 --since DATE [--org ORG]`: recompute the ledger rows of open billing
 periods from their stored raw tokens with another factor version.
 
-The path (docs/methodology.md, "Re-enrichment"):
+The path (docs/reenrich.md says why this one):
 
 1. Where the warehouse is: `open_or_ask` — a client opened here, or, when `joulestream up` holds the embedded
    warehouse, that runtime, asked over loopback (api/internal_reenrich.py serves the same functions).
