@@ -306,22 +306,28 @@ def reenrich(
     ledger = RuntimeLedger(target) if isinstance(target, RuntimeInfo) else DirectLedger(target)
     progress = _progress()
     task = progress.add_task(f"re-enriching with {fs.version}", total=None)
+
+    def start(total: int) -> None:  # shown once the range is known to be open
+        progress.update(task, total=total)
+        progress.start()
+
     try:
-        with progress:
-            outcome = run_reenrich(
-                ledger,
-                engine,
-                fs,
-                day,
-                org_id,
-                prices=PriceLookup(engine).prices(),
-                batch=batch,
-                on_start=lambda total: progress.update(task, total=total),
-                on_progress=lambda n: progress.advance(task, n),
-            )
+        outcome = run_reenrich(
+            ledger,
+            engine,
+            fs,
+            day,
+            org_id,
+            prices=PriceLookup(engine).prices(),
+            batch=batch,
+            on_start=start,
+            on_progress=lambda n: progress.advance(task, n),
+        )
     except Refused as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None
+    finally:
+        progress.stop()
     console.print(
         f"{outcome.events:,} live events in {len(outcome.months)} org-month(s): {outcome.rewritten:,} re-enriched "
         f"with {fs.version} (old revisions cancelled: {outcome.cancelled:,}), {outcome.unchanged:,} already up to date"
