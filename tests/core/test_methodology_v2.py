@@ -445,3 +445,10 @@ def test_measured_overrides_and_only_narrows(
         assert m.energy_j_low / m.energy_j >= est.energy_j_low / est.energy_j * (1 - 1e-9)
         assert m.energy_j_high / m.energy_j <= est.energy_j_high / est.energy_j * (1 + 1e-9)
     assert m.cost_usd == est.cost_usd  # cost comes from the tokens either way
+
+
+def test_latest_is_one_cached_instance() -> None:
+    assert load_factor_set() is load_factor_set("v2.0")
+    assert load_factor_set("v1.0") is load_factor_set("v1.0")
+    with pytest.raises(FactorSetError, match="no factor set 'v9.9'"):
+        load_factor_set("v9.9")
