@@ -348,12 +348,14 @@ def builtin_versions() -> list[str]:
 LATEST_VERSION = builtin_versions()[-1]
 
 
-@lru_cache(maxsize=16)
 def load_factor_set(version: str | None = None) -> FactorSet:
-    """The published factor set `core/factors/{version}.yaml` (cached); None = the latest built-in
-    (`LATEST_VERSION`, the highest version number shipped)."""
-    if version is None:
-        version = LATEST_VERSION
+    """The published factor set `core/factors/{version}.yaml` (cached: one instance per version); None = the
+    latest built-in (`LATEST_VERSION`, the highest version number shipped)."""
+    return _load(LATEST_VERSION if version is None else version)
+
+
+@lru_cache(maxsize=16)
+def _load(version: str) -> FactorSet:
     if not _VERSION_RE.match(version):
         raise FactorSetError(f"bad factor set version {version!r}: must look like v1.0")
     path = FACTORS_DIR / f"{version}.yaml"
