@@ -27,6 +27,7 @@ from api.routers import (
     export,
     health,
     methodology,
+    prices,
     projects,
     public,
     receipts,
@@ -114,6 +115,7 @@ def create_app(
     app.include_router(projects.router, prefix=API_PREFIX)
     app.include_router(carbon_factors.router, prefix=API_PREFIX)
     app.include_router(methodology.router, prefix=API_PREFIX)
+    app.include_router(prices.router, prefix=API_PREFIX)
     app.include_router(telemetry_routes.router, prefix=API_PREFIX)
     app.include_router(export.router, prefix=API_PREFIX)
     app.include_router(connections.router, prefix=API_PREFIX)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any, Protocol
 
@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from core.methodology import joules_to_kwh
 from warehouse.export import EXPORT_COLUMNS, EXPORT_SCHEMA, ExportFormat
-from warehouse.telemetry import DailyModelRow, Scope
+from warehouse.measures import BY_NAME, columns, present
+from warehouse.telemetry import DailyModelRow, Estimation, Scope, estimation_fields, v2_fields
 
 DENSE_CHART_MAX_DAYS = 400  # daily_chart lists every day of the period up to this length, else active days
 
@@ -107,25 +108,26 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", version)) or (0,)
 
 
-def build_summary(rows: Sequence[DailyModelRow], start: date, end: date) -> dict[str, Any]:
-    """The dashboard summary from the daily rollup grouped by (day, provider, model, factors_version)."""
-    tokens = {"uncached": 0, "cached": 0, "creation": 0, "output": 0}
-    co2 = co2_low = co2_high = savings = energy = 0.0
-    events = 0
+def build_summary(
+    rows: Sequence[DailyModelRow],
+    start: date,
+    end: date,
+    estimation: Mapping[tuple[str, str], Estimation] | None = None,
+) -> dict[str, Any]:
+    """The dashboard summary from the daily rollup grouped by (day, provider, model, factors_version), and the
+    estimation of each model's events (`warehouse.telemetry.estimation`)."""
+    estimation = estimation or {}
+    sums = _zeros()
+    model_sums: dict[tuple[str, str], dict[str, Any]] = {}
     per_model: dict[tuple[str, str], dict[str, Any]] = {}
     per_day: dict[date, dict[str, Any]] = {}
     versions: set[str] = set()
     for r in rows:
-        tokens["uncached"] += r.input_tokens_uncached
-        tokens["cached"] += r.input_tokens_cached
-        tokens["creation"] += r.input_tokens_cache_creation
-        tokens["output"] += r.output_tokens
-        co2 += r.co2_kg
-        co2_low += r.co2_kg_low
-        co2_high += r.co2_kg_high
-        savings += r.co2_cached_savings_kg
-        energy += r.energy_j
-        events += r.events
+        ms = model_sums.setdefault((r.provider, r.model), _zeros())
+        for c in _DASHBOARD:
+            value = getattr(r, c)
+            sums[c] += value
+            ms[c] += value
         versions.add(r.factors_version)
         m = per_model.setdefault(
             (r.provider, r.model),
@@ -137,9 +139,16 @@ def build_summary(rows: Sequence[DailyModelRow], start: date, end: date) -> dict
         d = per_day.setdefault(r.day, {"date": r.day, "co2_kg": 0.0, "tokens": 0})
         d["co2_kg"] += r.co2_kg
         d["tokens"] += r.total_tokens
+    co2 = sums["co2_kg"]
     models_out = sorted(per_model.values(), key=lambda m: (-m["co2_kg"], m["provider"], m["model"]))
+    total_est = Estimation()
     for m in models_out:
+        key = (m["provider"], m["model"])
         m["percentage"] = round(100.0 * m["co2_kg"] / co2, 2) if co2 > 0 else 0.0
+        shown = present(model_sums[key])
+        m.update({f: shown[c] for f, c in _MODEL_V2.items()})
+        m.update(estimation_fields(estimation.get(key), m["event_count"]))
+        total_est.add(estimation.get(key) or Estimation())
     if (end - start).days < DENSE_CHART_MAX_DAYS:
         chart = [
             per_day.get(day, {"date": day, "co2_kg": 0.0, "tokens": 0})
@@ -148,20 +157,23 @@ def build_summary(rows: Sequence[DailyModelRow], start: date, end: date) -> dict
     else:
         chart = [per_day[day] for day in sorted(per_day)]
     ordered_versions = sorted(versions, key=_version_key)
+    inputs = sums["input_tokens_uncached"] + sums["input_tokens_cached"] + sums["input_tokens_cache_creation"]
     return {
         "total_co2_kg": co2,
-        "total_co2_lower_bound_kg": co2_low,
-        "total_co2_upper_bound_kg": co2_high,
-        "total_tokens": sum(tokens.values()),
-        "input_tokens": tokens["uncached"] + tokens["cached"] + tokens["creation"],
-        "output_tokens": tokens["output"],
-        "total_energy_kwh": joules_to_kwh(energy),
-        "event_count": events,
+        "total_co2_lower_bound_kg": sums["co2_kg_low"],
+        "total_co2_upper_bound_kg": sums["co2_kg_high"],
+        **v2_fields(sums),
+        "total_tokens": inputs + sums["output_tokens"],
+        "input_tokens": inputs,
+        "output_tokens": sums["output_tokens"],
+        "total_energy_kwh": joules_to_kwh(sums["energy_j"]),
+        "event_count": sums["events"],
+        **estimation_fields(total_est, sums["events"]),
         "cached_vs_uncached": {
-            "uncached_tokens": tokens["uncached"],
-            "cached_tokens": tokens["cached"],
-            "cache_creation_tokens": tokens["creation"],
-            "cached_co2_savings_kg": savings,
+            "uncached_tokens": sums["input_tokens_uncached"],
+            "cached_tokens": sums["input_tokens_cached"],
+            "cache_creation_tokens": sums["input_tokens_cache_creation"],
+            "cached_co2_savings_kg": sums["co2_cached_savings_kg"],
         },
         "per_model": models_out,
         "daily_chart": chart,
@@ -169,3 +181,19 @@ def build_summary(rows: Sequence[DailyModelRow], start: date, end: date) -> dict
         "factors_versions": ordered_versions,
         "period": {"start": start.isoformat(), "end": end.isoformat()},
     }
+
+
+_DASHBOARD = columns("dashboard")
+
+
+def _zeros() -> dict[str, Any]:
+    return {c: 0 if BY_NAME[c].is_int else 0.0 for c in _DASHBOARD}
+
+
+# per-model keys of the summary → the measure they show (None when no event of the model carries it)
+_MODEL_V2 = {
+    "co2_market_kg": "co2_kg_market",
+    "co2_embodied_kg": "co2_kg_embodied",
+    "water_l": "water_l",
+    "cost_usd": "cost_usd",
+}

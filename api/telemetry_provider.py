@@ -23,7 +23,7 @@ from typing import Any
 from api.telemetry import build_summary
 from warehouse.aio import AsyncWarehouse
 from warehouse.export import ExportFormat, ExportStream, open_export, stream_client
-from warehouse.telemetry import Scope, daily_by_model, events_page, models, project_co2
+from warehouse.telemetry import Scope, events_page, models, project_co2, summary_parts
 
 log = logging.getLogger("joulestream.api.telemetry")
 
@@ -72,8 +72,8 @@ class WarehouseTelemetry:
         return {pid: found.get(pid, 0.0) for pid in project_ids}
 
     async def summary(self, org_id: str, project_id: str | None, start: date, end: date) -> dict[str, Any]:
-        rows = await self._run(daily_by_model, Scope(org_id, start, end, project_id=project_id))
-        return build_summary(rows, start, end)
+        rows, est = await self._run(summary_parts, Scope(org_id, start, end, project_id=project_id))
+        return build_summary(rows, start, end, est)
 
     async def events(self, scope: Scope, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         return await self._run(events_page, scope, offset, limit)

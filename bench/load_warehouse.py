@@ -211,12 +211,57 @@ def _day_table(shape: Shape, coefs: list[_ModelCoef], day: date, n: int, first_i
         "co2_kg_high": pa.array(figures[:, 5]),
         "energy_cached_savings_j": pa.array(figures[:, 6]),
         "co2_cached_savings_kg": pa.array(figures[:, 7]),
+        **_v2_columns(n, tokens, figures, factors),
         "enriched_at": pa.array(event_ts + 1000, type=pa.timestamp("ms", tz="UTC")),
         "sign": pa.array(np.ones(n, dtype=np.int8)),
     }
     # sorted by the ledger key, so each insert is one tidy part per partition
     table = pa.table([cols[f.name] for f in LEDGER_SCHEMA], schema=LEDGER_SCHEMA)
     return table.sort_by([("org_id", "ascending"), ("bucket_start", "ascending"), ("event_id", "ascending")])
+
+
+# Methodology v2 figures of the generated events, from fixed illustrative factors (market-based grid kg/kWh,
+# embodied kg per IT joule, on-site WUE and off-site water L/kWh, USD per 1M uncached / cached / cache-write /
+# output tokens): the shape of the data matters to the benchmarks, not the values.
+_V2_FACTORS = {
+    "grid_market_intensity_kg_per_kwh": 0.25,
+    "embodied_kg_per_it_j": 2e-8,
+    "wue_onsite_l_per_kwh": 0.3,
+    "water_offsite_l_per_kwh": 3.1,
+}
+_V2_PRICES = (2.5, 1.25, 3.125, 10.0)
+
+
+def _v2_columns(n: int, tokens: np.ndarray, figures: np.ndarray, factors: np.ndarray) -> dict[str, pa.Array]:
+    """The v2 ledger columns (estimated energy, no measurement) for `n` generated events."""
+    f = _V2_FACTORS
+    kwh = figures[:, 0] / 3.6e6
+    it_j = figures[:, 0] / factors[:, 4]
+    point = {
+        "co2_kg_market": kwh * f["grid_market_intensity_kg_per_kwh"],
+        "co2_kg_embodied": it_j * f["embodied_kg_per_it_j"],
+        "water_l": it_j / 3.6e6 * f["wue_onsite_l_per_kwh"] + kwh * f["water_offsite_l_per_kwh"],
+    }
+    low = figures[:, 1] / figures[:, 0].clip(min=1e-300)  # the energy band's relative bounds
+    high = figures[:, 2] / figures[:, 0].clip(min=1e-300)
+    out: dict[str, pa.Array] = {
+        "measured_energy_j": pa.nulls(n, pa.float64()),
+        "measured_by": pa.nulls(n, pa.string()),
+        "measured_boundary": pa.nulls(n, pa.string()),
+        "measured_uncertainty_pct": pa.nulls(n, pa.float64()),
+        "energy_source": _dict_col(np.zeros(n, dtype=np.int32), ["estimated"]),
+        "cost_usd": pa.array(tokens @ np.array(_V2_PRICES) / 1e6),
+        "price_source": _dict_col(np.zeros(n, dtype=np.int32), ["factor set"]),
+    }
+    for name, values in point.items():
+        out[name] = pa.array(values)
+        out[f"{name}_low"] = pa.array(values * low)
+        out[f"{name}_high"] = pa.array(values * high)
+    for name, value in f.items():
+        out[name] = pa.array(np.full(n, value))
+    for name, value in zip(("input", "cached", "cache_write", "output"), _V2_PRICES, strict=True):
+        out[f"price_usd_per_1m_{name}"] = pa.array(np.full(n, value))
+    return out
 
 
 def load(client, shape: Shape, *, log=print) -> dict:

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from api.internal import internal_router
 from api.internal_close import close_router
+from api.internal_reenrich import reenrich_router
 from controlplane import FactorVersions, get_engine
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
@@ -66,6 +67,7 @@ def http_app(
     )
     api.include_router(internal_router(runtime.token, lambda: pipeline.warehouse, pipeline.stats))
     api.include_router(close_router(runtime.token, lambda: pipeline.warehouse))
+    api.include_router(reenrich_router(runtime.token, lambda: pipeline.warehouse))
     if gateway_routes is not None:
         _mount_gateway(api, settings, engine, gateway_routes)
     return api

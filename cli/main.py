@@ -262,6 +262,79 @@ def totals(
         console.print(table)
 
 
+@app.command()
+def reenrich(
+    factors: Annotated[str, typer.Option("--factors", help="The factor version to apply, e.g. v2.0")],
+    since: Annotated[
+        str, typer.Option(help="Re-enrich events with bucket_start on or after this date (YYYY-MM-DD)")
+    ],
+    org: Annotated[str | None, typer.Option(help="Only this org (id or slug)")] = None,
+    batch: Annotated[int, typer.Option(min=1, max=50_000, help="Rows per page")] = 5_000,
+) -> None:
+    """Recompute the ledger rows of open billing periods from their stored raw tokens with another factor
+    version (new revisions replace the old; closed periods are refused). See cli/reenrich.py."""
+    from datetime import date
+
+    from cli.reenrich import DirectLedger, Refused, RuntimeLedger
+    from cli.reenrich import reenrich as run_reenrich
+    from controlplane import Orgs, get_engine, upgrade
+    from controlplane.factor_resolver import FactorResolver
+    from controlplane.prices import PriceLookup
+    from warehouse.runtime import RuntimeInfo, WarehouseUnreachable, open_or_ask
+
+    try:
+        day = date.fromisoformat(since)
+    except ValueError:
+        raise typer.BadParameter(f"--since must be a date YYYY-MM-DD, not {since!r}") from None
+    s = _settings()
+    engine = get_engine(s.database)
+    upgrade(engine)
+    fs = FactorResolver(engine).version(factors)
+    if fs is None:
+        raise typer.BadParameter(
+            f"no factor version {factors!r}: publish it first (joulestream factors publish)"
+        )
+    org_id = None
+    if org is not None:
+        found = Orgs(engine).get(org) or Orgs(engine).get_by_slug(org)
+        if found is None:
+            raise typer.BadParameter(f"no org {org!r} (id or slug)")
+        org_id = found.id
+    try:
+        target = open_or_ask(s)
+    except WarehouseUnreachable as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    ledger = RuntimeLedger(target) if isinstance(target, RuntimeInfo) else DirectLedger(target)
+    progress = _progress()
+    task = progress.add_task(f"re-enriching with {fs.version}", total=None)
+
+    def start(total: int) -> None:  # shown once the range is known to be open
+        progress.update(task, total=total)
+        progress.start()
+
+    try:
+        outcome = run_reenrich(
+            ledger,
+            engine,
+            fs,
+            day,
+            org_id,
+            prices=PriceLookup(engine).prices(),
+            batch=batch,
+            on_start=start,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    except Refused as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+    finally:
+        progress.stop()
+    console.print(
+        f"{outcome.events:,} live events in {len(outcome.months)} org-month(s): {outcome.rewritten:,} re-enriched "
+        f"with {fs.version} (old revisions cancelled: {outcome.cancelled:,}), {outcome.unchanged:,} already up to date"
+    )
+
+
 def _read_totals(s: Settings, by: str) -> dict:
     """The totals payload (api/internal.py), read here or asked of the runtime (warehouse/runtime.py)."""
     from api.internal import totals_payload

@@ -10,7 +10,7 @@ headers, signed receipts) stamps the version it used on its event under the labe
 and enrichment applies that version (`version`) instead of the current one: the ledger row then equals the
 receipt.
 
-If the control plane cannot be read, the last known set stays in use (the built-in v1.0 before any read
+If the control plane cannot be read, the last known set stays in use (the latest built-in set, v2.0, before any read
 succeeded), so neither serving nor enrichment stops on a control-plane hiccup.
 """
 

@@ -13,7 +13,9 @@ from controlplane.errors import Conflict, Invalid
 from controlplane.models import FactorVersion
 from controlplane.schema import carbon_factor_versions
 
-SEED_VERSION = "v1.0"
+# The built-in sets the control plane is seeded with (core/factors/*.yaml); the current one is the latest by
+# published_at, i.e. v2.0. v1.0 stays published: closed months and signed receipts name it.
+SEED_VERSIONS = ("v1.0", "v2.0")
 _fv_columns = [
     carbon_factor_versions.c.version,
     carbon_factor_versions.c.published_at,
@@ -36,11 +38,14 @@ class FactorVersions:
         self.engine = engine
 
     def ensure_seeded(self) -> FactorVersion:
-        """Publish core's built-in v1.0 (`core/factors/v1.0.yaml`) unless it is already there; return current."""
-        if self.get(SEED_VERSION) is None:
-            from core.methodology import FACTORS_DIR
+        """Publish core's built-in sets (`core/factors/{v1.0,v2.0}.yaml`) that are not there yet; return the
+        current one (v2.0, unless a later set was published)."""
+        from core.methodology import FACTORS_DIR
 
-            text = (FACTORS_DIR / f"{SEED_VERSION}.yaml").read_text(encoding="utf-8")
+        for version in SEED_VERSIONS:
+            if self.get(version) is not None:
+                continue
+            text = (FACTORS_DIR / f"{version}.yaml").read_text(encoding="utf-8")
             try:
                 self.publish(text)
             except Conflict:  # seeded concurrently

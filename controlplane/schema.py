@@ -14,6 +14,9 @@ Tables by migration:
   bucket (see `controlplane.polling`).
 - `0030_billing`: `billing_periods`, `credit_blocks`, `credit_allocations`, `receipt_counters`, `receipts`,
   `stripe_events` (see `controlplane.billing`).
+- `0040_price_overrides`: `price_overrides` — an org's own token prices (USD per 1M tokens) for the models
+  matching a pattern, optionally for one provider; they take precedence over the factor set's price book
+  (see `controlplane.prices`).
 
 Timestamps are timezone-aware UTC in Python on every backend (`UTCDateTime`): PostgreSQL stores
 `timestamptz`, SQLite stores naive UTC text (fixed-width, so it sorts chronologically).
@@ -373,4 +376,24 @@ stripe_events = Table(
     Column("org_id", String(36), nullable=True),
     Column("outcome", String(200), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
+)
+
+
+# --------------------------------------------------------------------------------------------- prices (0040)
+
+price_overrides = Table(
+    "price_overrides",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("model_pattern", String(200), nullable=False),  # fnmatch glob, lower-case
+    Column("provider", String(64), nullable=False, server_default=""),  # "" = every provider
+    Column("input", Float(), nullable=False),  # USD per 1M uncached input tokens
+    Column("cached_input", Float(), nullable=False),
+    Column("cache_write", Float(), nullable=False),
+    Column("output", Float(), nullable=False),
+    Column("note", String(500), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("org_id", "provider", "model_pattern"),
 )

@@ -43,6 +43,21 @@ class Source(StrEnum):
     simulated = "simulated"
 
 
+class EnergySource(StrEnum):
+    """How an event's energy was obtained."""
+
+    estimated = "estimated"  # from its tokens and the factor set's per-token energies
+    measured = "measured"  # from a meter (measured_energy_j on the raw event)
+
+
+class MeasuredBoundary(StrEnum):
+    """What a measured energy figure covers; enrichment applies PUE only where the boundary needs it."""
+
+    gpu = "gpu"  # the accelerators alone (DCGM, NVML): host share and PUE are added
+    server = "server"  # the whole server (IPMI, RAPL + GPU): PUE is added
+    facility = "facility"  # at the facility meter: already includes cooling and losses
+
+
 class RoutingTier(StrEnum):
     """Routing class of a request: what kind of work it asked for."""
 
@@ -83,6 +98,23 @@ class UsageEvent(BaseModel):
     input_tokens_cache_creation: TokenCount = 0
     output_tokens: TokenCount = 0
     request_count: int = Field(default=1, ge=0, le=MAX_TOKENS)
+    measured_energy_j: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e15,
+        allow_inf_nan=False,
+        description="Energy measured for this usage (joules, at measured_boundary); replaces the token estimate",
+    )
+    measured_by: Annotated[str, Field(pattern=r"^[a-z0-9_.\-]{1,32}$")] | None = Field(
+        default=None, description="The meter: dcgm, nvml, rapl, ipmi, …"
+    )
+    measured_boundary: MeasuredBoundary | None = None
+    measured_uncertainty_pct: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="The measurement's stated uncertainty (± %); None → the factor set's default for the meter",
+    )
     labels: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=200)]] = Field(
         default_factory=dict, max_length=32, description="Free-form labels, e.g. {'synthetic': 'true'}"
     )
@@ -105,6 +137,8 @@ class UsageEvent(BaseModel):
                 )
         if self.bucket_end < self.bucket_start:
             raise ValueError("bucket_end is before bucket_start")
+        if self.measured_energy_j is not None and (self.measured_by is None or self.measured_boundary is None):
+            raise ValueError("measured_energy_j needs measured_by and measured_boundary")
         return self
 
     @property
@@ -145,6 +179,33 @@ class EnrichedUsage(UsageEvent):
     co2_cached_savings_kg: float | None = Field(
         default=None,
         description="CO2e of energy_cached_savings_j at the event's grid intensity, kg (None: as above)",
+    )
+    # Methodology v2 (additive: None when the producer or the factor set predates them)
+    energy_source: EnergySource = EnergySource.estimated
+    co2_kg_market: float | None = Field(default=None, ge=0, description="Market-based Scope 2 CO2e, kg")
+    co2_kg_market_low: float | None = Field(default=None, ge=0)
+    co2_kg_market_high: float | None = Field(default=None, ge=0)
+    co2_kg_embodied: float | None = Field(
+        default=None, ge=0, description="Embodied (Scope 3: hardware manufacturing) CO2e allocated to it, kg"
+    )
+    co2_kg_embodied_low: float | None = Field(default=None, ge=0)
+    co2_kg_embodied_high: float | None = Field(default=None, ge=0)
+    water_l: float | None = Field(default=None, ge=0, description="Water consumed on and off site, litres")
+    water_l_low: float | None = Field(default=None, ge=0)
+    water_l_high: float | None = Field(default=None, ge=0)
+    cost_usd: float | None = Field(default=None, ge=0, description="Price of the tokens, USD")
+    grid_market_intensity_kg_per_kwh: float | None = Field(default=None, ge=0)
+    embodied_kg_per_it_j: float | None = Field(
+        default=None, ge=0, description="Embodied CO2e per joule of IT energy (the hardware-time allocation)"
+    )
+    wue_onsite_l_per_kwh: float | None = Field(default=None, ge=0)
+    water_offsite_l_per_kwh: float | None = Field(default=None, ge=0)
+    price_usd_per_1m_input: float | None = Field(default=None, ge=0)
+    price_usd_per_1m_cached: float | None = Field(default=None, ge=0)
+    price_usd_per_1m_cache_write: float | None = Field(default=None, ge=0)
+    price_usd_per_1m_output: float | None = Field(default=None, ge=0)
+    price_source: str | None = Field(
+        default=None, description="Where the prices came from: the factor set's price book, or an org override"
     )
     enriched_at: AwareDatetime
 

@@ -19,6 +19,12 @@ For one month, per org:
 
 Free-plan orgs get steps 1, 2 and a closed period (no retirement, receipt or pack: those are paid features).
 Every step is idempotent and deterministic: a re-run produces the same serials and byte-identical files.
+
+A closed, signed month never changes. Its figures are frozen with the factor versions its events were enriched
+with; rows written after its cutoff (late events, re-enriched revisions) are not read by its close. A re-run
+by a newer version of this code (e.g. one that computes more figures) checks the frozen figures against the
+ledger and keeps them, and keeps the work files and the receipt PDF already stored: the receipt, its PDF and
+the audit pack stay what was signed.
 """
 
 from __future__ import annotations
@@ -189,9 +195,15 @@ class CloseService:
         figures, breakdown = compute(table, period)
         sql = self.reader.totals(period.org_id, start, end_x, period.cutoff, period.adjustment_from)
         cross_check(figures, sql)
-        events_pq = _parquet(table)
-        self.store.put(work_key(period.org_id, period.month, "events.parquet"), events_pq)
-        self.store.put(work_key(period.org_id, period.month, "breakdown.json"), _json(breakdown))
+        work = {"events.parquet": lambda: _parquet(table), "breakdown.json": lambda: _json(breakdown)}
+        if period.figures is not None:  # frozen: a re-run keeps them and the files made with them
+            check_frozen(period.figures, figures)
+            for name, make in work.items():
+                if self.store.get(work_key(period.org_id, period.month, name)) is None:
+                    self.store.put(work_key(period.org_id, period.month, name), make())
+            return
+        for name, make in work.items():
+            self.store.put(work_key(period.org_id, period.month, name), make())
         self.periods.record_figures(period.id, figures)
 
     # ------------------------------------------------------------------------------------------- 3. retire
@@ -244,6 +256,8 @@ class CloseService:
             }
 
         receipt = self.receipts.issue(period.id, build)
+        if receipt.pdf_key and self.store.get(receipt.pdf_key) is not None:
+            return True  # issued and rendered: the signed receipt's PDF is not rendered again
         org = self.orgs.get(period.org_id)
         from orchestration.pdf import render_receipt_pdf
 
@@ -343,6 +357,10 @@ class CloseService:
             }
         return {
             "pipeline": "tokens × J/token (per phase) × PUE → facility J; J / 3.6e6 → kWh; kWh × grid kg/kWh → kg CO2e",
+            "pipeline_v2": "per event, with the factors recorded on it: market-based CO2e = kWh × market grid "
+            "kg/kWh; embodied CO2e = IT J × embodied kg/J; water = on-site WUE and off-site L/kWh; cost = tokens "
+            "× USD per 1M; energy_source = measured events use metered energy instead of the token estimate "
+            "(factor sets from v2.0; earlier events carry none of these: null, with coverage counts)",
             "retirement_basis": "upper bound (co2_kg_high) of the period, rounded up to the milligram; "
             "credits in whole tonnes",
             "factor_versions": out,
@@ -363,6 +381,21 @@ class CloseService:
         for step in ("totals", "retire", "receipt", "audit_pack"):
             out[step] = getattr(self, step)(self.to_process(month, org))
         return out
+
+
+def check_frozen(frozen: Any, fresh: Any, path: str = "figures") -> None:
+    """Every value of the frozen figures equals the one computed again (keys added by newer code are
+    ignored): the ledger rows up to a cutoff never change, so a difference is a bug or a tampered warehouse."""
+    if isinstance(frozen, dict) and isinstance(fresh, dict):
+        for key, value in frozen.items():
+            if key not in fresh:
+                raise ControlPlaneError(f"{path}.{key} is frozen but no longer computed")
+            check_frozen(value, fresh[key], f"{path}.{key}")
+        return
+    if json.loads(json.dumps(fresh)) != frozen:
+        raise ControlPlaneError(
+            f"{path}: frozen {frozen!r} but the ledger now gives {fresh!r}: a closed period never changes"
+        )
 
 
 def _parquet(table: pa.Table) -> bytes:

@@ -5,7 +5,13 @@ both signs) in Python with `math.fsum` (exactly rounded, so independent of row o
 parallel summation: the figures are reproducible to the bit), per part (the month, the adjustment for late
 events of earlier months, both) and per breakdown group; `retired_kg` is the CO2e a paid plan retires
 credits for. `cross_check` holds them against the warehouse's own SQL sums. The summed columns are the
-`totals` measures of `warehouse.measures`.
+`totals` measures of `warehouse.measures` (each measure's per-row value comes from the spec too, so the
+coverage counts and the measured part are summed by the same rule as in ClickHouse).
+
+Besides the location-based CO2e (`co2_kg`, whose upper bound is retired), the figures carry methodology v2's:
+Scope 2 market-based and Scope 3 embodied CO2e, water and cost — None when no event of the period carries
+the figure, with `coverage` counting the events that do — the measured and estimated parts of energy and
+CO2e, and how many events are estimates and why (`estimation`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import pyarrow as pa
 
 from controlplane.billing import tonnes_needed
 from core.methodology import joules_to_kwh
-from warehouse.measures import BY_NAME, TOKEN_COLUMNS, columns
+from warehouse.measures import BY_NAME, TOKEN_COLUMNS, columns, present
 
 _SUMMED = columns("totals", exclude=("events",))
 _INTS = tuple(c for c in _SUMMED if BY_NAME[c].is_int)
@@ -31,7 +37,22 @@ _FACTORS = (
     "j_per_cache_creation_token",
     "pue",
     "grid_intensity_kg_per_kwh",
+    # methodology v2 (None on rows enriched before it)
+    "grid_market_intensity_kg_per_kwh",
+    "embodied_kg_per_it_j",
+    "wue_onsite_l_per_kwh",
+    "water_offsite_l_per_kwh",
+    "price_usd_per_1m_input",
+    "price_usd_per_1m_cached",
+    "price_usd_per_1m_cache_write",
+    "price_usd_per_1m_output",
+    "price_source",
 )
+_V2_FIGURES = tuple(
+    f"{point}{suffix}"
+    for point in ("co2_kg_market", "co2_kg_embodied", "water_l")
+    for suffix in ("", "_low", "_high")
+) + ("cost_usd",)
 SQL_REL_TOL = 1e-9
 
 
@@ -62,16 +83,17 @@ def compute(table: pa.Table, period: PeriodLike) -> tuple[dict[str, Any], dict[s
     n = table.num_rows
     sign = cols["sign"]
     adj = cols["adjustment"]
+    values = {c: BY_NAME[c].row_values(cols, n) for c in _SUMMED}
 
     def totals(mask: list[bool]) -> dict[str, Any]:
         idx = [i for i in range(n) if mask[i]]
         s = [sign[i] for i in idx]
         t: dict[str, Any] = {"ledger_rows": len(idx), "events": sum(s)}
         for c in _INTS:
-            t[c] = sum(sign[i] * cols[c][i] for i in idx)
+            t[c] = sum(sign[i] * values[c][i] for i in idx)
         t["total_tokens"] = sum(t[c] for c in TOKEN_COLUMNS)
         for c in _FLOATS:
-            t[c] = _fsum_signed(s, [cols[c][i] for i in idx])
+            t[c] = _fsum_signed(s, [values[c][i] for i in idx])
         return t
 
     month_t = totals([not a for a in adj])
@@ -94,6 +116,8 @@ def compute(table: pa.Table, period: PeriodLike) -> tuple[dict[str, Any], dict[s
         "co2_retired_kg": retired,
         "credits_tonnes": tonnes_needed(retired),
         "factors_versions": sorted(set(cols["factors_version"])),
+        **_v2(all_t),
+        "estimation": _estimation(cols, n),
     }
 
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -107,10 +131,11 @@ def compute(table: pa.Table, period: PeriodLike) -> tuple[dict[str, Any], dict[s
             cols["factors_version"][i],
             bool(adj[i]),
             tuple(cols[f][i] for f in _FACTORS),
+            cols["energy_source"][i],
         )
         groups[k].append(i)
     rows = []
-    for k in sorted(groups, key=lambda k: (k[6], k[0], k[1], k[2], k[3], k[4], k[5], k[7])):
+    for k in sorted(groups, key=lambda k: (k[6], k[0], k[1], k[2], k[3], k[4], k[5], _sortable(k[7]), k[8])):
         idx = groups[k]
         s = [sign[i] for i in idx]
         row: dict[str, Any] = {
@@ -121,10 +146,11 @@ def compute(table: pa.Table, period: PeriodLike) -> tuple[dict[str, Any], dict[s
             "model_tier": k[4],
             "factors_version": k[5],
             "adjustment": k[6],
+            "energy_source": k[8],
             "factors": dict(zip(_FACTORS, k[7], strict=True)),
             "events": sum(s),
-            "tokens": {c: sum(sign[i] * cols[c][i] for i in idx) for c in _INTS},
-            "results": {c: _fsum_signed(s, [cols[c][i] for i in idx]) for c in _FLOATS},
+            "tokens": {c: sum(sign[i] * values[c][i] for i in idx) for c in _INTS},
+            "results": {c: _fsum_signed(s, [values[c][i] for i in idx]) for c in _FLOATS},
         }
         row["results"]["energy_kwh"] = joules_to_kwh(row["results"]["energy_j"])
         rows.append(row)
@@ -133,10 +159,52 @@ def compute(table: pa.Table, period: PeriodLike) -> tuple[dict[str, Any], dict[s
         "month": period.month,
         "cutoff": figures["cutoff"],
         "formula": "IT J = uncached×j_per_prefill + cached×j_per_cached + cache_creation×j_per_cache_creation"
-        " + output×j_per_decode; energy_j = IT J × pue; co2_kg = energy_j / 3.6e6 × grid_intensity_kg_per_kwh",
+        " + output×j_per_decode; energy_j = IT J × pue; co2_kg = energy_j / 3.6e6 × grid_intensity_kg_per_kwh"
+        " (location-based). Methodology v2, per event with the factors recorded on it (docs/methodology.md):"
+        " co2_kg_market from grid_market_intensity_kg_per_kwh, co2_kg_embodied from embodied_kg_per_it_j,"
+        " water_l from wue_onsite_l_per_kwh and water_offsite_l_per_kwh, cost_usd from the price_usd_per_1m_*"
+        " prices; energy_source = measured rows use the metered energy instead of the token estimate."
+        " A v2 sum covers only the events that carry the figure (events_market, events_embodied,"
+        " events_water, events_cost)",
         "rows": rows,
     }
     return figures, breakdown
+
+
+def _sortable(values: tuple) -> tuple:
+    """A factor tuple that sorts although some factors may be None (rows enriched before v2)."""
+    return tuple((v is not None, v if v is not None else 0) for v in values)
+
+
+def _v2(t: dict[str, Any]) -> dict[str, Any]:
+    """The period's v2 figures from its totals: None where no event carries the figure (see the module doc),
+    the coverage counts, and the measured and estimated parts (estimated = total − measured)."""
+    shown = present(t)
+    parts = {"energy_j": "energy_j_measured", "co2_kg": "co2_kg_measured"}
+    parts.update(co2_kg_low="co2_kg_measured_low", co2_kg_high="co2_kg_measured_high")
+    return {
+        **{f: shown[f] for f in _V2_FIGURES},
+        "coverage": {c: t[c] for c in ("events_market", "events_embodied", "events_water", "events_cost")},
+        "measured": {"events": t["events_measured"], **{k: t[m] for k, m in parts.items()}},
+        "estimated": {
+            "events": t["events"] - t["events_measured"],
+            **{k: t[k] - t[m] for k, m in parts.items()},
+        },
+    }
+
+
+def _estimation(cols: dict[str, list], n: int) -> dict[str, Any]:
+    """Live events of the close that are estimates (is_estimated), and each distinct reason with its live
+    event count (signed: a cancelled revision counts 0)."""
+    sign, flagged, why = cols["sign"], cols["is_estimated"], cols["estimation_reasons"]
+    reasons: dict[str, int] = defaultdict(int)
+    for i in range(n):
+        for r in why[i] or ():
+            reasons[r] += sign[i]
+    return {
+        "estimated_events": sum(sign[i] for i in range(n) if flagged[i]),
+        "reasons": {r: c for r, c in sorted(reasons.items()) if c},
+    }
 
 
 def cross_check(figures: dict[str, Any], sql: dict[str, dict[str, Any]]) -> None:

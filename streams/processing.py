@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from controlplane.factor_resolver import FACTORS_VERSION_LABEL
 from core.contracts import DeadLetter, EnrichedUsage, Source, UsageEvent
 from core.kafka import OutRecord
-from core.methodology import FactorSet, FactorSetError, enrich, load_factor_set
+from core.methodology import FactorSet, FactorSetError, Prices, enrich, load_factor_set
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +120,20 @@ class Enricher:
     `factors` gives the current set (called once per batch, so a newly published version applies at once).
     A gateway event is enriched with the version stamped in its `FACTORS_VERSION_LABEL` label instead (the
     one its signed receipt used), looked up with `versions` (the worker's `FactorResolver.version`, which
-    reads the control plane once per version); with the current set when that version is unknown."""
+    reads the control plane once per version); with the current set when that version is unknown.
+    `prices` (optional) gives an org's price override `(org_id, provider, model) -> Prices | None`; None
+    there, or no `prices` at all, prices the event from the factor set's price book."""
 
     def __init__(
         self,
         factors: Callable[[], FactorSet],
         window: DedupWindow | None = None,
         versions: Callable[[str], FactorSet | None] = builtin_version,
+        prices: Callable[[str, str, str], Prices | None] | None = None,
     ) -> None:
         self.factors = factors
         self.versions = versions
+        self.prices = prices
         self.window = window or DedupWindow()
 
     def _stamped(self, ev: UsageEvent, current: FactorSet, sets: dict[str, FactorSet]) -> FactorSet:
@@ -169,7 +173,9 @@ class Enricher:
                 res.duplicates += 1
                 continue
             try:
-                enriched = enrich(ev, self._stamped(ev, fs, sets) if ev.source is Source.gateway else fs, now)
+                override = self.prices(ev.org_id, ev.provider, ev.model) if self.prices is not None else None
+                event_fs = self._stamped(ev, fs, sets) if ev.source is Source.gateway else fs
+                enriched = enrich(ev, event_fs, now, prices=override)
             except (ValueError, ArithmeticError) as exc:
                 res.dlq.append(dead_letter(rec, "enrich", f"{type(exc).__name__}: {exc}"))
                 continue

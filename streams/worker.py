@@ -18,6 +18,7 @@ import pyarrow as pa
 from mode import Service
 
 from controlplane import get_engine
+from controlplane.prices import PriceLookup
 from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.methodology import FactorSet, load_factor_set
 from core.settings import Settings
@@ -58,8 +59,11 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         if with_enrich and factors is None:
-            resolver = worker_factors(get_engine(settings.database))
-            self.enricher = Enricher(resolver, versions=resolver.version)
+            engine = get_engine(settings.database)
+            resolver = worker_factors(engine)
+            # cost_usd / price_source: the org's price override (re-read every 10 s), else the price book
+            prices = PriceLookup(engine).prices()
+            self.enricher = Enricher(resolver, versions=resolver.version, prices=prices)
         else:
             self.enricher = Enricher(factors or load_factor_set)
         self.with_enrich, self.with_sink = with_enrich, with_sink

@@ -49,8 +49,12 @@ def warehouse(warehouse_dsn: str) -> Iterator[tuple[object, str]]:
             close_clients(database)
 
 
-def _make_enriched(event_id: str, revision: int = 0, **overrides: object):
-    """A valid EnrichedUsage with fake (but self-consistent) energy figures; any field can be overridden."""
+def _make_enriched(
+    event_id: str, revision: int = 0, *, v2: bool = False, measured: bool = False, **overrides: object
+):
+    """A valid EnrichedUsage with fake (but self-consistent) energy figures; any field can be overridden.
+    `v2=True` adds methodology v2 figures (market-based and embodied CO2e, water, cost) and their factors;
+    `measured=True` makes the energy a (facility-boundary) measurement."""
     from datetime import UTC, datetime, timedelta
 
     from core.contracts import EnrichedUsage
@@ -107,6 +111,49 @@ def _make_enriched(event_id: str, revision: int = 0, **overrides: object):
         "co2_kg_high": co2 * 2.0,
         "enriched_at": datetime(2025, 3, 1, 13, tzinfo=UTC),
     }
+    if v2:
+        kwh, it_kwh = energy / 3.6e6, it_j / 3.6e6
+        market, embodied_per_j, wue, offsite = 0.12, 1e-7, 0.3, 3.0
+        prices = (0.15, 0.075, 0.1875, 0.6)  # USD per 1M uncached / cached / cache-write / output tokens
+        water = it_kwh * wue + kwh * offsite
+        values.update(
+            co2_kg_market=kwh * market,
+            co2_kg_market_low=kwh * market * 0.5,
+            co2_kg_market_high=kwh * market * 2.0,
+            co2_kg_embodied=it_j * embodied_per_j,
+            co2_kg_embodied_low=it_j * embodied_per_j * 0.5,
+            co2_kg_embodied_high=it_j * embodied_per_j * 2.0,
+            water_l=water,
+            water_l_low=water * 0.5,
+            water_l_high=water * 2.0,
+            cost_usd=(
+                tokens["input_tokens_uncached"] * prices[0]
+                + tokens["input_tokens_cached"] * prices[1]
+                + tokens["input_tokens_cache_creation"] * prices[2]
+                + tokens["output_tokens"] * prices[3]
+            )
+            / 1e6,
+            grid_market_intensity_kg_per_kwh=market,
+            embodied_kg_per_it_j=embodied_per_j,
+            wue_onsite_l_per_kwh=wue,
+            water_offsite_l_per_kwh=offsite,
+            price_usd_per_1m_input=prices[0],
+            price_usd_per_1m_cached=prices[1],
+            price_usd_per_1m_cache_write=prices[2],
+            price_usd_per_1m_output=prices[3],
+            price_source="factor set v2.0",
+        )
+    if measured:
+        values.update(
+            energy_source="measured",
+            is_estimated=False,
+            measured_energy_j=energy,
+            measured_by="dcgm",
+            measured_boundary="facility",
+            measured_uncertainty_pct=5.0,
+            energy_j_low=energy * 0.95,
+            energy_j_high=energy * 1.05,
+        )
     values.update(overrides)
     return EnrichedUsage(**values)
 

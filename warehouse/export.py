@@ -7,7 +7,13 @@ neither ClickHouse (one run aggregated and sorted at a time) nor Python (one blo
 that grows with the export; a single GROUP BY over a long window of a big org would aggregate every group at
 once (bench/api.py measures both). On the embedded engine a streaming query holds its client handle until
 closed, so exports run on their own client (`stream_client`), never on the one serving the other queries.
-The columns are the `export` measures of `warehouse.measures` between the keys and the factor version.
+The columns are the `export` measures of `warehouse.measures` between the keys and the factor version, then
+how the row was estimated: `is_estimated` (any of its live events fell back to a default), `estimated_events`
+and `estimation_reasons` (the distinct reasons of its live events, sorted, joined with "; " — a string in
+every format), from the signed ledger. A v2 figure (market-based or embodied CO2e, water, cost) that no event
+of the row carries is empty (CSV) / null (JSON, Parquet), never 0; its coverage count (`events_market`, …)
+says how many of the row's events its sum covers. The estimated part of energy and CO2e is the total minus
+the `*_measured` columns.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from warehouse.measures import BY_NAME, columns
 from warehouse.telemetry import Scope
 
 _SUMS = columns("export")
-EXPORT_COLUMNS = ("date", "model", "provider", "project_name", *_SUMS, "factors_version")
+_ESTIMATION = ("is_estimated", "estimated_events", "estimation_reasons")
+EXPORT_COLUMNS = ("date", "model", "provider", "project_name", *_SUMS, "factors_version", *_ESTIMATION)
 EXPORT_SCHEMA = pa.schema(
     [
         ("date", pa.date32()),
@@ -37,8 +44,24 @@ EXPORT_SCHEMA = pa.schema(
         ("project_name", pa.string()),
         *((c, pa.int64() if BY_NAME[c].is_int else pa.float64()) for c in _SUMS),
         ("factors_version", pa.string()),
+        ("is_estimated", pa.bool_()),
+        ("estimated_events", pa.int64()),
+        ("estimation_reasons", pa.string()),
     ]
 )
+_KEYS = "day, project_id, provider, model, factors_version"
+_LEDGER_KEYS = (
+    "toDate(e.bucket_start) AS day, e.project_id AS project_id, e.provider AS provider, e.model AS model, "
+    "e.factors_version AS factors_version"
+)
+
+
+def _shown(c: str) -> str:
+    """The output expression of measure `c`: NULL for a v2 figure no event of the row carries."""
+    cover = BY_NAME[c].coverage
+    return f"if({cover} = 0, NULL, {c}) AS {c}" if cover else c
+
+
 ExportFormat = Literal["csv", "json", "parquet"]
 
 
@@ -49,19 +72,28 @@ def export_query(scope: Scope, project_names: dict[str, str]) -> tuple[str, dict
     where, params = scope.where("daily", alias="d.")
     params["pids"] = list(project_names)
     params["pnames"] = list(project_names.values())
+    ledger_where, _ = scope.where("ledger", alias="e.")
     sums = ", ".join(f"sum(d.{c}) AS {c}" for c in _SUMS)
-    cols = ", ".join(_SUMS)
+    cols = ", ".join(_shown(c) for c in _SUMS)
     sql = (
         "SELECT day AS date, model, provider, "
         "transform(project_id, {pids:Array(String)}, {pnames:Array(String)}, project_id) AS project_name, "
-        f"{cols}, factors_version FROM ("
+        f"{cols}, factors_version, toBool(estimated_events > 0) AS is_estimated, estimated_events, "
+        "estimation_reasons FROM ("
         "SELECT d.day AS day, d.project_id AS project_id, d.provider AS provider, d.model AS model, "
         f"d.factors_version AS factors_version, sum(d.events) AS events, {sums} "
         f"FROM usage_daily AS d WHERE {where} "
-        "GROUP BY day, project_id, provider, model, factors_version HAVING events != 0) "
+        f"GROUP BY {_KEYS} HAVING events != 0) AS r "
+        # live estimated events per row (sum of signs) and their distinct reasons, from the ledger
+        f"LEFT JOIN (SELECT {_LEDGER_KEYS}, sumIf(toInt64(e.sign), e.is_estimated) AS estimated_events "
+        f"FROM usage_events AS e WHERE {ledger_where} GROUP BY {_KEYS}) AS est USING ({_KEYS}) "
+        f"LEFT JOIN (SELECT {_KEYS}, arrayStringConcat(arraySort(groupArray(reason)), '; ') "
+        f"AS estimation_reasons FROM (SELECT {_LEDGER_KEYS}, reason, sum(toInt64(e.sign)) AS n "
+        f"FROM usage_events AS e ARRAY JOIN e.estimation_reasons AS reason WHERE {ledger_where} "
+        f"GROUP BY {_KEYS}, reason HAVING n > 0) GROUP BY {_KEYS}) AS why USING ({_KEYS}) "
         "ORDER BY date, project_id, provider, model, factors_version "
         f"SETTINGS max_block_size = {EXPORT_BLOCK_ROWS}, output_format_json_quote_64bit_integers = 0, "
-        "output_format_json_quote_64bit_floats = 0"
+        "output_format_json_quote_64bit_floats = 0, format_csv_null_representation = '', join_use_nulls = 0"
     )
     return sql, params
 

@@ -18,23 +18,36 @@ the spec against the migrated tables.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 
 from core.contracts import EnrichedUsage
 
 Reader = Literal["totals", "cache", "dashboard", "models", "events", "export"]
-Kind = Literal["count", "tokens", "energy", "co2", "savings"]
+Kind = Literal["count", "tokens", "energy", "co2", "savings", "water", "cost"]
+# Conditions a derived measure sums under: SQL over the ledger row (`{a}` = its alias) and the same test in
+# Python over the row's values (the monthly close sums the ledger rows in Python).
+Condition = Literal["measured"]
+_CONDITIONS: dict[str, tuple[str, Callable[[Mapping[str, Sequence[Any]], int], bool]]] = {
+    "measured": ("{a}.energy_source = 'measured'", lambda cols, i: cols["energy_source"][i] == "measured"),
+}
 
 
 @dataclass(frozen=True)
 class Measure:
     name: str  # the rollup column
     kind: Kind
-    field: str | None  # the EnrichedUsage field (and ledger column) it sums; None: the signs (`events`)
+    field: str | None  # the EnrichedUsage field (and ledger column) it sums; None: a derived measure
     readers: frozenset[str]
+    # derived measures (field None): the ledger column summed (None: 1 per event, a count of events), only over
+    # the rows where `when` holds (None: all rows); `has:<column>` = the column is not NULL
+    value: str | None = None
+    when: str | None = None
+    nullable: bool = False  # the ledger column is Nullable (a v2 figure: NULL when its producer predates it)
+    coverage: str | None = None  # the count measure of the events that carry this figure (nullable ones)
 
     @property
     def is_int(self) -> bool:
@@ -50,23 +63,64 @@ class Measure:
         """ClickHouse type of the ledger column (None: no ledger column)."""
         if self.field is None:
             return None
-        return "UInt64" if self.is_int else "Float64"
+        base = "UInt64" if self.is_int else "Float64"
+        return f"Nullable({base})" if self.nullable else base
 
     @property
     def arrow_type(self) -> pa.DataType:
         """Arrow type of the ledger column."""
         return pa.uint64() if self.is_int else pa.float64()
 
+    def _condition_sql(self, alias: str) -> str | None:
+        if self.when is None:
+            return None
+        if self.when.startswith("has:"):
+            return f"{alias}.{self.when[4:]} IS NOT NULL"
+        return _CONDITIONS[self.when][0].format(a=alias)
+
     def ledger_sum(self, alias: str = "e") -> str:
-        """The aggregate over the signed ledger (what the rollups' materialized views compute)."""
-        if self.field is None:
-            return f"sum(toInt64({alias}.sign))"
-        return f"sum({alias}.sign * {alias}.{self.field})"
+        """The aggregate over the signed ledger (what the rollups' materialized views compute). NULL values
+        (figures an event does not carry) count as 0 in the sum; the `coverage` measure counts the events
+        that carry one."""
+        column = self.field or self.value
+        if column is None:
+            term = f"toInt64({alias}.sign)"
+        elif self.nullable or BY_FIELD_NULLABLE.get(column, False):
+            term = f"{alias}.sign * ifNull({alias}.{column}, 0)"
+        else:
+            term = f"{alias}.sign * {alias}.{column}"
+        cond = self._condition_sql(alias)
+        return f"sum({term})" if cond is None else f"sumIf({term}, {cond})"
+
+    def row_values(self, cols: Mapping[str, Sequence[Any]], n: int) -> list[Any]:
+        """This measure's value per ledger row (before the sign), from the rows' columns: the Python twin of
+        `ledger_sum` (NULL → 0, rows failing `when` → 0)."""
+        column = self.field or self.value
+        zero: Any = 0 if self.is_int else 0.0
+        values: list[Any] = [1] * n if column is None else [zero if v is None else v for v in cols[column]]
+        if self.when is None:
+            return values
+        if self.when.startswith("has:"):
+            present = cols[self.when[4:]]
+            return [v if present[i] is not None else zero for i, v in enumerate(values)]
+        test = _CONDITIONS[self.when][1]
+        return [v if test(cols, i) else zero for i, v in enumerate(values)]
 
 
-def _m(name: str, kind: Kind, *readers: Reader, field: str | None = "") -> Measure:
-    return Measure(name, kind, name if field == "" else field, frozenset(readers))
+def _m(
+    name: str,
+    kind: Kind,
+    *readers: Reader,
+    field: str | None = "",
+    value: str | None = None,
+    when: str | None = None,
+    coverage: str | None = None,
+) -> Measure:
+    own = name if field == "" else field
+    return Measure(name, kind, own, frozenset(readers), value, when, coverage is not None, coverage)
 
+
+_V2 = ("totals", "dashboard", "models", "export")  # readers of the v2 sums and their coverage counts
 
 MEASURES: tuple[Measure, ...] = (
     _m("events", "count", "totals", "dashboard", "models", field=None),
@@ -83,19 +137,57 @@ MEASURES: tuple[Measure, ...] = (
     _m("co2_kg_high", "co2", "totals", "dashboard", "models", "events", "export"),
     _m("energy_cached_savings_j", "savings", "cache"),
     _m("co2_cached_savings_kg", "savings", "cache", "dashboard"),
+    # Methodology v2 (migration 0003). Each figure an event may lack (NULL in the ledger: enriched before v2)
+    # sums as 0 and has a coverage count beside it — the live events that carry it — so a reader can tell
+    # "no figure" (coverage 0) from a figure of 0 and show how much of the total a sum covers.
+    _m("co2_kg_market", "co2", *_V2, "events", coverage="events_market"),
+    _m("co2_kg_market_low", "co2", *_V2, "events", coverage="events_market"),
+    _m("co2_kg_market_high", "co2", *_V2, "events", coverage="events_market"),
+    _m("events_market", "count", *_V2, field=None, when="has:co2_kg_market"),
+    _m("co2_kg_embodied", "co2", *_V2, "events", coverage="events_embodied"),
+    _m("co2_kg_embodied_low", "co2", *_V2, "events", coverage="events_embodied"),
+    _m("co2_kg_embodied_high", "co2", *_V2, "events", coverage="events_embodied"),
+    _m("events_embodied", "count", *_V2, field=None, when="has:co2_kg_embodied"),
+    _m("water_l", "water", *_V2, "events", coverage="events_water"),
+    _m("water_l_low", "water", *_V2, "events", coverage="events_water"),
+    _m("water_l_high", "water", *_V2, "events", coverage="events_water"),
+    _m("events_water", "count", *_V2, field=None, when="has:water_l"),
+    _m("cost_usd", "cost", *_V2, "events", coverage="events_cost"),
+    _m("events_cost", "count", *_V2, field=None, when="has:cost_usd"),
+    # The measured part (energy_source = 'measured'); the estimated part is the total minus it. Rows enriched
+    # before v2 read energy_source 'estimated' (the column default), which they are.
+    _m("events_measured", "count", *_V2, field=None, when="measured"),
+    _m("energy_j_measured", "energy", *_V2, field=None, value="energy_j", when="measured"),
+    _m("co2_kg_measured", "co2", *_V2, field=None, value="co2_kg", when="measured"),
+    _m("co2_kg_measured_low", "co2", *_V2, field=None, value="co2_kg_low", when="measured"),
+    _m("co2_kg_measured_high", "co2", *_V2, field=None, value="co2_kg_high", when="measured"),
 )
 BY_NAME: dict[str, Measure] = {m.name: m for m in MEASURES}
+BY_FIELD_NULLABLE: dict[str, bool] = {m.field: m.nullable for m in MEASURES if m.field is not None}
 ROLLUP_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES)
 INT_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES if m.is_int)
 FLOAT_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES if not m.is_int)
 TOKEN_COLUMNS: tuple[str, ...] = tuple(m.name for m in MEASURES if m.kind == "tokens")
 # sign × value aggregates over `usage_events AS e`, one per rollup column (the materialized views' sums)
 LEDGER_SUMS: dict[str, str] = {m.name: m.ledger_sum() for m in MEASURES}
+# measured part → the total it is part of
+MEASURED_PARTS: dict[str, str] = {m.name: m.value for m in MEASURES if m.when == "measured" and m.value}
 
 
 def columns(reader: Reader, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The measures `reader` shows, in spec order."""
     return tuple(m.name for m in MEASURES if reader in m.readers and m.name not in exclude)
+
+
+def present(sums: Mapping[str, Any]) -> dict[str, Any]:
+    """`sums` (measure → value, e.g. a rollup row) as shown to people: a v2 figure no event in the sum carries
+    (its coverage count is 0) is None, never a measured-looking 0. Other keys pass through."""
+    out = dict(sums)
+    for name, value in sums.items():
+        m = BY_NAME.get(name)
+        if m is not None and m.coverage is not None and m.coverage in sums and not sums[m.coverage]:
+            out[name] = None if value == 0 else value
+    return out
 
 
 # ------------------------------------------------------------------------------------------ the ledger
@@ -119,6 +211,10 @@ _DIMENSION_TYPES: dict[str, pa.DataType] = {
     "bucket_start": _TS,
     "bucket_end": _TS,
     "event_timestamp": _TS,
+    "measured_energy_j": pa.float64(),
+    "measured_by": _STR,
+    "measured_boundary": _STR,
+    "measured_uncertainty_pct": pa.float64(),
     "labels": pa.map_(_STR, _STR),
     "model_tier": _STR,
     "factors_version": _STR,
@@ -130,6 +226,16 @@ _DIMENSION_TYPES: dict[str, pa.DataType] = {
     "j_per_cache_creation_token": pa.float64(),
     "pue": pa.float64(),
     "grid_intensity_kg_per_kwh": pa.float64(),
+    "energy_source": _STR,
+    "grid_market_intensity_kg_per_kwh": pa.float64(),
+    "embodied_kg_per_it_j": pa.float64(),
+    "wue_onsite_l_per_kwh": pa.float64(),
+    "water_offsite_l_per_kwh": pa.float64(),
+    "price_usd_per_1m_input": pa.float64(),
+    "price_usd_per_1m_cached": pa.float64(),
+    "price_usd_per_1m_cache_write": pa.float64(),
+    "price_usd_per_1m_output": pa.float64(),
+    "price_source": _STR,
     "enriched_at": _TS,
 }
 _LEDGER_MEASURES = {m.field: m.arrow_type for m in MEASURES if m.field is not None}

@@ -44,7 +44,19 @@ _DEFAULTS: dict[str, Any] = {
     "estimation_reasons": None,
     "energy_cached_savings_j": None,
     "co2_cached_savings_kg": None,
+    "energy_source": "estimated",
 }
+# Optional contract fields added by methodology v2 — the raw event's measured energy, the v2 figures and their
+# factors — stored as NULL when absent (Nullable ledger columns, migration 0003).
+OPTIONAL_FIELDS: tuple[str, ...] = tuple(
+    f
+    for f in EVENT_FIELDS
+    if f
+    not in ("connection_id", "region", "routing_tier", "energy_cached_savings_j", "co2_cached_savings_kg")
+    and not EnrichedUsage.model_fields[f].is_required()
+    and EnrichedUsage.model_fields[f].default is None
+)
+_DEFAULTS.update(dict.fromkeys(OPTIONAL_FIELDS))
 _TIME_FIELDS = ("bucket_start", "bucket_end", "event_timestamp", "enriched_at")
 # Optional contract fields the writer computes when a producer left them out (see `fill_savings`).
 SAVINGS_FIELDS = ("energy_cached_savings_j", "co2_cached_savings_kg")
@@ -194,9 +206,11 @@ _STAGE_TYPES = {
 REQUIRED_FIELDS: tuple[str, ...] = tuple(
     f for f in EVENT_FIELDS if EnrichedUsage.model_fields[f].is_required()
 )
-_NULLABLE = {*REQUIRED_FIELDS, "connection_id", "region", "routing_tier", *SAVINGS_FIELDS}
+_NULLABLE = {*REQUIRED_FIELDS, "connection_id", "region", "routing_tier", *SAVINGS_FIELDS, *OPTIONAL_FIELDS}
+_STAGE_DEFAULTS = {"energy_source": " DEFAULT 'estimated'"}  # payloads of producers older than the field
 _STAGE_DDL = ", ".join(
     f"{f.name} {f'Nullable({_STAGE_TYPES[f.type]})' if f.name in _NULLABLE else _STAGE_TYPES[f.type]}"
+    + _STAGE_DEFAULTS.get(f.name, "")
     for f in EVENT_SCHEMA
 )
 _JSON_SETTINGS = {

@@ -12,19 +12,25 @@
 * Times are returned as epoch milliseconds / seconds from SQL and turned into aware UTC datetimes here (the
   chdb engine may drop the zone of `DateTime('UTC')` columns in its output).
 
+* v2 figures (market-based and embodied CO2e, water, cost) sum as 0 over events that lack them; each has a
+  coverage count (`warehouse.measures`), and `warehouse.measures.present` turns a sum no event carries into
+  None. `estimation` says, per model, how many live events are estimates and why (their distinct
+  `estimation_reasons`), straight from the ledger: those are not additive figures a rollup could hold.
+
 The export file is `warehouse.export`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from clickhouse_connect.driver import Client
 
-from warehouse.measures import BY_NAME, TOKEN_COLUMNS, columns
+from core.methodology import joules_to_kwh
+from warehouse.measures import BY_NAME, TOKEN_COLUMNS, columns, present
 
 MIN_DAY = date(1970, 1, 1)  # ClickHouse Date range
 MAX_DAY = date(2149, 6, 6)
@@ -138,6 +144,108 @@ def project_co2(
     return {pid: float(co2) for pid, co2, _ in result.result_rows}
 
 
+# --------------------------------------------------------------------------------------------- estimation
+
+
+@dataclass
+class Estimation:
+    """How the live events of one (provider, model) in scope were estimated: how many carry is_estimated, and
+    each distinct estimation reason with the number of live events that give it."""
+
+    estimated_events: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Estimation) -> None:
+        self.estimated_events += other.estimated_events
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+    def reason_list(self) -> list[dict[str, Any]]:
+        """[{reason, event_count}], most frequent first."""
+        return [
+            {"reason": r, "event_count": n}
+            for r, n in sorted(self.reasons.items(), key=lambda x: (-x[1], x[0]))
+        ]
+
+
+def estimation(client: Client, scope: Scope) -> dict[tuple[str, str], Estimation]:
+    """(provider, model) → Estimation of the live events in scope, from the signed ledger (sum of signs: a
+    cancelled revision counts 0). Models without any estimated event are left out."""
+    where, params = scope.where("ledger", alias="e.")
+    out: dict[tuple[str, str], Estimation] = {}
+    for provider, model, n in client.query(
+        "SELECT e.provider AS provider, e.model AS model, sumIf(toInt64(e.sign), e.is_estimated) AS n "
+        f"FROM usage_events AS e WHERE {where} GROUP BY provider, model HAVING n != 0",
+        parameters=params,
+    ).result_rows:
+        out.setdefault((provider, model), Estimation()).estimated_events = int(n)
+    for provider, model, reason, n in client.query(
+        "SELECT e.provider AS provider, e.model AS model, reason, sum(toInt64(e.sign)) AS n "
+        f"FROM usage_events AS e ARRAY JOIN e.estimation_reasons AS reason WHERE {where} "
+        "GROUP BY provider, model, reason HAVING n != 0",
+        parameters=params,
+    ).result_rows:
+        out.setdefault((provider, model), Estimation()).reasons[reason] = int(n)
+    return out
+
+
+def summary_parts(
+    client: Client, scope: Scope
+) -> tuple[list[DailyModelRow], dict[tuple[str, str], Estimation]]:
+    """What a dashboard summary needs: the daily rollup per model (`daily_by_model`) and the estimation."""
+    return daily_by_model(client, scope), estimation(client, scope)
+
+
+def estimation_fields(est: Estimation | None, events: int) -> dict[str, Any]:
+    """The estimation keys of a per-model or summary row: is_estimated (any live event estimated), the count and
+    share of estimated events, and the distinct reasons."""
+    est = est or Estimation()
+    return {
+        "is_estimated": est.estimated_events > 0,
+        "estimated_event_count": est.estimated_events,
+        "estimated_share": round(est.estimated_events / events, 6) if events > 0 else 0.0,
+        "estimation_reasons": est.reason_list(),
+    }
+
+
+def v2_fields(sums: dict[str, Any], prefix: str = "total_") -> dict[str, Any]:
+    """The v2 keys of a per-model or summary row from its measure sums: market-based and embodied CO2e, water
+    (each with bounds), cost — None when no event in the sum carries the figure — with the coverage counts,
+    and the measured and estimated parts of energy and CO2e."""
+    v = present(sums)
+    out: dict[str, Any] = {}
+    for name, label, unit in (
+        ("co2_kg_market", "co2_market", "kg"),
+        ("co2_kg_embodied", "co2_embodied", "kg"),
+        ("water_l", "water", "l"),
+    ):
+        out[f"{prefix}{label}_{unit}"] = v[name]
+        out[f"{prefix}{label}_lower_bound_{unit}"] = v[f"{name}_low"]
+        out[f"{prefix}{label}_upper_bound_{unit}"] = v[f"{name}_high"]
+    out[f"{prefix}cost_usd"] = v["cost_usd"]
+    out["coverage"] = {
+        "co2_market": int(sums["events_market"]),
+        "co2_embodied": int(sums["events_embodied"]),
+        "water": int(sums["events_water"]),
+        "cost": int(sums["events_cost"]),
+    }
+    out["measured"] = {
+        "event_count": int(sums["events_measured"]),
+        "energy_kwh": joules_to_kwh(sums["energy_j_measured"]),
+        "co2_kg": sums["co2_kg_measured"],
+        "co2_kg_low": sums["co2_kg_measured_low"],
+        "co2_kg_high": sums["co2_kg_measured_high"],
+    }
+    out["estimated"] = {  # the total minus the measured part (the whole total while nothing is measured)
+        "event_count": int(sums["events"]) - int(sums["events_measured"]),
+        "energy_kwh": joules_to_kwh(sums["energy_j"] - sums["energy_j_measured"]),
+        "co2_kg": sums["co2_kg"] - sums["co2_kg_measured"],
+        "co2_kg_low": sums["co2_kg_low"] - sums["co2_kg_measured_low"],
+        "co2_kg_high": sums["co2_kg_high"] - sums["co2_kg_measured_high"],
+    }
+    return out
+
+
 # --------------------------------------------------------------------------------------------- models
 
 
@@ -173,6 +281,7 @@ def models(client: Client, scope: Scope) -> list[dict[str, Any]]:
         parameters=params,
     ).result_rows:
         hours[(provider, model, day)] = (int(first), int(last))
+    est = estimation(client, scope)
     out = []
     for r in rows:
         first_day = datetime.combine(r["first_day"], datetime.min.time(), UTC)
@@ -193,6 +302,8 @@ def models(client: Client, scope: Scope) -> list[dict[str, Any]]:
                 # the hourly rollup can only disagree if it is being reconciled: fall back to the day
                 "first_seen": _ms_to_dt(first[0] * 1000) if first else first_day,
                 "last_seen": _ms_to_dt(last[1] * 1000) if last else last_day,
+                **v2_fields(r),
+                **estimation_fields(est.get((r["provider"], r["model"])), int(r["events"])),
             }
         )
     out.sort(key=lambda m: (-m["total_co2_kg"], m["provider"], m["model"]))
@@ -215,8 +326,15 @@ EVENT_COLUMNS = (
     "region",
     "routing_tier",
     *columns("events"),
+    "energy_source",
+    "measured_energy_j",
+    "measured_by",
+    "measured_boundary",
+    "measured_uncertainty_pct",
+    "price_source",
     "factors_version",
     "is_estimated",
+    "estimation_reasons",
 )
 _EVENT_TIMES = ("bucket_start", "bucket_end", "event_timestamp")
 

@@ -4,6 +4,7 @@ and its source, taken from the current carbon factor version (so it always match
 from __future__ import annotations
 
 from datetime import date
+from statistics import median
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -11,7 +12,9 @@ from pydantic import BaseModel
 
 from api.deps import Ctx
 from api.errors import error_responses
+from api.routers.carbon_factors import V2Sections, tier_uncertainty_pct, v2_sections
 from controlplane import NotFound
+from core.methodology import FactorSet
 
 router = APIRouter(tags=["methodology"])
 
@@ -23,6 +26,27 @@ FORMULA = [
     "facility J = IT J × PUE(provider)",
     "kWh = facility J / 3.6e6",
     "kg CO2e = kWh × grid intensity(provider, region) [kg CO2e/kWh, location-based]",
+]
+FORMULA_V2 = [
+    "co2_kg_market = kWh × market-based grid intensity(provider, region)",
+    "co2_kg_embodied = IT J × embodied k [kg CO2e per J of IT energy; not × PUE]",
+    "water_l = IT kWh × (on-site WUE(provider) + PUE × off-site water(country of the region)) [L/kWh]",
+    "cost_usd = (uncached × input + cached × cached_input + cache_write × cache_write + output × output) / 1e6 "
+    "[USD per 1M tokens: the org's override, else the price book]",
+    "measured energy (when an event carries one) replaces the token estimate: gpu boundary × host factor × PUE, "
+    "server × PUE, facility as measured; energy_source = measured",
+]
+FIGURES = [
+    (
+        "energy_j",
+        "J",
+        "facility energy (IT × PUE); energy_source says whether estimated from tokens or measured",
+    ),
+    ("co2_kg", "kg CO2e", "Scope 2, location-based (operational); the meaning it always had"),
+    ("co2_kg_market", "kg CO2e", "Scope 2, market-based (the providers' contractual instruments)"),
+    ("co2_kg_embodied", "kg CO2e", "Scope 3 (category 1, purchased services): the hardware's embodied share"),
+    ("water_l", "L", "water consumed on site (cooling) and off site (electricity generation)"),
+    ("cost_usd", "USD", "price of the tokens: the org's price override, else the factor set's price book"),
 ]
 PHASES = [
     {"name": "prefill", "tokens": "input_tokens_uncached", "description": "uncached input (prompt) tokens"},
@@ -66,7 +90,13 @@ class SourceOut(BaseModel):
     citation: str
 
 
-class MethodologyOut(BaseModel):
+class FigureOut(BaseModel):
+    field: str
+    unit: str
+    meaning: str
+
+
+class MethodologyOut(V2Sections):
     version: str
     published_at: date
     description: str
@@ -78,8 +108,14 @@ class MethodologyOut(BaseModel):
     fallback_tier: str
     pue_values: dict[str, object]
     grid_intensity: dict[str, object]
-    uncertainty: dict[str, str]
+    uncertainty: dict[str, str | float]
+    figures: list[FigureOut]
     sources: list[SourceOut]
+
+
+def _default_uncertainty_pct(fs: FactorSet) -> float:
+    """The fallback tier's widest band deviation, % (what an unknown model gets)."""
+    return tier_uncertainty_pct(fs.tiers[fs.fallback_tier])
 
 
 @router.get(
@@ -101,13 +137,16 @@ async def methodology(ctx: Ctx) -> MethodologyOut:
         published_at=fv.published_at.date(),
         description=fs.description,
         pipeline=PIPELINE,
-        formula=FORMULA,
+        formula=FORMULA + (FORMULA_V2 if fs.embodied is not None else []),
         units={
             "energy": "J (1 kWh = 3.6e6 J)",
             "energy_per_token": "J of IT (server) energy per token, before PUE",
             "pue": "dimensionless, facility energy / IT energy",
             "grid_intensity": "kg CO2e per kWh",
             "co2e": "kg",
+            "embodied": "kg CO2e per J of IT energy",
+            "water": "L per kWh (on-site per IT kWh, off-site per kWh generated)",
+            "price": "USD per 1,000,000 tokens",
         },
         phases=[PhaseOut(**p) for p in PHASES],
         tiers=[
@@ -128,6 +167,8 @@ async def methodology(ctx: Ctx) -> MethodologyOut:
         pue_values={
             "providers": dict(fs.pue),
             "default": fs.default_pue,
+            # the seed contract's two figures: the known providers' median PUE, and the unknown-provider one
+            "known_hyperscalers": median(fs.pue.values()) if fs.pue else fs.default_pue,
             "unknown_providers": fs.default_pue,
         },
         grid_intensity={
@@ -135,7 +176,18 @@ async def methodology(ctx: Ctx) -> MethodologyOut:
             "basis": "location-based annual average of the provider's region; provider default when unknown",
             "providers": {p: dict(r) for p, r in fs.grid.items()},
             "default": fs.default_grid_intensity,
+            "value_kg_per_kwh": fs.default_grid_intensity,  # the seed contract's single value: the default
         },
-        uncertainty={"method": "low/high bounds per tier and phase", "basis": UNCERTAINTY_BASIS},
+        uncertainty={
+            "method": "low/high bounds per tier and phase",
+            "basis": UNCERTAINTY_BASIS,
+            "default_pct": _default_uncertainty_pct(fs),
+        },
+        figures=[
+            FigureOut(field=f, unit=u, meaning=m)
+            for f, u, m in FIGURES
+            if fs.embodied is not None or f in ("energy_j", "co2_kg")
+        ],
         sources=[SourceOut(key=k, citation=v) for k, v in fs.sources.items()],
+        **dict(v2_sections(fs)),
     )

@@ -47,13 +47,72 @@ class CacheSplit(BaseModel):
     )
 
 
-class ModelShare(BaseModel):
+class Coverage(BaseModel):
+    """Live events that carry each v2 figure (events enriched before methodology v2 carry none): a sum covers
+    only these events, and is null when none does."""
+
+    co2_market: int
+    co2_embodied: int
+    water: int
+    cost: int
+
+
+class EnergyPart(BaseModel):
+    """The measured (energy_source = measured) or estimated part of the energy and location-based CO2e."""
+
+    event_count: int
+    energy_kwh: float
+    co2_kg: float
+    co2_kg_low: float
+    co2_kg_high: float
+
+
+class EstimationReason(BaseModel):
+    reason: str
+    event_count: int = Field(description="live events giving this reason")
+
+
+class Estimation(BaseModel):
+    """How the figures were estimated: whether any event fell back to a default, how many, and why."""
+
+    is_estimated: bool = Field(description="true when any event of the row fell back to a default factor")
+    estimated_event_count: int
+    estimated_share: float = Field(description="estimated events / events (0 … 1)")
+    estimation_reasons: list[EstimationReason] = Field(description="distinct reasons, most frequent first")
+
+
+class V2Totals(BaseModel):
+    """Methodology v2 totals: Scope 2 market-based and Scope 3 embodied CO2e, water (each with its bounds) and
+    cost. null when no event in the row carries the figure (see `coverage`)."""
+
+    total_co2_market_kg: float | None = Field(description="Scope 2 market-based CO2e")
+    total_co2_market_lower_bound_kg: float | None
+    total_co2_market_upper_bound_kg: float | None
+    total_co2_embodied_kg: float | None = Field(description="Scope 3 embodied (hardware manufacturing) CO2e")
+    total_co2_embodied_lower_bound_kg: float | None
+    total_co2_embodied_upper_bound_kg: float | None
+    total_water_l: float | None = Field(description="water consumed on and off site, litres")
+    total_water_lower_bound_l: float | None
+    total_water_upper_bound_l: float | None
+    total_cost_usd: float | None
+    coverage: Coverage
+    measured: EnergyPart = Field(description="the part from measured energy")
+    estimated: EnergyPart = Field(
+        description="the part estimated from tokens (the total minus the measured part)"
+    )
+
+
+class ModelShare(Estimation):
     model: str
     provider: str
     total_tokens: int
     co2_kg: float
     event_count: int
     percentage: float = Field(description="share of the period's total CO2e, in %")
+    co2_market_kg: float | None = None
+    co2_embodied_kg: float | None = None
+    water_l: float | None = None
+    cost_usd: float | None = None
 
 
 class DailyPoint(BaseModel):
@@ -67,8 +126,8 @@ class Period(BaseModel):
     end: date
 
 
-class TelemetrySummary(BaseModel):
-    total_co2_kg: float
+class TelemetrySummary(V2Totals, Estimation):
+    total_co2_kg: float = Field(description="Scope 2 location-based CO2e")
     total_co2_lower_bound_kg: float
     total_co2_upper_bound_kg: float
     total_tokens: int = Field(description="input (uncached + cached + cache creation) + output tokens")
@@ -120,8 +179,25 @@ class TelemetryEvent(BaseModel):
     co2_kg: float
     co2_kg_low: float
     co2_kg_high: float
+    co2_kg_market: float | None = Field(description="market-based CO2e; null when enriched before v2")
+    co2_kg_market_low: float | None
+    co2_kg_market_high: float | None
+    co2_kg_embodied: float | None
+    co2_kg_embodied_low: float | None
+    co2_kg_embodied_high: float | None
+    water_l: float | None
+    water_l_low: float | None
+    water_l_high: float | None
+    cost_usd: float | None
+    energy_source: str = Field(description="estimated (from tokens) or measured")
+    measured_energy_j: float | None
+    measured_by: str | None
+    measured_boundary: str | None
+    measured_uncertainty_pct: float | None
+    price_source: str | None
     factors_version: str
     is_estimated: bool
+    estimation_reasons: list[str]
 
 
 class EventList(BaseModel):
@@ -129,7 +205,7 @@ class EventList(BaseModel):
     pagination: Pagination
 
 
-class ModelUsage(BaseModel):
+class ModelUsage(V2Totals, Estimation):
     model: str
     provider: str
     total_tokens: int

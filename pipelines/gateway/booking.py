@@ -3,17 +3,23 @@
 A request computes its figures with the factor set it took at its start (`RequestCtx.factors`) and stamps
 that set's version on its usage event (label `FACTORS_VERSION_LABEL`); enrichment applies the stamped
 version, so the ledger row of the event equals the signed receipt even across `joulestream factors publish`.
+
+`cost_usd` (receipt `cost_usd_micros`, header `X-Cost-USD`) is what enrichment records too: the tokens at the org's price override
+(`controlplane.prices`, as the gateway last read it) or the factor set's price book. It is not what the
+gateway charges a prepaid balance (`price_usd_micros`: the routing file's prices for the upstream that
+answered, rounded up to whole micro-USD).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.factor_resolver import FACTORS_VERSION_LABEL
 from core.contracts import RoutingTier, Source, UsageEvent
-from core.methodology import FactorSet, Footprint, compute_footprint
+from core.methodology import J_PER_KWH, FactorSet, Footprint, Prices, compute_footprint
 from core.pricing import price_micros
 from core.receipts import utc_timestamp
 from pipelines.gateway.auth import Caller
@@ -59,6 +65,7 @@ class RequestCtx:
     tier_rule: str
     prompt_est: int
     factors: FactorSet  # the set every figure of this request is computed with
+    prices: Callable[[str, str, str], Prices | None] = lambda org, provider, model: None  # org overrides
     reservation: Reservation | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
@@ -107,17 +114,42 @@ def answer_text_len(endpoint: str, data: dict[str, Any]) -> int:
 
 
 def footprint(ctx: RequestCtx, cand: Candidate, model: str, t: Tokens) -> Footprint:
-    """The request's footprint, with the factor set it took at its start."""
+    """The request's footprint, with the factor set it took at its start and the org's price override."""
+    provider = cand.upstream.provider
     return compute_footprint(
         ctx.factors,
-        provider=cand.upstream.provider,
+        provider=provider,
         model=model,
         region=cand.upstream.region,
         input_tokens_uncached=t.uncached,
         input_tokens_cached=t.cached,
         input_tokens_cache_creation=0,
         output_tokens=t.output,
+        prices=ctx.prices(ctx.caller.org_id, provider, model),
     )
+
+
+def _mg(kg: float | None) -> float | None:
+    return None if kg is None else kg * 1e6
+
+
+def _ml(litres: float | None) -> float | None:
+    return None if litres is None else litres * 1e3
+
+
+def v2_headers(fp: Footprint) -> dict[str, str]:
+    """The methodology v2 headers, each present only when the factor set (and, for cost, a price) gives it."""
+    out = {"X-Energy-Source": fp.energy_source.value}
+    for name, value in (
+        ("X-Carbon-Market-mg", _mg(fp.co2_kg_market)),
+        ("X-Carbon-Embodied-mg", _mg(fp.co2_kg_embodied)),
+        ("X-Water-mL", _ml(fp.water_l)),
+    ):
+        if value is not None:
+            out[name] = fmt(value)
+    if fp.cost_usd is not None:  # a request costs fractions of a cent: ten decimals
+        out["X-Cost-USD"] = f"{fp.cost_usd:.10f}".rstrip("0").rstrip(".") or "0"
+    return out
 
 
 def energy_headers(ctx: RequestCtx, cand: Candidate, fp: Footprint, t: Tokens) -> dict[str, str]:
@@ -131,6 +163,7 @@ def energy_headers(ctx: RequestCtx, cand: Candidate, fp: Footprint, t: Tokens) -
         "X-Tokens-Estimated": "true" if t.estimated else "false",
         "X-Energy-Estimated": "true" if (t.estimated or fp.is_estimated) else "false",
         "X-Factors-Version": fp.factors_version,
+        **v2_headers(fp),
     }
 
 
@@ -222,6 +255,18 @@ def receipt(
         "is_estimated": t.estimated or fp.is_estimated,
         "estimation_reasons": list(fp.estimation_reasons)
         + (["tokens estimated: the upstream reported no usage"] if t.estimated else []),
+        "energy_source": fp.energy_source.value,
+        "carbon_market_mg": _mg(fp.co2_kg_market),
+        "carbon_market_mg_low": _mg(fp.co2_kg_market_low),
+        "carbon_market_mg_high": _mg(fp.co2_kg_market_high),
+        "carbon_embodied_mg": _mg(fp.co2_kg_embodied),
+        "carbon_embodied_mg_low": _mg(fp.co2_kg_embodied_low),
+        "carbon_embodied_mg_high": _mg(fp.co2_kg_embodied_high),
+        "water_ml": _ml(fp.water_l),
+        "water_ml_low": _ml(fp.water_l_low),
+        "water_ml_high": _ml(fp.water_l_high),
+        "cost_usd_micros": None if fp.cost_usd is None else fp.cost_usd * 1e6,
+        "price_source": fp.price_source,
         "factors_version": fp.factors_version,
         "factors": {
             "model_tier": fp.model_tier,
@@ -230,6 +275,16 @@ def receipt(
             "j_per_prefill_token": fp.j_per_prefill_token,
             "j_per_decode_token": fp.j_per_decode_token,
             "j_per_cached_token": fp.j_per_cached_token,
+            "grid_market_intensity_kg_per_kwh": fp.grid_market_intensity_kg_per_kwh,
+            "embodied_kg_per_it_kwh": (
+                None if fp.embodied_kg_per_it_j is None else fp.embodied_kg_per_it_j * J_PER_KWH
+            ),
+            "wue_onsite_l_per_kwh": fp.wue_onsite_l_per_kwh,
+            "water_offsite_l_per_kwh": fp.water_offsite_l_per_kwh,
+            "price_usd_per_1m_input": fp.price_usd_per_1m_input,
+            "price_usd_per_1m_cached": fp.price_usd_per_1m_cached,
+            "price_usd_per_1m_cache_write": fp.price_usd_per_1m_cache_write,
+            "price_usd_per_1m_output": fp.price_usd_per_1m_output,
         },
         "price_usd_micros": price,
         "started_at": utc_timestamp(ctx.started),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from uuid6 import uuid7
 
 from controlplane.factor_resolver import FactorResolver
+from controlplane.prices import PriceLookup
 from core.pricing import price_micros
 from core.receipts import Keyring
 from core.settings import Settings
@@ -78,6 +80,9 @@ class Gateway:
         self.limiter = RateLimiter(config.budgets)
         self.prepaid = Prepaid(engine, config.billing)
         self.receipts = ReceiptWriter(engine, keyring)
+        # the orgs' price overrides: read at start and with every factor re-read, off the event loop
+        self.prices = PriceLookup(engine, ttl_s=math.inf)
+        self._price_lookup = self.prices.prices()
         self.books = Books(self.receipts, self.limiter, self.prepaid)
         self.pool = UpstreamPool(config.upstreams)
         self.spool_dir = spool_dir
@@ -103,6 +108,7 @@ class Gateway:
         await self.receipts.start()
         await self.prepaid.start()
         await self.pool.start()
+        await asyncio.to_thread(self.prices.refresh)
         self._factor_watch = asyncio.create_task(self._watch_factors(), name="gateway-factor-watch")
         self.started = True
         log.info(
@@ -133,6 +139,7 @@ class Gateway:
         while True:
             await asyncio.sleep(max(self.factors.ttl_s, 0.05))
             await asyncio.to_thread(self.factors.refresh)  # never raises for the control plane's sake
+            await asyncio.to_thread(self.prices.refresh)  # nor does this (the last good read stays)
 
     def health(self) -> tuple[int, dict[str, Any]]:
         if self.publisher is None:
@@ -199,7 +206,17 @@ class Gateway:
             )
             cands = self.router.candidates(endpoint, body["model"], c.tier, prompt_est, rank_out)
             ctx = RequestCtx(
-                endpoint, request_id, uid, started, caller, body, c.tier, c.rule, prompt_est, factors
+                endpoint,
+                request_id,
+                uid,
+                started,
+                caller,
+                body,
+                c.tier,
+                c.rule,
+                prompt_est,
+                factors,
+                prices=self._price_lookup,
             )
             reserve_out = (
                 0

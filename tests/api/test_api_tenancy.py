@@ -25,6 +25,7 @@ except ImportError:  # older FastAPI: app.routes is already flat
 from controlplane import ApiKeys, Orgs, Projects, Workloads
 from controlplane.billing import Credits, Receipts
 from controlplane.connections import Connections
+from controlplane.prices import PriceOverrides
 from core.secrets import LocalSecretStore
 from tests.api.stripe_stub import WEBHOOK_SECRET, StripeStub, event, sign_webhook
 from tests.fixtures_api import bearer, client_for
@@ -83,6 +84,13 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("GET", "/api/v1/receipts/{receipt_id}/pdf"): (ORG_ITEM, None),
     ("GET", "/api/v1/export/audit-pack/{year}/{month}"): (ORG_ITEM, None),
     ("GET", "/public/receipts/verify/{serial_number}"): (PUBLIC_ITEM, None),
+    ("GET", "/api/v1/price-overrides"): (ORG_LIST, None),
+    ("PUT", "/api/v1/price-overrides"): (
+        ORG_CREATE,
+        {"model_pattern": "b-model*", "input": 1, "cached_input": 0.1, "cache_write": 1, "output": 2},
+    ),
+    ("GET", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
+    ("DELETE", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
 }
 
 
@@ -98,6 +106,7 @@ class OrgA:
     receipt_id: str
     receipt_serial: str  # public by design (the verification endpoint), so a marker everywhere else
     audit_pack_month: tuple[int, int]
+    price_override_id: str
 
     def markers(self) -> list[str]:
         return [
@@ -110,6 +119,7 @@ class OrgA:
             self.stripe_customer_id,
             self.receipt_id,
             self.receipt_serial,
+            self.price_override_id,
         ]
 
 
@@ -135,6 +145,7 @@ def _path_value(name: str, a: OrgA) -> str:
         "year": str(a.audit_pack_month[0]),
         "month": str(a.audit_pack_month[1]),
         "serial_number": a.receipt_serial,
+        "override_id": a.price_override_id,
     }
     assert name in values, f"path parameter {{{name}}} has no tenancy value: add it to _path_value"
     return values[name]
@@ -207,6 +218,9 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
     orgs.set_stripe_customer(a_t.org.id, a_customer)
     orgs.set_stripe_customer(b_t.org.id, b_customer)
     receipt_id, serial = _close_september_for(a_t.org.id, engine, warehouse, settings, db_url)
+    override, _ = PriceOverrides(engine).put(
+        a_t.org.id, "secret-a-model*", input=1.0, cached_input=0.5, cache_write=1.0, output=3.0
+    )
     a = OrgA(
         a_t.org.id,
         a_t.org.slug,
@@ -218,6 +232,7 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         receipt_id,
         serial,
         (2026, 9),
+        override.id,
     )
     # B's most privileged key: read + admin + billing
     b_headers = bearer(ApiKeys(engine).create(b_t.org.id, ["read", "admin", "billing"], name="b-all")[1])
@@ -277,6 +292,8 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         assert (await c.get(f"/api/v1/projects/{a.project_id}", headers=a_t.h)).json() == a_before
         assert (await c.get("/api/v1/projects", headers=a_t.h)).json()["projects"] == a_list_before
         assert (await c.get("/api/v1/receipts", headers=a_t.h)).json()["receipts"] == a_receipts_before
+        a_prices = (await c.get("/api/v1/price-overrides", headers=a_t.h)).json()["price_overrides"]
+        assert [p["id"] for p in a_prices] == [a.price_override_id]
         b_names = [p["name"] for p in (await c.get("/api/v1/projects", headers=b_headers)).json()["projects"]]
         assert "Created by B" in b_names and name not in b_names
     assert orgs.get(a.org_id) == a_org_before  # plan and Stripe customer untouched (forged webhook too)

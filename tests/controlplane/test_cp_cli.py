@@ -76,5 +76,5 @@ def test_factors(db_url, engine, tmp_path):
     r = _run(db_url, tmp_path, "factors", "publish", str(bad))
     assert r.exit_code == 1 and "kg CO2e/kWh" in r.stderr
     lines = _run(db_url, tmp_path, "factors", "list").stdout.splitlines()
-    assert lines[0].startswith("* v9.0") and "v1.0" in lines[1]
+    assert lines[0].startswith("* v9.0") and "v2.0" in lines[1] and "v1.0" in lines[2]  # both seeded
     assert _run(db_url, tmp_path, "factors", "publish", str(tmp_path / "missing.yaml")).exit_code != 0

@@ -338,14 +338,16 @@ def test_factor_versions_seed(engine):
     repo = FactorVersions(engine)
     assert repo.current() is None and repo.list() == []
     current = repo.ensure_seeded()
-    assert current.version == "v1.0" and current.tier_count >= 1
-    assert repo.ensure_seeded().version == "v1.0"
-    assert len(repo.list()) == 1
+    assert current.version == "v2.0" and current.tier_count >= 1
+    assert repo.ensure_seeded().version == "v2.0"
+    assert [fv.version for fv in repo.list()] == ["v2.0", "v1.0"]
     fs = current.factor_set
-    assert fs.version == "v1.0" and len(fs.tiers) == current.tier_count
+    assert fs.version == "v2.0" and len(fs.tiers) == current.tier_count
     from core.methodology import FACTORS_DIR
 
-    assert current.body == (FACTORS_DIR / "v1.0.yaml").read_text(encoding="utf-8")
+    assert current.body == (FACTORS_DIR / "v2.0.yaml").read_text(encoding="utf-8")
+    v1 = repo.get("v1.0")
+    assert v1 is not None and v1.body == (FACTORS_DIR / "v1.0.yaml").read_text(encoding="utf-8")
 
 
 def test_factor_versions_publish(engine):
@@ -365,7 +367,7 @@ def test_factor_versions_publish(engine):
     # an older published_at does not become current; list is newest first
     repo.publish(tiny_factors("v0.5", "2001-01-01"))
     assert repo.current().version == "v9.0"
-    assert [v.version for v in repo.list()] == ["v9.0", "v1.0", "v0.5"]
+    assert [v.version for v in repo.list()] == ["v9.0", "v2.0", "v1.0", "v0.5"]
 
 
 def test_factor_versions_same_day_later_publication_wins(engine):

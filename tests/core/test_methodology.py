@@ -200,7 +200,7 @@ inputs = st.tuples(st.sampled_from(PROVIDERS), st.sampled_from(MODELS), st.sampl
 @settings(max_examples=300, deadline=None)
 @given(inputs, counts, counts, counts, counts)
 def test_low_le_point_le_high(where, u, c, w, o) -> None:
-    fs = load_factor_set()
+    fs = load_factor_set("v1.0")
     fp = _fp(fs, *where, u=u, c=c, w=w, o=o)
     assert 0.0 <= fp.energy_j_low <= fp.energy_j <= fp.energy_j_high
     assert 0.0 <= fp.co2_kg_low <= fp.co2_kg <= fp.co2_kg_high
@@ -209,7 +209,7 @@ def test_low_le_point_le_high(where, u, c, w, o) -> None:
 @settings(max_examples=300, deadline=None)
 @given(inputs, counts, counts, counts, counts, st.integers(0, 3), st.integers(min_value=0, max_value=10**9))
 def test_monotonic_in_every_token_count(where, u, c, w, o, which, extra) -> None:
-    fs = load_factor_set()
+    fs = load_factor_set("v1.0")
     base = [u, c, w, o]
     more = list(base)
     more[which] += extra
@@ -221,7 +221,7 @@ def test_monotonic_in_every_token_count(where, u, c, w, o, which, extra) -> None
 @settings(max_examples=100, deadline=None)
 @given(inputs)
 def test_zero_tokens_zero_energy(where) -> None:
-    fp = _fp(load_factor_set(), *where)
+    fp = _fp(load_factor_set("v1.0"), *where)
     assert fp.energy_j == fp.energy_j_low == fp.energy_j_high == 0.0
     assert fp.co2_kg == fp.co2_kg_low == fp.co2_kg_high == 0.0
 
@@ -229,7 +229,7 @@ def test_zero_tokens_zero_energy(where) -> None:
 @settings(max_examples=300, deadline=None)
 @given(inputs, counts, counts, counts, counts)
 def test_linear_in_tokens(where, u, c, w, o) -> None:
-    fs = load_factor_set()
+    fs = load_factor_set("v1.0")
     one, two = _fp(fs, *where, u, c, w, o), _fp(fs, *where, 2 * u, 2 * c, 2 * w, 2 * o)
     for field in ("energy_j", "energy_j_low", "energy_j_high", "co2_kg", "co2_kg_low", "co2_kg_high"):
         assert getattr(two, field) == pytest.approx(2 * getattr(one, field), rel=1e-12), field
@@ -399,7 +399,7 @@ def test_shipped_factor_set_is_sane(fs: FactorSet) -> None:
 
 
 def test_round_trip_of_shipped_yaml() -> None:
-    assert _parse(_raw()) == load_factor_set()
+    assert _parse(_raw()) == load_factor_set("v1.0")
 
 
 def test_grid_unit_error_is_rejected() -> None:
@@ -528,7 +528,7 @@ def test_enrich_always_serialises_like_validated(where, u, c, w, o) -> None:
         input_tokens_cache_creation=w,
         output_tokens=o,
     )
-    _assert_serialises_like_validated(enrich(ev, load_factor_set(), datetime(2026, 1, 6, tzinfo=UTC)))
+    _assert_serialises_like_validated(enrich(ev, load_factor_set("v1.0"), datetime(2026, 1, 6, tzinfo=UTC)))
 
 
 def test_enrich_fast_path_is_active_and_matches_model_construct(fs: FactorSet, monkeypatch) -> None:

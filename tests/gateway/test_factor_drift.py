@@ -50,7 +50,32 @@ COLUMNS = [
     "co2_kg",
     "co2_kg_low",
     "co2_kg_high",
+    # methodology v2
+    "energy_source",
+    "co2_kg_market",
+    "co2_kg_market_low",
+    "co2_kg_market_high",
+    "co2_kg_embodied",
+    "co2_kg_embodied_low",
+    "co2_kg_embodied_high",
+    "water_l",
+    "water_l_low",
+    "water_l_high",
+    "cost_usd",
+    "price_source",
 ]
+V2_PAIRS = (  # receipt field, ledger column, scale
+    ("carbon_market_mg", "co2_kg_market", 1e6),
+    ("carbon_market_mg_low", "co2_kg_market_low", 1e6),
+    ("carbon_market_mg_high", "co2_kg_market_high", 1e6),
+    ("carbon_embodied_mg", "co2_kg_embodied", 1e6),
+    ("carbon_embodied_mg_low", "co2_kg_embodied_low", 1e6),
+    ("carbon_embodied_mg_high", "co2_kg_embodied_high", 1e6),
+    ("water_ml", "water_l", 1e3),
+    ("water_ml_low", "water_l_low", 1e3),
+    ("water_ml_high", "water_l_high", 1e3),
+    ("cost_usd_micros", "cost_usd", 1e6),
+)
 
 
 def one_request(gw: GatewayHandle, i: int) -> dict[str, Any]:
@@ -104,17 +129,17 @@ def test_receipts_and_ledger_agree_across_factor_publications(
     thread = threading.Thread(target=serve_in_background, daemon=True)
     thread.start()
     try:
-        phase("v1.0")
-        factor_versions.publish(new_version("v1.1", "2026-11-23", pue=1.5))
-        # past the worker's 10 s re-read: its current set is v1.1 while the gateway still serves v1.0
+        phase("v2.0")  # the seeded current set (methodology v2: market, embodied, water, cost)
+        factor_versions.publish(new_version("v2.1", "2026-12-04", pue=1.5))
+        # past the worker's 10 s re-read: its current set is v2.1 while the gateway still serves v2.0
         time.sleep(11)
-        phase("v1.0, worker on v1.1")
+        phase("v2.0, worker on v2.1")
         resolver.refresh()
-        phase("v1.1")
-        # the gateway re-reads at once, the worker (re-read within the last 10 s) still has v1.1
-        factor_versions.publish(new_version("v1.2", "2026-11-24", pue=1.3))
+        phase("v2.1")
+        # the gateway re-reads at once, the worker (re-read within the last 10 s) still has v2.1
+        factor_versions.publish(new_version("v2.2", "2026-12-05", pue=1.3))
         resolver.refresh()
-        phase("v1.2, worker on v1.1")
+        phase("v2.2, worker on v2.1")
     finally:
         stop.set()
         thread.join(30)
@@ -171,17 +196,26 @@ def test_receipts_and_ledger_agree_across_factor_publications(
             row["co2_kg_low"] * 1e6,
             row["co2_kg_high"] * 1e6,
         ), s
+        assert p["energy_source"] == row["energy_source"] and p["price_source"] == row["price_source"]
+        for field, column, scale in V2_PAIRS:
+            want = None if row[column] is None else row[column] * scale
+            assert p[field] == want, (s, field)
         if s["headers"] is not None:  # not streamed: the headers carry the booked figures
             h = s["headers"]
             assert h["x-factors-version"] == row["factors_version"]
             assert h["x-energy-joules"] == fmt(row["energy_j"])
             assert h["x-carbon-mg"] == fmt(row["co2_kg"] * 1e6)
+            if row["co2_kg_market"] is not None:
+                assert h["x-carbon-market-mg"] == fmt(row["co2_kg_market"] * 1e6)
+                assert h["x-water-ml"] == fmt(row["water_l"] * 1e3)
 
-    assert versions_by_phase["v1.0"] == {"v1.0"}
-    assert versions_by_phase["v1.0, worker on v1.1"] == {"v1.0"}
-    assert versions_by_phase["v1.1"] == {"v1.1"}
-    assert versions_by_phase["v1.2, worker on v1.1"] == {"v1.2"}
-    assert {"v1.0", "v1.1", "v1.2"} <= versions_by_phase["background"]
+    assert versions_by_phase["v2.0"] == {"v2.0"}
+    assert versions_by_phase["v2.0, worker on v2.1"] == {"v2.0"}
+    assert versions_by_phase["v2.1"] == {"v2.1"}
+    assert versions_by_phase["v2.2, worker on v2.1"] == {"v2.2"}
+    assert {"v2.0", "v2.1", "v2.2"} <= versions_by_phase["background"]
+    # every set is a v2 one: the v2 figures are there, not just equal as nulls
+    assert all(r["co2_kg_market"] is not None and r["water_l"] is not None for r in rows.values())
     pues = {rows[receipts[s["rid"]]["event_id"]]["pue"] for s in served if s["phase"] != "background"}
     assert {1.5, 1.3} <= pues and len(pues) >= 3  # the versions' figures differ
 
@@ -190,11 +224,11 @@ def test_gateway_picks_up_a_published_version_by_itself(
     make_gateway: GatewayFactory, tenants: Tenants
 ) -> None:
     gw = make_gateway(factors=FactorResolver(tenants.engine, ttl_s=0.1))
-    assert gw.http("GET", "/health", key=None).json()["factors_version"] == "v1.0"
-    FactorVersions(tenants.engine).publish(new_version("v1.1", "2026-11-23"))
+    assert gw.http("GET", "/health", key=None).json()["factors_version"] == "v2.0"  # the built-in default
+    FactorVersions(tenants.engine).publish(new_version("v2.1", "2026-12-04"))
     deadline = time.monotonic() + 10
-    while gw.http("GET", "/health", key=None).json()["factors_version"] != "v1.1":
-        assert time.monotonic() < deadline, "the gateway did not pick up v1.1"
+    while gw.http("GET", "/health", key=None).json()["factors_version"] != "v2.1":
+        assert time.monotonic() < deadline, "the gateway did not pick up v2.1"
         time.sleep(0.05)
     raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=Q)
-    assert raw.headers["x-factors-version"] == "v1.1"
+    assert raw.headers["x-factors-version"] == "v2.1"

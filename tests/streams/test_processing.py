@@ -38,7 +38,7 @@ def rec(value: bytes | None, key: bytes | None = b"k", offset: int = 0) -> InRec
 
 
 def enricher() -> Enricher:
-    fs = load_factor_set()
+    fs = load_factor_set("v1.0")
     return Enricher(lambda: fs)
 
 
@@ -105,7 +105,7 @@ def test_dedup_window_is_bounded() -> None:
 
 
 def test_new_factor_version_applies_from_the_next_batch() -> None:
-    fs = load_factor_set()
+    fs = load_factor_set("v1.0")
     current = {"fs": fs}
     e = Enricher(lambda: current["fs"])
     first = EnrichedUsage.model_validate_json(
@@ -137,3 +137,32 @@ def test_fast_json_is_byte_identical_to_pydantic() -> None:
         assert to_json(ev) == ev.model_dump_json().encode()
         out = e.process([rec(m.value)]).out[0].value
         assert out == EnrichedUsage.model_validate_json(out).model_dump_json().encode()
+
+
+def test_org_price_override_and_price_book() -> None:
+    """An org with an override is priced at it; the others at the v2.0 price book (gpt-4o 2.50 / 10.00)."""
+    from core.methodology import Prices
+
+    asked: list[tuple[str, str, str]] = []
+
+    def prices(org_id: str, provider: str, model: str) -> Prices | None:
+        asked.append((org_id, provider, model))
+        return Prices(1.0, 0.1, 1.25, 4.0, "org override org-a") if org_id == "org-a" else None
+
+    fs = load_factor_set("v2.0")
+    res = Enricher(lambda: fs, prices=prices).process(
+        [
+            rec(event().model_dump_json().encode()),
+            rec(event(event_id="ev-2", org_id="org-b").model_dump_json().encode()),
+        ]
+    )
+    a, b = (EnrichedUsage.model_validate_json(o.value) for o in res.out)
+    assert asked == [("org-a", "openai", "gpt-4o"), ("org-b", "openai", "gpt-4o")]
+    assert a.price_source == "org override org-a" and a.cost_usd == (1000 * 1.0 + 200 * 4.0) / 1e6
+    assert b.price_source is not None and b.price_source.startswith("price book pb-2026-12-03")
+    assert b.cost_usd == (1000 * 2.5 + 200 * 10.0) / 1e6
+    # without a lookup the book prices everyone
+    plain = EnrichedUsage.model_validate_json(
+        Enricher(lambda: fs).process([rec(event().model_dump_json().encode())]).out[0].value
+    )
+    assert plain.cost_usd == b.cost_usd

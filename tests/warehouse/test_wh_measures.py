@@ -17,6 +17,7 @@ from warehouse.measures import LEDGER_SCHEMA, MEASURES, ROLLUP_MEASURES
 from warehouse.migrate import MIGRATIONS_DIR, migrate
 from warehouse.queries import cached_vs_uncached, ledger_totals, totals
 from warehouse.reconcile import reconcile_rollups
+from warehouse.staging import OPTIONAL_FIELDS
 
 _ROLLUP_KEYS = ("org_id", "project_id", "provider", "model", "model_tier", "factors_version", "source")
 
@@ -111,13 +112,15 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
         shutil.copy(MIGRATIONS_DIR / "0001_usage.sql", only_first)
         migrate(client, database, only_first)
         events = [make_enriched(f"v{i}", input_tokens_cached=100 * (i + 1)) for i in range(3)]
-        old_rows = to_arrow(events).drop_columns(["energy_cached_savings_j", "co2_cached_savings_kg"])
+        old_rows = to_arrow(events).drop_columns(
+            ["energy_cached_savings_j", "co2_cached_savings_kg", "energy_source", *OPTIONAL_FIELDS]
+        )
         client.insert_arrow("usage_events", old_rows)
         before = client.query(
             "SELECT sum(energy_cached_savings_j), sum(co2_cached_savings_kg) FROM usage_daily"
         ).result_rows[0]
 
-        assert migrate(client, database) == ["0002_cached_savings"]
+        assert migrate(client, database) == ["0002_cached_savings", "0003_methodology_v2"]
         stored = client.query(
             "SELECT energy_cached_savings_j, co2_cached_savings_kg FROM usage_events ORDER BY event_id"
         ).result_rows
