@@ -137,7 +137,9 @@ class UsageEvent(BaseModel):
                 )
         if self.bucket_end < self.bucket_start:
             raise ValueError("bucket_end is before bucket_start")
-        if self.measured_energy_j is not None and (self.measured_by is None or self.measured_boundary is None):
+        if self.measured_energy_j is not None and (
+            self.measured_by is None or self.measured_boundary is None
+        ):
             raise ValueError("measured_energy_j needs measured_by and measured_boundary")
         return self
 
@@ -205,7 +207,8 @@ class EnrichedUsage(UsageEvent):
     price_usd_per_1m_cache_write: float | None = Field(default=None, ge=0)
     price_usd_per_1m_output: float | None = Field(default=None, ge=0)
     price_source: str | None = Field(
-        default=None, description="Where the prices came from: the factor set's price book, or an org override"
+        default=None,
+        description="Where the prices came from: the factor set's price book, or an org override",
     )
     enriched_at: AwareDatetime
 
