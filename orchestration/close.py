@@ -357,10 +357,11 @@ class CloseService:
             }
         return {
             "pipeline": "tokens × J/token (per phase) × PUE → facility J; J / 3.6e6 → kWh; kWh × grid kg/kWh → kg CO2e",
-            "pipeline_v2": "per event, with the factors recorded on it: market-based CO2e = kWh × market grid "
-            "kg/kWh; embodied CO2e = IT J × embodied kg/J; water = on-site WUE and off-site L/kWh; cost = tokens "
-            "× USD per 1M; energy_source = measured events use metered energy instead of the token estimate "
-            "(factor sets from v2.0; earlier events carry none of these: null, with coverage counts)",
+            "pipeline_v2": "per event, with the factors recorded on it: market-based CO2e = facility kWh × "
+            "market grid kg/kWh; embodied CO2e = IT J × embodied kg/J (not × PUE); water = IT kWh × (on-site "
+            "WUE + PUE × off-site L/kWh); cost = tokens × USD per 1M; energy_source = measured events use "
+            "metered energy instead of the token estimate (factor sets from v2.0; earlier events carry none "
+            "of these: null, with coverage counts)",
             "retirement_basis": "upper bound (co2_kg_high) of the period, rounded up to the milligram; "
             "credits in whole tonnes",
             "factor_versions": out,

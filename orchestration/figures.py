@@ -161,11 +161,12 @@ def compute(table: pa.Table, period: PeriodLike) -> tuple[dict[str, Any], dict[s
         "formula": "IT J = uncached×j_per_prefill + cached×j_per_cached + cache_creation×j_per_cache_creation"
         " + output×j_per_decode; energy_j = IT J × pue; co2_kg = energy_j / 3.6e6 × grid_intensity_kg_per_kwh"
         " (location-based). Methodology v2, per event with the factors recorded on it (docs/methodology.md):"
-        " co2_kg_market from grid_market_intensity_kg_per_kwh, co2_kg_embodied from embodied_kg_per_it_j,"
-        " water_l from wue_onsite_l_per_kwh and water_offsite_l_per_kwh, cost_usd from the price_usd_per_1m_*"
-        " prices; energy_source = measured rows use the metered energy instead of the token estimate."
-        " A v2 sum covers only the events that carry the figure (events_market, events_embodied,"
-        " events_water, events_cost)",
+        " co2_kg_market = energy_j / 3.6e6 × grid_market_intensity_kg_per_kwh; co2_kg_embodied = IT J ×"
+        " embodied_kg_per_it_j; water_l = IT kWh × (wue_onsite_l_per_kwh + pue × water_offsite_l_per_kwh);"
+        " cost_usd = (uncached × price_usd_per_1m_input + cached × price_usd_per_1m_cached + cache_creation ×"
+        " price_usd_per_1m_cache_write + output × price_usd_per_1m_output) / 1e6; energy_source = measured"
+        " rows use the metered energy instead of the token estimate. A v2 sum covers only the events that"
+        " carry the figure (coverage: events_market, events_embodied, events_water, events_cost)",
         "rows": rows,
     }
     return figures, breakdown

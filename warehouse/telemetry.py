@@ -123,8 +123,14 @@ def daily_by_model(client: Client, scope: Scope) -> list[DailyModelRow]:
         f"SELECT {', '.join(f'd.{k} AS {k}' for k, _ in _DAILY_KEYS)}, {sums} FROM usage_daily AS d "
         f"WHERE {where} GROUP BY {keys} HAVING events != 0 ORDER BY {keys}",
         parameters=params,
+        settings=_SAME_SUMS,
     )
     return [DailyModelRow(*row) for row in result.result_rows]
+
+
+# One thread sums each group's rollup rows in the parts' order, so the same rows give the same float sums to the
+# bit from one request to the next (threads would add partial sums in whatever order they finish).
+_SAME_SUMS = {"max_threads": 1}
 
 
 def project_co2(

@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from bench.load_warehouse import Shape, load
-from tests.api.telemetry_data import Dataset, build
+from tests.api.telemetry_data import FACTORS, Dataset, build
 from tests.fixtures_api import client_for
 from warehouse.export import EXPORT_COLUMNS, ExportStream, iter_export
 from warehouse.telemetry import Scope
@@ -70,7 +70,7 @@ def _check_rows(ds: Dataset, rows: list[dict], start: date, end: date, **filters
         key = (str(r["date"]), by_name[r["project_name"]], r["provider"], r["model"])
         assert key not in got, key
         got[key] = r
-        assert r["factors_version"] == "v1.0"
+        assert r["factors_version"] == FACTORS.version
     assert set(got) == set(want)
     for key, w in want.items():
         g = got[key]

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import pytest
 
-from tests.api.telemetry_data import Dataset, build
+from tests.api.telemetry_data import FACTORS, Dataset, build
 from tests.e2e.expectations import FLOAT_FIELDS, TOKEN_FIELDS
 from tests.fixtures_api import bearer, client_for
 from tests.stack import publish
@@ -80,7 +80,7 @@ async def test_summary_default_period_matches_the_events(c, ds):
     assert cache["cached_tokens"] == want["input_tokens_cached"] > 0
     assert cache["cache_creation_tokens"] == want["input_tokens_cache_creation"] > 0
     assert close(cache["cached_co2_savings_kg"], ds.savings(events)) and cache["cached_co2_savings_kg"] > 0
-    assert s["factors_version"] == "v1.0" and s["factors_versions"] == ["v1.0"]
+    assert s["factors_version"] == FACTORS.version and s["factors_versions"] == [FACTORS.version]
 
     # per model: every model, CO2 shares summing to 100 %, largest first
     by_model = ds.expected(events, "model")
@@ -141,7 +141,7 @@ async def test_summary_of_an_empty_period_is_zeros_with_the_current_version(c, d
     s = r.json()
     assert s["total_co2_kg"] == 0 and s["total_tokens"] == 0 and s["per_model"] == []
     assert [p["co2_kg"] for p in s["daily_chart"]] == [0, 0, 0]
-    assert s["factors_version"] == "v1.0" and s["factors_versions"] == []
+    assert s["factors_version"] == FACTORS.version and s["factors_versions"] == []
 
 
 async def test_summary_of_a_very_long_period_lists_active_days_only(c, ds):
@@ -219,7 +219,7 @@ async def test_events_are_the_live_revisions_newest_first(c, ds):
         assert datetime.fromisoformat(e["bucket_start"]) == want.bucket_start
         assert datetime.fromisoformat(e["bucket_end"]) == want.bucket_end
         assert datetime.fromisoformat(e["event_timestamp"]) == want.event_timestamp
-        assert e["factors_version"] == "v1.0" and e["model_tier"] == x.model_tier
+        assert e["factors_version"] == FACTORS.version and e["model_tier"] == x.model_tier
     assert revised == 20
 
 
@@ -392,7 +392,7 @@ async def test_provider_over_a_shared_warehouse_thread(make_app, wh, ds):
 async def test_without_a_warehouse_everything_is_empty(api, tenants):
     a = tenants[0]
     s = (await api.get(f"{T}/summary", headers=a.h)).json()
-    assert s["total_co2_kg"] == 0 and s["per_model"] == [] and s["factors_version"] == "v1.0"
+    assert s["total_co2_kg"] == 0 and s["per_model"] == [] and s["factors_version"] == FACTORS.version
     assert s["cached_vs_uncached"]["cached_co2_savings_kg"] == 0 and len(s["daily_chart"]) == 31
     e = (await api.get(f"{T}/events", headers=a.h)).json()
     assert e == {"events": [], "pagination": {"page": 1, "page_size": 50, "total_items": 0, "total_pages": 0}}
@@ -543,3 +543,113 @@ def test_e2e_worker_api_summary_equals_runtime_totals(stack, worker):
         assert api_models[name]["events"] == want["events"]
         assert math.isclose(api_models[name]["co2_kg"], want["co2_kg"], rel_tol=1e-9)
     assert worker.stop() == 0
+
+
+# --------------------------------------------------------------------------------------------- methodology v2
+
+
+def _live_enriched(ds, org_id: str, **filters):
+    return [ds.enriched[(e.event_id, e.revision)] for e in ds.events(org_id, **filters)]
+
+
+def _fsum_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return math.fsum(values) if values else None
+
+
+async def test_v2_figures_and_estimation_over_pipeline_data(c, ds):
+    """Summary, models and events carry the v2 figures the enricher computed, is_estimated with the share
+    estimated and the distinct reasons; org B never sees org A's."""
+    start, end = ds.today - timedelta(days=30), ds.today
+    xs = _live_enriched(ds, ds.a.org.id, start=start, end=end)
+    s = (await c.get(f"{T}/summary", headers=ds.a.h)).json()
+    for key, field in (
+        ("total_co2_market_kg", "co2_kg_market"),
+        ("total_co2_market_upper_bound_kg", "co2_kg_market_high"),
+        ("total_co2_embodied_kg", "co2_kg_embodied"),
+        ("total_co2_embodied_lower_bound_kg", "co2_kg_embodied_low"),
+        ("total_water_l", "water_l"),
+        ("total_cost_usd", "cost_usd"),
+    ):
+        want = _fsum_or_none(getattr(x, field) for x in xs)
+        assert (s[key] is None) if want is None else close(s[key], want), key
+    assert s["coverage"]["co2_market"] == sum(x.co2_kg_market is not None for x in xs)
+    assert s["coverage"]["cost"] == sum(x.cost_usd is not None for x in xs)
+    assert s["measured"]["event_count"] == 0 and s["estimated"]["event_count"] == len(xs)
+    assert close(s["estimated"]["co2_kg"], s["total_co2_kg"])
+    estimated = [x for x in xs if x.is_estimated]
+    assert s["estimated_event_count"] == len(estimated) > 0 and s["is_estimated"] is True
+    assert close(s["estimated_share"], round(len(estimated) / len(xs), 6))
+    reasons = defaultdict(int)
+    for x in xs:
+        for r in x.estimation_reasons:
+            reasons[r] += 1
+    assert {r["reason"]: r["event_count"] for r in s["estimation_reasons"]} == reasons
+    per_model = {m["model"]: m for m in s["per_model"]}
+    assert per_model["acme-experimental-1"]["is_estimated"] is True
+    assert per_model["gpt-4o"]["estimated_event_count"] == sum(
+        x.is_estimated for x in xs if x.model == "gpt-4o"
+    )
+
+    models = {m["model"]: m for m in (await c.get(f"{T}/models", headers=ds.a.h)).json()["models"]}
+    all_xs = _live_enriched(ds, ds.a.org.id)
+    for name, m in models.items():
+        mine = [x for x in all_xs if x.model == name]
+        want = _fsum_or_none(x.co2_kg_embodied for x in mine)
+        assert (
+            (m["total_co2_embodied_kg"] is None) if want is None else close(m["total_co2_embodied_kg"], want)
+        )
+        assert m["estimated_event_count"] == sum(x.is_estimated for x in mine)
+        assert {r["reason"] for r in m["estimation_reasons"]} == {
+            r for x in mine for r in x.estimation_reasons
+        }
+
+    events, _ = await _all_events(c, ds.a.h)
+    by_id = {e["id"]: e for e in events}
+    for x in all_xs:
+        got = by_id[x.event_id]
+        assert got["estimation_reasons"] == x.estimation_reasons and got["is_estimated"] == x.is_estimated
+        assert got["energy_source"] == "estimated" and got["measured_by"] is None
+        for f in ("co2_kg_market", "co2_kg_embodied_high", "water_l", "cost_usd"):
+            assert got[f] == getattr(x, f), f  # the stored double, to the bit
+
+    b = (await c.get(f"{T}/summary", headers=ds.b.h)).json()
+    b_xs = _live_enriched(ds, ds.b.org.id, start=start, end=end)
+    assert b["estimated_event_count"] == sum(x.is_estimated for x in b_xs)
+    want_b = _fsum_or_none(x.water_l for x in b_xs)
+    assert (b["total_water_l"] is None) if want_b is None else close(b["total_water_l"], want_b)
+
+
+async def test_old_and_measured_events_are_told_apart(c, ds, wh, make_enriched):
+    """Events enriched before v2 give null v2 figures (not 0) with coverage counts; measured energy is shown as
+    the measured part; both in a window of their own."""
+    from warehouse.ledger import write_enriched
+
+    day = datetime(2024, 1, 10, 12, tzinfo=UTC)
+    alpha = ds.projects["Alpha"].id
+    kw = {"org_id": ds.a.org.id, "project_id": alpha, "bucket_start": day}
+    old = [make_enriched("old-1", **kw), make_enriched("old-2", **kw, output_tokens=500)]
+    write_enriched(wh, old)
+    q = {"start_date": "2024-01-01", "end_date": "2024-01-31"}
+    s = (await c.get(f"{T}/summary", params=q, headers=ds.a.h)).json()
+    assert s["event_count"] == 2 and s["total_co2_kg"] > 0
+    assert s["total_co2_market_kg"] is None and s["total_water_l"] is None and s["total_cost_usd"] is None
+    assert s["coverage"] == {"co2_market": 0, "co2_embodied": 0, "water": 0, "cost": 0}
+    assert s["per_model"][0]["co2_market_kg"] is None
+
+    metered = make_enriched("metered", **kw, v2=True, measured=True, output_tokens=800)
+    write_enriched(wh, [metered])
+    s = (await c.get(f"{T}/summary", params=q, headers=ds.a.h)).json()
+    assert s["coverage"]["co2_market"] == 1 and close(s["total_co2_market_kg"], metered.co2_kg_market)
+    assert s["measured"]["event_count"] == 1 and close(s["measured"]["co2_kg"], metered.co2_kg)
+    assert close(s["measured"]["energy_kwh"], metered.energy_j / 3.6e6)
+    assert s["estimated"]["event_count"] == 2
+    assert close(s["estimated"]["co2_kg"], math.fsum(e.co2_kg for e in old))
+    events = (await c.get(f"{T}/events", params=q, headers=ds.a.h)).json()["events"]
+    got = {e["id"]: e for e in events}
+    assert got["metered"]["energy_source"] == "measured" and got["metered"]["measured_by"] == "dcgm"
+    assert got["metered"]["measured_boundary"] == "facility"
+    assert got["old-1"]["co2_kg_market"] is None and got["old-1"]["energy_source"] == "estimated"
+    # org B sees none of it
+    b = (await c.get(f"{T}/summary", params=q, headers=ds.b.h)).json()
+    assert b["event_count"] == 0 and b["measured"]["event_count"] == 0
