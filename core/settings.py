@@ -23,6 +23,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_{OPENAI,ANTHROPIC,OPENROUTER}_BASE_URL | openai_base_url, … | the providers' public APIs      |
 | STRIPE_API_KEY, STRIPE_API_BASE, STRIPE_WEBHOOK_SECRET | stripe_api_key, stripe_api_base, stripe_webhook_secret | Stripe off |
 | JOULESTREAM_STRIPE_PRICES                | stripe_prices           | `price_joulestream_<plan>`                |
+| JOULESTREAM_KPI_REFRESH_S                | kpi_refresh_s           | 60 (0: refresh on request only)           |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -102,6 +103,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("stripe_webhook_secret", "STRIPE_WEBHOOK_SECRET")
     )
     stripe_prices: str = ""
+
+    # Reporting: the dashboard KPI cache is recomputed every kpi_refresh_s by each API process (0: never on a
+    # schedule, only on POST /metrics/dashboard-summary/refresh and on a first read)
+    kpi_refresh_s: float = Field(default=60.0, ge=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
