@@ -336,6 +336,8 @@ def series(
     groups: dict[tuple[Any, ...], dict[datetime, dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), {})[r["bucket"]] = r
+    if not keys:
+        groups.setdefault((), {})  # one series, even over an empty window
     ranked = sorted(groups, key=lambda k: (-sum(r["co2_kg"] for r in groups[k].values()), k))
     kept, folded = ranked[:max_series], ranked[max_series:]
     if folded:

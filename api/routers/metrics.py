@@ -230,7 +230,7 @@ async def metrics_timeseries(
         "granularity": p.granularity,
         "group_by": group_by,
         "fields": list(want),
-        "series": series(rows, p.window, p.granularity, keys, want, max_series) if rows or not keys else [],
+        "series": series(rows, p.window, p.granularity, keys, want, max_series),
     }
 
 
