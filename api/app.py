@@ -33,6 +33,7 @@ from api.routers import (
     projects,
     public,
     receipts,
+    report,
 )
 from api.routers import telemetry as telemetry_routes
 from api.telemetry import NullTelemetry, TelemetryProvider
@@ -134,6 +135,7 @@ def create_app(
     app.include_router(telemetry_routes.router, prefix=API_PREFIX)
     app.include_router(export.router, prefix=API_PREFIX)
     app.include_router(metrics.router, prefix=API_PREFIX)
+    app.include_router(report.router, prefix=API_PREFIX)
     app.include_router(connections.router, prefix=API_PREFIX)
     app.include_router(billing.router, prefix=API_PREFIX)
     app.include_router(receipts.router, prefix=API_PREFIX)

@@ -378,3 +378,85 @@ def ledger_sums(client: Client, q: Query) -> dict[str, Any]:
         params["project_id"] = q.project_id
     cols = ", ".join(f"{LEDGER_SUMS[c]} AS {c}" for c in ROLLUP_MEASURES)
     return next(iter(_rows(client, f"SELECT {cols} FROM usage_events AS e WHERE {where}", params)))
+
+
+# ------------------------------------------------------------------------------------------ report rows
+
+# The report file's columns (ESRS E1): the period (clipped to the window), the project when grouped by
+# project, the figures, then the factor versions of the period's live events.
+REPORT_FIGURES: tuple[str, ...] = (
+    "events",
+    "requests",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_creation_tokens",
+    "output_tokens",
+    "total_tokens",
+    "energy_kwh",
+    "energy_kwh_low",
+    "energy_kwh_high",
+    "joules",
+    "joules_low",
+    "joules_high",
+    "co2e_grams",
+    "co2e_grams_low",
+    "co2e_grams_high",
+    "co2e_market_grams",
+    "co2e_market_grams_low",
+    "co2e_market_grams_high",
+    "embodied_co2e_grams",
+    "embodied_co2e_grams_low",
+    "embodied_co2e_grams_high",
+    "total_co2e_all_scopes",
+    "total_co2e_all_scopes_low",
+    "total_co2e_all_scopes_high",
+    "total_co2e_all_scopes_market",
+    "total_co2e_all_scopes_market_low",
+    "total_co2e_all_scopes_market_high",
+    "water_ml",
+    "water_ml_low",
+    "water_ml_high",
+    "total_cost",
+    "measured_energy_share",
+    "estimated_energy_share",
+    "measured_events",
+    "estimated_events",
+    "coverage_co2e_market",
+    "coverage_embodied_co2e",
+    "coverage_water",
+    "coverage_cost",
+)
+
+
+def report_columns(by_project: bool) -> tuple[str, ...]:
+    keys = ("period_start", "period_end", *(("project_id", "project") if by_project else ()))
+    return (*keys, *REPORT_FIGURES, "factors_versions")
+
+
+def report_row(sums: Mapping[str, Any]) -> dict[str, Any]:
+    """A report row's figures from its sums (`figures`, flattened: coverage counts as columns)."""
+    f = figures(sums)
+    f["estimated_energy_share"] = 1.0 - f["measured_energy_share"] if f["joules"] > 0 else 0.0
+    for k, n in f.pop("coverage").items():
+        f[f"coverage_{k}"] = n
+    return {k: f[k] for k in REPORT_FIGURES}
+
+
+def report_sums(
+    client: Client, org_id: str, w: Window, granularity: Granularity, project_id: str | None, by_project: bool
+) -> list[dict[str, Any]]:
+    """The report's groups of one window: sums per bucket (and project), each with `factors_versions` (the
+    versions of its live events, sorted). Every bucket is present when not grouped by project (an empty one
+    as zeros); grouped, only the (bucket, project) pairs with events. Ordered by bucket (then project id)."""
+    q = Query(org_id, w, granularity, ("project_id",) if by_project else (), project_id)
+    rows = sums(client, q)
+    versions = factor_versions(client, q)
+    keys = ("bucket", *q.group_by)
+    for r in rows:
+        r["factors_versions"] = versions.get(tuple(r[k] for k in keys), [])
+    if by_project:
+        return rows
+    found = {r["bucket"]: r for r in rows}
+    return [
+        found.get(b) or {**zero_sums(), "bucket": b, "factors_versions": []} for b in w.buckets(granularity)
+    ]

@@ -96,7 +96,7 @@ async def export_telemetry(
         await chunks.aclose()
         log.error("export failed to start: %s", exc, exc_info=True)
         raise HTTPException(503, "telemetry store unavailable, retry later") from exc
-    body = _body(first, chunks)
+    body = stream_body(first, chunks)
     filename = f"telemetry-{dates.end.isoformat()}.{format}"
     return StreamingResponse(
         body,
@@ -105,14 +105,16 @@ async def export_telemetry(
     )
 
 
-async def _body(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def stream_body(first: bytes, rest: AsyncIterator[bytes], what: str = "export") -> AsyncIterator[bytes]:
+    """A streamed file's body: its first chunk (read before answering, so a failure is still a clean status)
+    and the rest; a failure mid-stream cuts the body short (the headers are gone) and is logged."""
     try:
         if first:
             yield first
         async for chunk in rest:
             yield chunk
     except Exception:  # headers are gone: all we can do is cut the body short (the client sees it)
-        log.exception("export failed mid-stream")
+        log.exception("%s failed mid-stream", what)
         raise
     finally:
         await rest.aclose()

@@ -75,6 +75,8 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("GET", "/api/v1/metrics/dashboard-summary"): (ORG_LIST, None),
     ("GET", "/api/v1/metrics/dashboard-timeseries/{window_slug}"): (ORG_LIST, None),
     ("POST", "/api/v1/metrics/dashboard-summary/refresh"): (ORG_SELF, None),
+    ("GET", "/api/v1/report/summary"): (ORG_LIST, None),
+    ("GET", "/api/v1/report/export"): (ORG_LIST, None),
     ("GET", "/api/v1/connections"): (ORG_LIST, None),
     ("POST", "/api/v1/connections"): (
         ORG_CREATE,

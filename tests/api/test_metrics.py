@@ -126,7 +126,8 @@ async def test_grouped_series_by_project_and_top_models_add_up(c, ds, wh):
     p = {"start": start, "end": end}
     for group in ("model", "project", "provider", "routing_tier", "workload", "region"):
         r = await c.get(
-            f"{M}/timeseries", params={**p, "group_by": group, "granularity": "week", "fields": SERIES_FIELDS},
+            f"{M}/timeseries",
+            params={**p, "group_by": group, "granularity": "week", "fields": SERIES_FIELDS},
             headers=ds.a.h,
         )
         assert r.status_code == 200, r.text
@@ -151,7 +152,9 @@ async def test_grouped_series_by_project_and_top_models_add_up(c, ds, wh):
     for pr in by_project:
         want = reporting.ledger_sums(wh, reporting.Query(ds.a.org.id, w, project_id=pr["project_id"]))
         same(pr, want)
-    top = (await c.get(f"{M}/top-models", params={**p, "limit": 2, "metric": "energy"}, headers=ds.a.h)).json()
+    top = (
+        await c.get(f"{M}/top-models", params={**p, "limit": 2, "metric": "energy"}, headers=ds.a.h)
+    ).json()
     assert len(top["models"]) == 2
     all_models = (await c.get(f"{M}/top-models", params={**p, "limit": 100}, headers=ds.a.h)).json()["models"]
     energies = sorted((m["joules"] for m in all_models), reverse=True)
@@ -174,7 +177,9 @@ async def test_rows_paginate_and_say_how_they_were_estimated(c, ds, wh):
     assert [r["timestamp"] for r in rows] == sorted((r["timestamp"] for r in rows), reverse=True)
     pages = []
     for offset in range(0, first["total"], 7):
-        pages += (await c.get(M, params={**p, "limit": 7, "offset": offset}, headers=ds.a.h)).json()["metrics"]
+        pages += (await c.get(M, params={**p, "limit": 7, "offset": offset}, headers=ds.a.h)).json()[
+            "metrics"
+        ]
     assert pages == rows
     acme = [r for r in rows if r["model"] == "acme-experimental-1"]
     assert acme and all(r["is_estimated"] and r["estimation_reasons"] for r in acme)
@@ -273,7 +278,10 @@ async def test_the_scheduled_refresh_picks_up_new_data(c, ds, wh, tapp):
     try:
         for _ in range(200):
             now = (await c.get(f"{M}/dashboard-summary", headers=ds.a.h)).json()
-            if now["windows"]["24h"]["computed_at"] > before["windows"]["24h"]["computed_at"] and refresher.runs:
+            if (
+                now["windows"]["24h"]["computed_at"] > before["windows"]["24h"]["computed_at"]
+                and refresher.runs
+            ):
                 break
             await asyncio.sleep(0.05)
     finally:
