@@ -183,11 +183,9 @@ def factor_versions(client: Client, q: Query) -> dict[tuple[Any, ...], list[str]
     return out
 
 
-def estimation_reasons(
-    client: Client, q: Query, keys: Sequence[str] = ()
-) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
-    """(bucket?, keys…) → [{reason, event_count}] of the live events of `q`'s window, most frequent first,
-    from the signed ledger (reasons are not additive: no rollup holds them)."""
+def _ledger_where(q: Query) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause over the ledger `usage_events AS e` for `q`'s org, window (on bucket_start, the
+    primary key after org_id) and project."""
     params: dict[str, Any] = {
         "org_id": q.org_id,
         "lo": int(q.window.start.timestamp()),
@@ -200,6 +198,15 @@ def estimation_reasons(
     if q.project_id is not None:
         where += " AND e.project_id = {project_id:String}"
         params["project_id"] = q.project_id
+    return where, params
+
+
+def estimation_reasons(
+    client: Client, q: Query, keys: Sequence[str] = ()
+) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """(bucket?, keys…) → [{reason, event_count}] of the live events of `q`'s window, most frequent first,
+    from the signed ledger (reasons are not additive: no rollup holds them)."""
+    where, params = _ledger_where(q)
     select: list[str] = []
     if q.granularity is not None:
         start = {
@@ -364,18 +371,7 @@ def series(
 def ledger_sums(client: Client, q: Query) -> dict[str, Any]:
     """The window's sums straight from the signed ledger (sum of sign × value over its rows): the reference
     the rollup-based figures must equal."""
-    params: dict[str, Any] = {
-        "org_id": q.org_id,
-        "lo": int(q.window.start.timestamp()),
-        "hi": int(q.window.end.timestamp()),
-    }
-    where = (
-        "e.org_id = {org_id:String} AND e.bucket_start >= toDateTime64({lo:Int64}, 3, 'UTC') "
-        "AND e.bucket_start < toDateTime64({hi:Int64}, 3, 'UTC')"
-    )
-    if q.project_id is not None:
-        where += " AND e.project_id = {project_id:String}"
-        params["project_id"] = q.project_id
+    where, params = _ledger_where(q)
     cols = ", ".join(f"{LEDGER_SUMS[c]} AS {c}" for c in ROLLUP_MEASURES)
     return next(iter(_rows(client, f"SELECT {cols} FROM usage_events AS e WHERE {where}", params)))
 
@@ -440,6 +436,12 @@ def report_row(sums: Mapping[str, Any]) -> dict[str, Any]:
     for k, n in f.pop("coverage").items():
         f[f"coverage_{k}"] = n
     return {k: f[k] for k in REPORT_FIGURES}
+
+
+# the report figures that are counts (int64 in Parquet)
+REPORT_INT_FIGURES: frozenset[str] = frozenset(
+    k for k, v in report_row(zero_sums()).items() if isinstance(v, int)
+)
 
 
 def report_sums(

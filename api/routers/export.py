@@ -38,6 +38,12 @@ MEDIA_TYPES = {
     "json": "application/json",
     "parquet": "application/vnd.apache.parquet",
 }
+# the OpenAPI content of a streamed file in one of the three formats
+FILE_CONTENT = {
+    "text/csv": {"schema": {"type": "string"}},
+    "application/json": {"schema": {"type": "object"}},
+    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+}
 _DOC = (
     "Columns: " + ", ".join(EXPORT_COLUMNS) + ". One row per day × project × provider × model × factor "
     "version. Streamed."
@@ -50,11 +56,7 @@ _DOC = (
     responses={
         200: {
             "description": "The export file (attachment). " + _DOC,
-            "content": {
-                "text/csv": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "object"}},
-                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
-            },
+            "content": FILE_CONTENT,
         },
         **error_responses(400, 404, 503),
     },

@@ -32,7 +32,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import AppContext, Ctx, ReadPrincipal
 from api.errors import error_responses, validation_error
-from api.routers.export import stream_body
+from api.routers.export import FILE_CONTENT, MEDIA_TYPES, stream_body
 from api.routers.metrics import now
 from api.routers.telemetry import check_project, warehouse_call
 from core.windows import (
@@ -45,32 +45,19 @@ from core.windows import (
     year_windows,
 )
 from warehouse.measures import ROLLUP_MEASURES
-from warehouse.reporting import figures, report_columns, report_row, report_sums, zero_sums
+from warehouse.reporting import (
+    REPORT_INT_FIGURES,
+    figures,
+    report_columns,
+    report_row,
+    report_sums,
+    zero_sums,
+)
 
 router = APIRouter(prefix="/report", tags=["report"], responses=error_responses(401, 403, 404, 422, 503))
 log = logging.getLogger("joulestream.api.report")
 
-MEDIA_TYPES = {
-    "csv": "text/csv; charset=utf-8",
-    "json": "application/json",
-    "parquet": "application/vnd.apache.parquet",
-}
 GranularityName = Literal["hourly", "daily", "weekly", "monthly", "yearly"]
-_INT_FIGURES = {
-    "events",
-    "requests",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_creation_tokens",
-    "output_tokens",
-    "total_tokens",
-    "measured_events",
-    "estimated_events",
-    "coverage_co2e_market",
-    "coverage_embodied_co2e",
-    "coverage_water",
-    "coverage_cost",
-}
 BOUNDARY = {
     "included": [
         "Scope 2 (location-based and market-based): electricity of the inference servers and their data centre "
@@ -251,7 +238,7 @@ def _arrow_schema(columns: tuple[str, ...]) -> pa.Schema:
             return pa.timestamp("s", tz="UTC")
         if c in ("project_id", "project", "factors_versions"):
             return pa.string()
-        return pa.int64() if c in _INT_FIGURES else pa.float64()
+        return pa.int64() if c in REPORT_INT_FIGURES else pa.float64()
 
     return pa.schema([(c, typ(c)) for c in columns])
 
@@ -331,15 +318,7 @@ def _drain(sink: io.BytesIO) -> bytes:
 @router.get(
     "/export",
     response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {
-                "text/csv": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "object"}},
-                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
-    },
+    responses={200: {"description": "The report file (attachment)", "content": FILE_CONTENT}},
     summary="Download the report: CSV, JSON (with totals and methodology) or Parquet",
 )
 async def report_export(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.windows import Window
-from tests.api.telemetry_data import Dataset, build, push
+from tests.api.telemetry_data import Dataset, push
 from tests.fixtures_api import client_for
 from warehouse import reporting
 
@@ -51,29 +51,6 @@ def same(got: dict, want: dict) -> None:
             assert g == w, name
         else:
             assert close(g or 0.0, w), (name, g, w)
-
-
-@pytest.fixture
-def wh(warehouse):
-    return warehouse[0]
-
-
-@pytest.fixture
-def tapp(make_app, wh):
-    app = make_app(warehouse_client_factory=lambda: wh)
-    yield app
-    app.state.ctx.telemetry.close()
-
-
-@pytest.fixture
-def ds(wh, engine, tenants) -> Dataset:
-    return build(wh, engine, tenants)
-
-
-@pytest.fixture
-async def c(tapp):
-    async with client_for(tapp) as client:
-        yield client
 
 
 def _window(ds: Dataset) -> tuple[str, str, Window]:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.windows import Window, year_windows
-from tests.api.telemetry_data import Dataset, build
+from tests.api.telemetry_data import Dataset
 from tests.api.test_metrics import CHECKED, close, same
 from tests.fixtures_api import client_for
 from warehouse import reporting
@@ -22,29 +22,6 @@ from warehouse import reporting
 pytestmark = pytest.mark.anyio
 
 R = "/api/v1/report"
-
-
-@pytest.fixture
-def wh(warehouse):
-    return warehouse[0]
-
-
-@pytest.fixture
-def tapp(make_app, wh):
-    app = make_app(warehouse_client_factory=lambda: wh)
-    yield app
-    app.state.ctx.telemetry.close()
-
-
-@pytest.fixture
-def ds(wh, engine, tenants) -> Dataset:
-    return build(wh, engine, tenants)
-
-
-@pytest.fixture
-async def c(tapp):
-    async with client_for(tapp) as client:
-        yield client
 
 
 def _years(ds: Dataset) -> list[int]:
