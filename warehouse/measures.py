@@ -190,6 +190,24 @@ ROLLUP_KEYS: tuple[str, ...] = (
     "factors_version",
     "source",
 )
+# The org-level daily rollup: the same without project and workload — a few hundred rows per org and year, so
+# org-wide series and KPIs never sum the per-project rows (warehouse.reporting picks it when it can).
+ORG_ROLLUP_KEYS: tuple[str, ...] = tuple(k for k in ROLLUP_KEYS if k not in ("project_id", "workload_id"))
+
+
+@dataclass(frozen=True)
+class Rollup:
+    table: str
+    bucket: str  # its bucket column
+    bucket_sql: str  # the bucket of a ledger row `e`
+    keys: tuple[str, ...]  # org_id first; the bucket column follows it in the table
+
+
+ROLLUPS: tuple[Rollup, ...] = (
+    Rollup("usage_hourly", "hour", "toStartOfHour(e.bucket_start)", ROLLUP_KEYS),
+    Rollup("usage_daily", "day", "toDate(e.bucket_start)", ROLLUP_KEYS),
+    Rollup("usage_daily_org", "day", "toDate(e.bucket_start)", ORG_ROLLUP_KEYS),
+)
 NULLABLE_KEYS: frozenset[str] = frozenset(
     {"region", "routing_tier"}
 )  # Nullable in the ledger, '' in the rollups

@@ -14,7 +14,7 @@ from typing import Any
 
 from clickhouse_connect.driver import Client
 
-from warehouse.measures import FLOAT_MEASURES, INT_MEASURES, LEDGER_SUMS, ROLLUP_KEYS, rollup_key_sql
+from warehouse.measures import FLOAT_MEASURES, INT_MEASURES, LEDGER_SUMS, ROLLUPS, Rollup, rollup_key_sql
 from warehouse.staging import drop_stale_key_tables
 
 log = logging.getLogger(__name__)
@@ -28,24 +28,22 @@ def _differs(truth: float, rolled: float) -> bool:
 
 
 def reconcile_rollups(client: Client, since: datetime) -> int:
-    """Make the hourly and daily rollups equal the ledger for every (org, hour|day) touched by ledger rows
+    """Make the rollups (hourly, daily, org daily) equal the ledger for every (org, hour|day) touched by ledger rows
     ingested at or after `since`: insert (truth − rollup) difference rows. Returns the rows inserted; a
     second call inserts nothing. Also drops key tables abandoned by crashed writers.
     """
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     inserted = 0
-    for table, bucket_col, bucket_expr in (
-        ("usage_hourly", "hour", "toStartOfHour(e.bucket_start)"),
-        ("usage_daily", "day", "toDate(e.bucket_start)"),
-    ):
-        inserted += _reconcile_table(client, since, table, bucket_col, bucket_expr)
+    for rollup in ROLLUPS:
+        inserted += _reconcile_table(client, since, rollup)
     drop_stale_key_tables(client)
     return inserted
 
 
-def _reconcile_table(client: Client, since: datetime, table: str, bucket_col: str, bucket_expr: str) -> int:
-    keys = (ROLLUP_KEYS[0], bucket_col, *ROLLUP_KEYS[1:])
+def _reconcile_table(client: Client, since: datetime, rollup: Rollup) -> int:
+    table, bucket_col, bucket_expr, dims = rollup.table, rollup.bucket, rollup.bucket_sql, rollup.keys
+    keys = (dims[0], bucket_col, *dims[1:])
     key_list = ", ".join(keys)
     sums = (*INT_MEASURES, *FLOAT_MEASURES)
     truth_cols = ", ".join(f"{LEDGER_SUMS[c]} AS {c}" for c in sums)
@@ -57,7 +55,7 @@ def _reconcile_table(client: Client, since: datetime, table: str, bucket_col: st
     sql = (
         f"SELECT {key_list}, {', '.join(f't.{c}' for c in sums)}, {', '.join(f'r.{c}' for c in sums)} FROM "
         f"(SELECT e.org_id AS org_id, {bucket_expr} AS {bucket_col}, "
-        f"{', '.join(f'{rollup_key_sql(k)} AS {k}' for k in ROLLUP_KEYS[1:])}, {truth_cols} "
+        f"{', '.join(f'{rollup_key_sql(k)} AS {k}' for k in dims[1:])}, {truth_cols} "
         f"FROM usage_events AS e WHERE (e.org_id, {bucket_expr}) IN ({touched}) GROUP BY {key_list}) AS t "
         f"FULL OUTER JOIN (SELECT {key_list}, {rollup_cols} FROM {table} "
         f"WHERE (org_id, {bucket_col}) IN ({touched}) GROUP BY {key_list}) AS r USING ({key_list})"

@@ -32,7 +32,15 @@ from clickhouse_connect.driver import Client
 
 from core.methodology import joules_to_kwh
 from core.windows import Granularity, Window
-from warehouse.measures import BY_NAME, LEDGER_SUMS, ROLLUP_MEASURES, TOKEN_COLUMNS, present, rollup_key_sql
+from warehouse.measures import (
+    BY_NAME,
+    LEDGER_SUMS,
+    ORG_ROLLUP_KEYS,
+    ROLLUP_MEASURES,
+    TOKEN_COLUMNS,
+    present,
+    rollup_key_sql,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # group_by name → rollup key column
@@ -72,8 +80,12 @@ class Query:
 
     @property
     def table(self) -> tuple[str, str]:
-        """(rollup table, its bucket column)."""
+        """(rollup table, its bucket column): the org daily rollup when neither a project nor a per-project key
+        is asked for, else the daily one, when the window is whole days and no hourly bucket is asked for;
+        else the hourly one."""
         if self.window.day_aligned and self.granularity != "hour":
+            if self.project_id is None and set(self.group_by) <= set(ORG_ROLLUP_KEYS):
+                return "usage_daily_org", "day"
             return "usage_daily", "day"
         return "usage_hourly", "hour"
 
@@ -81,23 +93,23 @@ class Query:
         """Epoch seconds of each row's bucket start, or None without a granularity."""
         if self.granularity is None:
             return None
-        table, col = self.table
+        _, col = self.table
         if self.granularity == "hour":
             return f"toUnixTimestamp({col})"
-        day = col if table == "usage_daily" else f"toDate({col})"
+        day = col if col == "day" else f"toDate({col})"
         start = {"day": day, "week": f"toMonday({day})", "month": f"toStartOfMonth({day})"}.get(
             self.granularity, f"toStartOfYear({day})"
         )
         return f"toUnixTimestamp(toDateTime({start}, 'UTC'))"
 
     def where(self) -> tuple[str, dict[str, Any]]:
-        table, col = self.table
+        _, col = self.table
         params: dict[str, Any] = {
             "org_id": self.org_id,
             "lo": int(self.window.start.timestamp()),
             "hi": int(self.window.end.timestamp()),
         }
-        if table == "usage_daily":
+        if col == "day":
             rng = f"{col} >= toDate(toDateTime({{lo:Int64}}, 'UTC')) AND {col} < toDate(toDateTime({{hi:Int64}}, 'UTC'))"
         else:
             rng = f"{col} >= toDateTime({{lo:Int64}}, 'UTC') AND {col} < toDateTime({{hi:Int64}}, 'UTC')"

@@ -13,7 +13,7 @@ import pytest
 from core.contracts import UsageEvent
 from core.methodology import cached_savings, enrich, load_factor_set
 from warehouse.ledger import to_arrow, write_enriched, write_enriched_json
-from warehouse.measures import LEDGER_SCHEMA, MEASURES, ROLLUP_KEYS, ROLLUP_MEASURES
+from warehouse.measures import LEDGER_SCHEMA, MEASURES, ROLLUP_MEASURES, ROLLUPS
 from warehouse.migrate import MIGRATIONS_DIR, migrate
 from warehouse.queries import cached_vs_uncached, ledger_totals, totals
 from warehouse.reconcile import reconcile_rollups
@@ -38,10 +38,11 @@ def test_spec_matches_the_migrated_tables(warehouse):
     for m in MEASURES:
         if m.field is not None:
             assert ledger[m.field] == m.ledger_type, m.name
-    for table, bucket in (("usage_hourly", "hour"), ("usage_daily", "day")):
+    for rollup in ROLLUPS:
+        table = rollup.table
         cols = _columns(client, table)
-        keys = [n for n, _ in cols[: len(ROLLUP_KEYS) + 1]]
-        assert sorted(keys) == sorted((*ROLLUP_KEYS, bucket))
+        keys = [n for n, _ in cols[: len(rollup.keys) + 1]]
+        assert keys == [rollup.keys[0], rollup.bucket, *rollup.keys[1:]]
         assert cols[len(keys) :] == [(m.name, m.rollup_type) for m in MEASURES], table
         assert tuple(n for n, _ in cols[len(keys) :]) == ROLLUP_MEASURES
 

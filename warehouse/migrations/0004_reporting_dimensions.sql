@@ -11,6 +11,10 @@
 -- runs once. As in 0002/0003, migrations run before the writers start, and the sink's start-up reconcile
 -- closes any gap. region and routing_tier are Nullable in the ledger and '' in the rollups (a sorting key is
 -- not Nullable).
+--
+-- A third rollup, usage_daily_org, is the daily one without project and workload: a few hundred rows per org
+-- and year (one per day × provider × model × region × tier …), so org-wide series, summaries and the KPI cache
+-- never sum the per-project rows (an org with 1000 projects has ~1000x more of those).
 
 DROP VIEW IF EXISTS {db}.usage_hourly_mv;
 
@@ -329,3 +333,156 @@ SELECT
     sum(e.sign * if(e.pue > 0, e.energy_j / e.pue, e.energy_j)) AS energy_it_j
 FROM {db}.usage_events AS e
 GROUP BY org_id, day, project_id, workload_id, provider, model, model_tier, region, routing_tier, factors_version, source;
+
+DROP VIEW IF EXISTS {db}.usage_daily_org_mv;
+
+DROP TABLE IF EXISTS {db}.usage_daily_org;
+
+CREATE TABLE {db}.usage_daily_org
+(
+    org_id String,
+    day Date,
+    provider LowCardinality(String),
+    model LowCardinality(String),
+    model_tier LowCardinality(String),
+    region LowCardinality(String),
+    routing_tier LowCardinality(String),
+    factors_version LowCardinality(String),
+    source LowCardinality(String),
+    events Int64,
+    request_count Int64,
+    input_tokens_uncached Int64,
+    input_tokens_cached Int64,
+    input_tokens_cache_creation Int64,
+    output_tokens Int64,
+    energy_j Float64,
+    energy_j_low Float64,
+    energy_j_high Float64,
+    co2_kg Float64,
+    co2_kg_low Float64,
+    co2_kg_high Float64,
+    energy_cached_savings_j Float64,
+    co2_cached_savings_kg Float64,
+    co2_kg_market Float64,
+    co2_kg_market_low Float64,
+    co2_kg_market_high Float64,
+    events_market Int64,
+    co2_kg_embodied Float64,
+    co2_kg_embodied_low Float64,
+    co2_kg_embodied_high Float64,
+    events_embodied Int64,
+    water_l Float64,
+    water_l_low Float64,
+    water_l_high Float64,
+    events_water Int64,
+    cost_usd Float64,
+    events_cost Int64,
+    events_measured Int64,
+    energy_j_measured Float64,
+    co2_kg_measured Float64,
+    co2_kg_measured_low Float64,
+    co2_kg_measured_high Float64,
+    events_estimated Int64,
+    energy_it_j Float64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (org_id, day, provider, model, model_tier, region, routing_tier, factors_version, source);
+
+INSERT INTO {db}.usage_daily_org
+SELECT
+    e.org_id AS org_id,
+    toDate(e.bucket_start) AS day,
+    e.provider AS provider,
+    e.model AS model,
+    e.model_tier AS model_tier,
+    ifNull(e.region, '') AS region,
+    ifNull(e.routing_tier, '') AS routing_tier,
+    e.factors_version AS factors_version,
+    e.source AS source,
+    sum(toInt64(e.sign)) AS events,
+    sum(e.sign * e.request_count) AS request_count,
+    sum(e.sign * e.input_tokens_uncached) AS input_tokens_uncached,
+    sum(e.sign * e.input_tokens_cached) AS input_tokens_cached,
+    sum(e.sign * e.input_tokens_cache_creation) AS input_tokens_cache_creation,
+    sum(e.sign * e.output_tokens) AS output_tokens,
+    sum(e.sign * e.energy_j) AS energy_j,
+    sum(e.sign * e.energy_j_low) AS energy_j_low,
+    sum(e.sign * e.energy_j_high) AS energy_j_high,
+    sum(e.sign * e.co2_kg) AS co2_kg,
+    sum(e.sign * e.co2_kg_low) AS co2_kg_low,
+    sum(e.sign * e.co2_kg_high) AS co2_kg_high,
+    sum(e.sign * e.energy_cached_savings_j) AS energy_cached_savings_j,
+    sum(e.sign * e.co2_cached_savings_kg) AS co2_cached_savings_kg,
+    sum(e.sign * ifNull(e.co2_kg_market, 0)) AS co2_kg_market,
+    sum(e.sign * ifNull(e.co2_kg_market_low, 0)) AS co2_kg_market_low,
+    sum(e.sign * ifNull(e.co2_kg_market_high, 0)) AS co2_kg_market_high,
+    sumIf(toInt64(e.sign), e.co2_kg_market IS NOT NULL) AS events_market,
+    sum(e.sign * ifNull(e.co2_kg_embodied, 0)) AS co2_kg_embodied,
+    sum(e.sign * ifNull(e.co2_kg_embodied_low, 0)) AS co2_kg_embodied_low,
+    sum(e.sign * ifNull(e.co2_kg_embodied_high, 0)) AS co2_kg_embodied_high,
+    sumIf(toInt64(e.sign), e.co2_kg_embodied IS NOT NULL) AS events_embodied,
+    sum(e.sign * ifNull(e.water_l, 0)) AS water_l,
+    sum(e.sign * ifNull(e.water_l_low, 0)) AS water_l_low,
+    sum(e.sign * ifNull(e.water_l_high, 0)) AS water_l_high,
+    sumIf(toInt64(e.sign), e.water_l IS NOT NULL) AS events_water,
+    sum(e.sign * ifNull(e.cost_usd, 0)) AS cost_usd,
+    sumIf(toInt64(e.sign), e.cost_usd IS NOT NULL) AS events_cost,
+    sumIf(toInt64(e.sign), e.energy_source = 'measured') AS events_measured,
+    sumIf(e.sign * e.energy_j, e.energy_source = 'measured') AS energy_j_measured,
+    sumIf(e.sign * e.co2_kg, e.energy_source = 'measured') AS co2_kg_measured,
+    sumIf(e.sign * e.co2_kg_low, e.energy_source = 'measured') AS co2_kg_measured_low,
+    sumIf(e.sign * e.co2_kg_high, e.energy_source = 'measured') AS co2_kg_measured_high,
+    sumIf(toInt64(e.sign), e.is_estimated) AS events_estimated,
+    sum(e.sign * if(e.pue > 0, e.energy_j / e.pue, e.energy_j)) AS energy_it_j
+FROM {db}.usage_events AS e
+GROUP BY org_id, day, provider, model, model_tier, region, routing_tier, factors_version, source;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_daily_org_mv TO {db}.usage_daily_org AS
+SELECT
+    e.org_id AS org_id,
+    toDate(e.bucket_start) AS day,
+    e.provider AS provider,
+    e.model AS model,
+    e.model_tier AS model_tier,
+    ifNull(e.region, '') AS region,
+    ifNull(e.routing_tier, '') AS routing_tier,
+    e.factors_version AS factors_version,
+    e.source AS source,
+    sum(toInt64(e.sign)) AS events,
+    sum(e.sign * e.request_count) AS request_count,
+    sum(e.sign * e.input_tokens_uncached) AS input_tokens_uncached,
+    sum(e.sign * e.input_tokens_cached) AS input_tokens_cached,
+    sum(e.sign * e.input_tokens_cache_creation) AS input_tokens_cache_creation,
+    sum(e.sign * e.output_tokens) AS output_tokens,
+    sum(e.sign * e.energy_j) AS energy_j,
+    sum(e.sign * e.energy_j_low) AS energy_j_low,
+    sum(e.sign * e.energy_j_high) AS energy_j_high,
+    sum(e.sign * e.co2_kg) AS co2_kg,
+    sum(e.sign * e.co2_kg_low) AS co2_kg_low,
+    sum(e.sign * e.co2_kg_high) AS co2_kg_high,
+    sum(e.sign * e.energy_cached_savings_j) AS energy_cached_savings_j,
+    sum(e.sign * e.co2_cached_savings_kg) AS co2_cached_savings_kg,
+    sum(e.sign * ifNull(e.co2_kg_market, 0)) AS co2_kg_market,
+    sum(e.sign * ifNull(e.co2_kg_market_low, 0)) AS co2_kg_market_low,
+    sum(e.sign * ifNull(e.co2_kg_market_high, 0)) AS co2_kg_market_high,
+    sumIf(toInt64(e.sign), e.co2_kg_market IS NOT NULL) AS events_market,
+    sum(e.sign * ifNull(e.co2_kg_embodied, 0)) AS co2_kg_embodied,
+    sum(e.sign * ifNull(e.co2_kg_embodied_low, 0)) AS co2_kg_embodied_low,
+    sum(e.sign * ifNull(e.co2_kg_embodied_high, 0)) AS co2_kg_embodied_high,
+    sumIf(toInt64(e.sign), e.co2_kg_embodied IS NOT NULL) AS events_embodied,
+    sum(e.sign * ifNull(e.water_l, 0)) AS water_l,
+    sum(e.sign * ifNull(e.water_l_low, 0)) AS water_l_low,
+    sum(e.sign * ifNull(e.water_l_high, 0)) AS water_l_high,
+    sumIf(toInt64(e.sign), e.water_l IS NOT NULL) AS events_water,
+    sum(e.sign * ifNull(e.cost_usd, 0)) AS cost_usd,
+    sumIf(toInt64(e.sign), e.cost_usd IS NOT NULL) AS events_cost,
+    sumIf(toInt64(e.sign), e.energy_source = 'measured') AS events_measured,
+    sumIf(e.sign * e.energy_j, e.energy_source = 'measured') AS energy_j_measured,
+    sumIf(e.sign * e.co2_kg, e.energy_source = 'measured') AS co2_kg_measured,
+    sumIf(e.sign * e.co2_kg_low, e.energy_source = 'measured') AS co2_kg_measured_low,
+    sumIf(e.sign * e.co2_kg_high, e.energy_source = 'measured') AS co2_kg_measured_high,
+    sumIf(toInt64(e.sign), e.is_estimated) AS events_estimated,
+    sum(e.sign * if(e.pue > 0, e.energy_j / e.pue, e.energy_j)) AS energy_it_j
+FROM {db}.usage_events AS e
+GROUP BY org_id, day, provider, model, model_tier, region, routing_tier, factors_version, source;
