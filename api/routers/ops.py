@@ -111,8 +111,9 @@ def address(url: str, database: str | None = None) -> Address:
     except ValueError:
         return Address(kind="unparseable")
     kind = u.scheme.lower().split("+", 1)[0] or "unknown"
-    if kind == "chdb":
-        return Address(kind=kind, path=u.path or None, database=database)
+    if kind == "chdb":  # chdb:///abs/path (the settings' default is chdb:////abs/path)
+        path = "/" + u.path.lstrip("/") if u.path.startswith("/") else u.path
+        return Address(kind=kind, path=path or None, database=database)
     if kind == "sqlite":  # SQLAlchemy: sqlite:///relative or sqlite:////absolute
         return Address(kind=kind, path=u.path[1:] or None)
     return Address(kind=kind, host=u.hostname, port=port, database=database or u.path.strip("/") or None)

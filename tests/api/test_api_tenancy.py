@@ -44,6 +44,8 @@ ORG_SELF = "org_self"  # acts on the caller's own org, no id in the request (bil
 #                        A is unchanged
 PUBLIC_ITEM = "public_item"  # no auth, addresses one object by its public identifier (a receipt serial): 200
 #                              for A's object, with none of A's org data (only the identifier itself)
+OPERATOR = "operator"  # the operator token (JOULESTREAM_METRICS_TOKEN), not an org's key: 200 for it, and no
+#                        org's data in the answer (per-org series are off by default)
 SIGNED = "signed"  # no API key, authenticated by a signature over the body (the Stripe webhook): a forged
 #                    event naming A's Stripe customer is 400 with `detail` and changes nothing of A; a
 #                    correctly signed one is acknowledged (200) without echoing org data
@@ -91,7 +93,11 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ),
     ("GET", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
     ("DELETE", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
+    ("GET", "/api/v1/version"): (GLOBAL, None),
+    ("GET", "/api/v1/config"): (GLOBAL, None),
+    ("GET", "/prometheus/metrics"): (OPERATOR, None),
 }
+METRICS_TOKEN = "operator-metrics-token"
 
 
 @dataclass
@@ -242,6 +248,7 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
             stripe_api_base=stripe_stub.url,
             stripe_webhook_secret=WEBHOOK_SECRET,
             stripe_prices="starter=price_s,growth=price_g,scale=price_x",
+            metrics_token=METRICS_TOKEN,
         )
     )
     stub = OpenRouterStub().start()  # B's POST /connections validates its key against a local stub
@@ -260,6 +267,9 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         for (method, path), (kind, body) in sorted(ROUTES.items()):
             url = _fill(path, a)
             headers = {} if kind in (PUBLIC, PUBLIC_ITEM, SIGNED) else b_headers
+            if kind == OPERATOR:
+                assert (await c.request(method, url, headers=b_headers)).status_code == 401, where
+                headers = bearer(METRICS_TOKEN)
             where = f"{method} {path} ({kind})"
             if kind == SIGNED:
                 forged = event(
