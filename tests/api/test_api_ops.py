@@ -89,7 +89,11 @@ async def test_config_describes_the_deployment_without_a_secret(make_app, settin
         "kind": "external",
         "bootstrap": ["broker-1.internal:9092", "broker-2.internal:9092"],
         "topic_prefix": "prod.",
-        "topics": {"raw": "prod.usage.raw.v1", "enriched": "prod.usage.enriched.v1", "dlq": "prod.usage.dlq.v1"},
+        "topics": {
+            "raw": "prod.usage.raw.v1",
+            "enriched": "prod.usage.enriched.v1",
+            "dlq": "prod.usage.dlq.v1",
+        },
     }
     assert body["clickhouse"] == {
         "kind": "https",

@@ -267,10 +267,10 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         for (method, path), (kind, body) in sorted(ROUTES.items()):
             url = _fill(path, a)
             headers = {} if kind in (PUBLIC, PUBLIC_ITEM, SIGNED) else b_headers
-            if kind == OPERATOR:
+            where = f"{method} {path} ({kind})"
+            if kind == OPERATOR:  # an org's key is no operator credential
                 assert (await c.request(method, url, headers=b_headers)).status_code == 401, where
                 headers = bearer(METRICS_TOKEN)
-            where = f"{method} {path} ({kind})"
             if kind == SIGNED:
                 forged = event(
                     "customer.subscription.deleted",

@@ -30,7 +30,10 @@ def test_requests_and_added_latency_move_on_real_requests(make_gateway, stack, f
     assert raw.http_response.status_code == 200 and raw.headers["x-routed-to"] == small["upstream"]
     chunks = list(gw.client().chat.completions.create(model="auto", messages=Q, stream=True))
     assert chunks
-    assert gw.http("POST", "/v1/chat/completions", key=None, json={"model": "auto", "messages": Q}).status_code == 401
+    assert (
+        gw.http("POST", "/v1/chat/completions", key=None, json={"model": "auto", "messages": Q}).status_code
+        == 401
+    )
     assert gw.http("POST", "/v1/chat/completions", json={"model": "auto"}).status_code == 422
 
     after = scrape(gw)
@@ -60,5 +63,7 @@ def test_gateway_metrics_need_the_operator_token(make_gateway, stack, fresh_stub
         assert r.status_code == 401 and set(r.json()) == {"detail"}, headers
     gw.server.stop()  # (its spool directory is the next one's)
     closed = make_gateway(settings=stack.settings)  # no token configured: closed
-    r = httpx.get(f"{closed.url}/prometheus/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    r = httpx.get(
+        f"{closed.url}/prometheus/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    )
     assert r.status_code == 403 and r.json()["detail"]

@@ -33,7 +33,9 @@ def scrape() -> Samples:
 
 def register(engine, store, org_id, provider):
     cid = new_connection_id()
-    return Connections(engine).create(org_id, provider, store.put(cid, ADMIN_KEYS[provider]), None, connection_id=cid)
+    return Connections(engine).create(
+        org_id, provider, store.put(cid, ADMIN_KEYS[provider]), None, connection_id=cid
+    )
 
 
 async def test_poll_outcomes_events_and_last_success_are_counted(
