@@ -383,15 +383,26 @@ class Footprints:
                 m.org_co2e_kg.labels(org_id).inc(co2)
 
 
+_gateway_children: dict[tuple[str, int, str | None, str | None], tuple[Counter, Histogram]] = {}
+
+
 def record_gateway_request(
     endpoint: str, status: int, tier: str | None, upstream: str | None, total_s: float, upstream_s: float
 ) -> None:
-    """One answered gateway request: counted by status / routing tier / upstream, its added latency observed."""
-    m = metrics()
-    m.gateway_requests.labels(endpoint, str(status), tier or NONE, upstream or NONE).inc()
-    m.gateway_added_latency.labels(endpoint).observe(max(total_s - upstream_s, 0.0))
+    """One answered gateway request: counted by status / routing tier / upstream, its added latency observed.
+    (The label children are cached: the key space is bounded by the labels themselves.)"""
+    key = (endpoint, status, tier, upstream)
+    children = _gateway_children.get(key)
+    if children is None:
+        m = metrics()
+        children = _gateway_children[key] = (
+            m.gateway_requests.labels(endpoint, str(status), tier or NONE, upstream or NONE),
+            m.gateway_added_latency.labels(endpoint),
+        )
+    children[0].inc()
+    children[1].observe(max(total_s - upstream_s, 0.0))
     if upstream_s > 0:
-        m.gateway_upstream_seconds.observe(upstream_s)
+        metrics().gateway_upstream_seconds.observe(upstream_s)
 
 
 def record_poll(provider: str, outcome: str, published: int) -> None:
