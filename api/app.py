@@ -29,6 +29,7 @@ from api.routers import (
     health,
     methodology,
     metrics,
+    ops,
     prices,
     projects,
     public,
@@ -141,4 +142,6 @@ def create_app(
     app.include_router(receipts.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(public.router)  # /public/receipts/verify/{serial}: no auth
+    app.include_router(ops.router, prefix=API_PREFIX)  # /version, /config
+    app.include_router(ops.prometheus_router)  # /prometheus/metrics: the operator token (docs/operations.md)
     return app

@@ -26,6 +26,7 @@ from api.internal_reenrich import reenrich_router
 from controlplane import FactorVersions, get_engine
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
+from core.metrics import use_directory
 from core.settings import Settings
 from pipelines import simulate
 from streams.split import EnrichProcess, EnrichSupervisor
@@ -204,11 +205,17 @@ def run_worker(
     loglevel: str = "INFO",
     logfile: str | None = None,
     split: bool = True,
+    metrics_port: int | None = None,
 ) -> None:
     """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
     child process (streams/split.py) so the two stages use two cores. The control-plane database must be
-    migrated first (the `worker` and `up` commands do it before calling this)."""
+    migrated first (the `worker` and `up` commands do it before calling this).
+
+    Metrics (core/metrics.py): this process and its enrich child record into one multiprocess directory;
+    the runtime HTTP server (`http_port`) — or, without one, a server of /prometheus/metrics alone
+    (`metrics_port`) — answers for both."""
     settings.home.mkdir(parents=True, exist_ok=True)
+    use_directory(settings.metrics_path)  # before the enrich child starts: it inherits the directory
     engine = get_engine(settings.database)
     FactorVersions(engine).ensure_seeded()
     child = EnrichProcess(settings, loglevel, logfile).start() if split else None
@@ -230,6 +237,11 @@ def run_worker(
             port=http_port,
             log_level="warning",
         )
+        app.conf.web_enabled = True
+    elif metrics_port is not None:  # no runtime HTTP server: /prometheus/metrics alone
+        from api.routers.ops import prometheus_app
+
+        serve_asgi(app, prometheus_app(settings), host="127.0.0.1", port=metrics_port, log_level="warning")
         app.conf.web_enabled = True
     if child is not None:
         app.add_dependency(EnrichSupervisor(child, loop=app.loop, beacon=app.beacon))

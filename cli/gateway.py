@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from core.logs import logging_config
+from core.metrics import use_directory
 from core.settings import load_settings
 
 
@@ -21,6 +22,7 @@ def gateway(host: str = "127.0.0.1", port: int = 8788, routes_file: str | Path =
 
     settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
+    use_directory(settings.metrics_path)  # its /prometheus/metrics answers for this process
     logging.config.dictConfig(logging_config("INFO"))
     app = create_gateway_app(settings, load_routes(routes_file))
     # Tail latency: background threads (receipt signing/storing, SQL) hand the GIL back to the event loop

@@ -92,13 +92,17 @@ def worker(
         bool,
         typer.Option("--split/--single-process", help="Run the enrich agent in a second process (2 cores)"),
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Without --http-port: serve /prometheus/metrics alone on 127.0.0.1:PORT"),
+    ] = None,
 ) -> None:
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
     from cli.embedded import run_worker
 
     s = _settings()
     _migrate_controlplane(s)
-    run_worker(s, http_port=http_port, loglevel=loglevel.upper(), split=split)
+    run_worker(s, http_port=http_port, loglevel=loglevel.upper(), split=split, metrics_port=metrics_port)
 
 
 @app.command()
@@ -123,13 +127,26 @@ def poll(
         float | None, typer.Option(help="Seconds between polls of a connection (default 3600)")
     ] = None,
     loglevel: str = "INFO",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /prometheus/metrics on METRICS_HOST:PORT while polling")
+    ] = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Poll the providers' usage APIs for every active connection (long-running)."""
     from cli.poll import poll as run_poll
 
     settings = _settings()
     _migrate_controlplane(settings)
-    raise typer.Exit(run_poll(settings, once=once, interval_s=interval, loglevel=loglevel))
+    raise typer.Exit(
+        run_poll(
+            settings,
+            once=once,
+            interval_s=interval,
+            loglevel=loglevel,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
+    )
 
 
 @app.command()
@@ -188,6 +205,7 @@ def up(
     from cli.demo_gateway import DemoUpstream
 
     tenants, demo_key = ensure_demo_tenant(s)
+    s, metrics_token = _demo_metrics_token(s)
     b = upstream = None
     try:
         if s.kafka_embedded:
@@ -205,6 +223,7 @@ def up(
             f"  Try          curl -H 'Authorization: Bearer {demo_key}' "
             f"http://127.0.0.1:{http_port}/api/v1/telemetry/summary",
             f'  Gateway      OpenAI base_url http://127.0.0.1:{http_port}/v1 (same key, model "auto"; routes {gateway_routes})',
+            f"  Metrics      http://127.0.0.1:{http_port}/prometheus/metrics  (Bearer {metrics_token})",
             f"  Logs         {log_dir / 'worker.log'}",
             "  Totals       in another terminal: [bold].venv/bin/joulestream totals --by model[/]",
             f"  Traffic      {events} simulated events (synthetic=true), then {rate:g}/s live",
@@ -226,6 +245,21 @@ def up(
         if b:
             b.stop()
         console.print("stopped.")
+
+
+def _demo_metrics_token(s: Settings) -> tuple[Settings, str]:
+    """The operator token of /prometheus/metrics: JOULESTREAM_METRICS_TOKEN, else (the quick start) one made
+    once and kept in `home/metrics.token`."""
+    import secrets
+
+    if s.metrics_token is not None:
+        return s, "$JOULESTREAM_METRICS_TOKEN"
+    path = s.home / "metrics.token"
+    if not path.is_file():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+    token = path.read_text(encoding="utf-8").strip()
+    return s.replace(metrics_token=token), token
 
 
 @app.command()

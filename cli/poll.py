@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.config
 import signal
@@ -19,18 +20,27 @@ log = logging.getLogger("joulestream.poll")
 
 
 def poll(
-    settings: Settings, *, once: bool = False, interval_s: float | None = None, loglevel: str = "INFO"
+    settings: Settings,
+    *,
+    once: bool = False,
+    interval_s: float | None = None,
+    loglevel: str = "INFO",
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
     """Poll until SIGINT/SIGTERM (or one round with `once`). Refuses to start without a usable secret store
-    (a master key outside the embedded demo): exit status 2. Returns 0 on a clean stop."""
+    (a master key outside the embedded demo): exit status 2. Returns 0 on a clean stop. With `metrics_port`,
+    serves /prometheus/metrics (api/routers/ops.py) on `metrics_host:metrics_port` while it runs."""
     from aiokafka.errors import KafkaError
 
     from controlplane import get_engine
     from core.kafka import ensure_topics, producer
+    from core.metrics import use_directory
     from core.secrets import SecretStoreError, SecretStores
     from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler
 
     settings.home.mkdir(parents=True, exist_ok=True)
+    use_directory(settings.metrics_path)
     logging.config.dictConfig(logging_config(loglevel.upper()))
     try:
         secrets = SecretStores.from_settings(settings)
@@ -66,9 +76,30 @@ def poll(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await run_scheduler(settings, engine, prod, stop, secrets=secrets, config=config)
+            server = _metrics_server(settings, metrics_host, metrics_port) if metrics_port else None
+            serving = asyncio.create_task(server.serve()) if server else None
+            try:
+                await run_scheduler(settings, engine, prod, stop, secrets=secrets, config=config)
+            finally:
+                if server is not None and serving is not None:
+                    server.should_exit = True
+                    await serving
             return 0
         finally:
             await prod.stop()
 
     return asyncio.run(main())
+
+
+def _metrics_server(settings: Settings, host: str, port: int):
+    """uvicorn serving /prometheus/metrics alone, in the poller's event loop (its signals stay the poller's)."""
+    import uvicorn
+
+    from api.routers.ops import prometheus_app
+
+    config = uvicorn.Config(
+        prometheus_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # SIGTERM stops the poller
+    return server

@@ -24,6 +24,10 @@ An unset connection string means the embedded default; every embedded state file
 | STRIPE_API_KEY, STRIPE_API_BASE, STRIPE_WEBHOOK_SECRET | stripe_api_key, stripe_api_base, stripe_webhook_secret | Stripe off |
 | JOULESTREAM_STRIPE_PRICES                | stripe_prices           | `price_joulestream_<plan>`                |
 | JOULESTREAM_KPI_REFRESH_S                | kpi_refresh_s           | 60 (0: refresh on request only)           |
+| JOULESTREAM_METRICS_TOKEN                | metrics_token           | /prometheus/metrics closed (403)          |
+| JOULESTREAM_METRICS_OPEN                 | metrics_open            | false (true: /prometheus/metrics unauthenticated) |
+| JOULESTREAM_METRICS_PER_ORG              | metrics_per_org         | false (true: per-org energy/CO2e series)  |
+| JOULESTREAM_METRICS_DIR                  | metrics_dir             | `home/metrics` (multiprocess metric files) |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -107,6 +111,11 @@ class Settings(BaseSettings):
     # Reporting: the dashboard KPI cache is recomputed every kpi_refresh_s by each API process (0: never on a
     # schedule, only on POST /metrics/dashboard-summary/refresh and on a first read)
     kpi_refresh_s: float = Field(default=60.0, ge=0)
+    # Operations: /prometheus/metrics (core/metrics.py, docs/operations.md)
+    metrics_token: SecretStr | None = None
+    metrics_open: bool = False
+    metrics_per_org: bool = False
+    metrics_dir: Path | None = None
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
@@ -136,6 +145,11 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}usage.dlq.v1"
+
+    @property
+    def metrics_path(self) -> Path:
+        """Where the processes of this home keep their metric files (one directory per process tree)."""
+        return self.metrics_dir or self.home / "metrics"
 
     @property
     def embedded_demo(self) -> bool:

@@ -24,11 +24,13 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from core.kafka import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
+from core.metrics import metrics
 from core.settings import Settings
 from streams.processing import InRecord
 
 log = logging.getLogger(__name__)
 
+LAG_EVERY_S = 1.0  # the consumer-lag gauge is refreshed at most this often (no network: fetch metadata)
 Handler = Callable[[Any], Awaitable[None]]
 Prepare = Callable[[list[InRecord]], Any]
 
@@ -88,6 +90,9 @@ class BatchAgent(Service):
         self.max_retry_delay_s = max_retry_delay_s
         self.stats = AgentStats()
         self.consumer: AIOKafkaConsumer | None = None
+        self._committed: dict[TopicPartition, int] = {}  # what this agent committed, or read once from Kafka
+        self._lag_at = 0.0
+        self._lag_tps: set[TopicPartition] = set()
 
     @property
     def label(self) -> str:
@@ -124,10 +129,18 @@ class BatchAgent(Service):
     @Service.task
     async def _consume(self) -> None:
         assert self.consumer is not None
+        mx, name = metrics(), self.agent_name
+        received, batch_s = mx.pipeline_received.labels(name), mx.pipeline_batch_seconds.labels(name)
+        batch_n, commit_failures = (
+            mx.pipeline_batch_events.labels(name),
+            mx.pipeline_commit_failures.labels(name),
+        )
         while not self.should_stop:
             polled = await self._poll()
             if not polled:
+                await self._update_lag()
                 continue
+            started = time.perf_counter()
             records = [
                 InRecord(m.key, m.value, tp.topic, tp.partition, m.offset)
                 for tp, msgs in polled.items()
@@ -139,14 +152,51 @@ class BatchAgent(Service):
             }
             try:
                 await self.consumer.commit(offsets)
+                self._committed.update(offsets)
             except (CommitFailedError, KafkaError) as exc:
                 # A rebalance took the partitions away mid-batch. The new owner re-reads from the last
                 # committed offset; the stages are idempotent, so a re-read batch changes nothing.
                 self.stats.commit_failures += 1
+                commit_failures.inc()
                 log.warning("offset commit failed: %s", exc, extra={"agent": self.agent_name})
             self.stats.consumed += len(records)
             self.stats.batches += 1
             self.stats.last_batch_at = time.time()
+            received.inc(len(records))
+            batch_n.observe(len(records))
+            batch_s.observe(time.perf_counter() - started)
+            await self._update_lag()
+
+    async def _update_lag(self) -> None:
+        """The consumer-lag gauge per assigned partition: high watermark (known from the fetch responses) minus
+        the offset this group committed. At most every LAG_EVERY_S; a partition's committed offset is asked of
+        Kafka once, when this agent has not committed it yet. Partitions no longer assigned are set to 0."""
+        loop = asyncio.get_running_loop()
+        if self.consumer is None or loop.time() < self._lag_at:
+            return
+        self._lag_at = loop.time() + LAG_EVERY_S
+        gauge = metrics().consumer_lag
+        assigned = set(self.consumer.assignment())
+        for tp in assigned - self._lag_tps:  # (re)assigned: another member may have committed since
+            self._committed.pop(tp, None)
+        try:
+            for tp in assigned:
+                high = self.consumer.highwater(tp)
+                if high is None:
+                    continue
+                committed = self._committed.get(tp)
+                if committed is None:
+                    committed = await self.consumer.committed(tp)
+                    if committed is None:  # nothing committed yet: the group starts at the beginning
+                        committed = (await self.consumer.beginning_offsets([tp]))[tp]
+                    self._committed[tp] = committed
+                gauge.labels(self.agent_name, tp.topic, str(tp.partition)).set(max(high - committed, 0))
+        except KafkaError as exc:  # a rebalance or the broker away: the next round tries again
+            log.debug("consumer lag not updated: %s", exc, extra={"agent": self.agent_name})
+        for tp in self._lag_tps - assigned:
+            gauge.labels(self.agent_name, tp.topic, str(tp.partition)).set(0)
+            self._committed.pop(tp, None)
+        self._lag_tps = assigned
 
     async def _poll(self) -> dict[TopicPartition, list]:
         """One batch: it opens with the first message(s) `getmany` returns and closes at `max_records` or
@@ -182,6 +232,7 @@ class BatchAgent(Service):
                 return
             except RetryableError as exc:
                 self.stats.retries += 1
+                metrics().pipeline_retries.labels(self.agent_name).inc()
                 log.warning(
                     "batch of %d failed, retrying in %.1fs: %s",
                     len(records),

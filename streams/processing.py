@@ -21,7 +21,8 @@ from pydantic import BaseModel, ValidationError
 from controlplane.factor_resolver import FACTORS_VERSION_LABEL
 from core.contracts import DeadLetter, EnrichedUsage, Source, UsageEvent
 from core.kafka import OutRecord
-from core.methodology import FactorSet, FactorSetError, Prices, enrich, load_factor_set
+from core.methodology import FactorSet, FactorSetError, Prices, canonical_provider, enrich, load_factor_set
+from core.metrics import OTHER, Footprints
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class StageResult:
     out: list[OutRecord] = field(default_factory=list)
     dlq: list[OutRecord] = field(default_factory=list)
     duplicates: int = 0  # dropped by the dedup window (same or lower revision already seen)
+    footprints: Footprints = field(
+        default_factory=Footprints.empty
+    )  # energy / CO2e of `out`, for core.metrics
 
 
 class DedupWindow:
@@ -158,6 +162,7 @@ class Enricher:
         res = StageResult()
         fs = self.factors()
         sets: dict[str, FactorSet] = {}  # stamped versions met in this batch
+        providers: dict[str, str] = {}  # provider as sent -> its metric label (the factor set's, or "other")
         now = datetime.now(UTC)
         for rec in records:
             if rec.value is None:
@@ -180,6 +185,19 @@ class Enricher:
                 res.dlq.append(dead_letter(rec, "enrich", f"{type(exc).__name__}: {exc}"))
                 continue
             res.out.append(OutRecord(key=ev.event_id.encode(), value=to_json(enriched)))
+            label = providers.get(ev.provider)
+            if label is None:
+                known = canonical_provider(fs, ev.provider)
+                label = providers[ev.provider] = known if known in fs.pue else OTHER
+            res.footprints.add(
+                label,
+                enriched.model_tier,
+                ev.org_id,
+                enriched.energy_j,
+                enriched.co2_kg,
+                enriched.co2_kg_market,
+                enriched.co2_kg_embodied,
+            )
         return res
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from mode import Service
 
+from core.metrics import process_exited
 from core.settings import Settings
 
 FIELDS = (
@@ -110,6 +111,8 @@ class EnrichProcess:
         if self.proc.is_alive():
             return False
         self.proc.join(0)
+        if self.proc.pid is not None:
+            process_exited(self.proc.pid)
         self.proc = self._new_process()
         self.proc.start()
         self.restarts += 1
@@ -122,6 +125,8 @@ class EnrichProcess:
             if self.proc.is_alive():
                 self.proc.kill()
                 self.proc.join()
+        if self.proc.pid is not None:
+            process_exited(self.proc.pid)
 
 
 class EnrichSupervisor(Service):

@@ -9,6 +9,7 @@ process with its own Faust app (streams/split.py), so the two CPU-bound stages u
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from controlplane import get_engine
 from controlplane.prices import PriceLookup
 from core.kafka import OutRecord, ensure_topics, producer, send_many
 from core.methodology import FactorSet, load_factor_set
+from core.metrics import metrics
 from core.settings import Settings
 from streams.agents import BatchAgent, RetryableError
 from streams.factors import worker_factors
@@ -149,6 +151,11 @@ class Pipeline:
         await self._publish(self.settings.enriched_topic, res.out)
         await self._publish(self.settings.dlq_topic, res.dlq)
         self.dlq_count += len(res.dlq)
+        m = metrics()
+        m.pipeline_enriched.inc(len(res.out))
+        m.pipeline_dlq.labels("enrich").inc(len(res.dlq))
+        m.pipeline_duplicates.labels("enrich").inc(res.duplicates)
+        res.footprints.record(per_org=self.settings.metrics_per_org)
         if agent:
             agent.stats.add("enriched", len(res.out))
             agent.stats.add("dlq", len(res.dlq))
@@ -173,6 +180,12 @@ class Pipeline:
                 result = None
         await self._publish(self.settings.dlq_topic, bad)
         self.dlq_count += len(bad)
+        m = metrics()
+        m.pipeline_dlq.labels("sink").inc(len(bad))
+        if result is not None:
+            m.pipeline_stored.inc(result.inserted)
+            m.pipeline_superseded.inc(result.cancelled)
+            m.pipeline_duplicates.labels("sink").inc(result.skipped_duplicates + result.skipped_stale)
         agent = self._agent("sink")
         if agent and result is not None:
             agent.stats.add("stored", result.inserted)
@@ -182,8 +195,11 @@ class Pipeline:
 
     async def _write(self, writer: Callable[[Any, Any], WriteResult], batch: Sequence[Any]) -> WriteResult:
         assert self.warehouse is not None
+        started = time.perf_counter()
         try:
-            return await self.warehouse.run(writer, batch)
+            result = await self.warehouse.run(writer, batch)
+            metrics().warehouse_insert_seconds.observe(time.perf_counter() - started)
+            return result
         except LEDGER_ROW_ERRORS:
             raise
         except Exception as exc:  # warehouse down/locked/timeout: retry the batch, never skip it

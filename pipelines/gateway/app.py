@@ -27,6 +27,7 @@ from starlette.responses import Response
 
 from controlplane import get_engine
 from controlplane.factor_resolver import FactorResolver
+from core.metrics import check_access, exposition
 from core.receipts import Keyring
 from core.settings import Settings
 from pipelines.gateway.config import GatewayConfig
@@ -179,6 +180,19 @@ def create_gateway_app(
             orjson.dumps({"id": receipt_id, "object": "receipt", **rec.model_dump()}),
             media_type="application/json",
         )
+
+    @app.get("/prometheus/metrics", summary="Operational metrics, Prometheus text format (operator token)")
+    async def prometheus_metrics(request: Request) -> Response:
+        denied = check_access(settings, request.headers.get("authorization"))
+        if denied is not None:
+            return Response(
+                orjson.dumps({"detail": denied.detail}),
+                status_code=denied.status,
+                headers=denied.headers,
+                media_type="application/json",
+            )
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/health", summary="Liveness, Kafka state and usage spool depth")
     async def health() -> Response:

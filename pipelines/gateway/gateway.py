@@ -8,9 +8,12 @@ import contextlib
 import logging
 import math
 import re
+import time
+from collections.abc import Awaitable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
@@ -21,6 +24,7 @@ from uuid6 import uuid7
 
 from controlplane.factor_resolver import FactorResolver
 from controlplane.prices import PriceLookup
+from core.metrics import record_gateway_request
 from core.pricing import price_micros
 from core.receipts import Keyring
 from core.settings import Settings
@@ -50,6 +54,9 @@ log = logging.getLogger("joulestream.gateway")
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+# seconds the current request has waited on upstreams (core/metrics.py: the gateway's added latency)
+_UPSTREAM_WAIT: ContextVar[list[float] | None] = ContextVar("joulestream_upstream_wait", default=None)
+T = TypeVar("T")
 
 
 class Gateway:
@@ -164,6 +171,37 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------------ requests
     async def handle(self, request: Request, endpoint: str) -> Response:
+        """One inference request, counted and timed (core/metrics.py: status, tier, upstream; added latency)."""
+        waited = [0.0]
+        token = _UPSTREAM_WAIT.set(waited)
+        t0 = time.perf_counter()
+        try:
+            response = await self._handle(request, endpoint)
+        finally:
+            _UPSTREAM_WAIT.reset(token)
+        h = response.headers
+        record_gateway_request(
+            endpoint,
+            response.status_code,
+            h.get("x-tier"),
+            h.get("x-routed-to"),
+            time.perf_counter() - t0,
+            waited[0],
+        )
+        return response
+
+    @staticmethod
+    async def _upstream(call: Awaitable[T]) -> T:
+        """Await an upstream call, adding its duration to the request's upstream wait."""
+        t0 = time.perf_counter()
+        try:
+            return await call
+        finally:
+            waited = _UPSTREAM_WAIT.get()
+            if waited is not None:
+                waited[0] += time.perf_counter() - t0
+
+    async def _handle(self, request: Request, endpoint: str) -> Response:
         started = datetime.now(UTC)
         factors = self.factors.cached
         incoming = request.headers.get("x-request-id", "")
@@ -256,7 +294,9 @@ class Gateway:
         path = PATHS[ctx.endpoint]
         for cand in cands:
             try:
-                answer = await self.pool.call(cand.upstream, path, self._payload(ctx, cand, False))
+                answer = await self._upstream(
+                    self.pool.call(cand.upstream, path, self._payload(ctx, cand, False))
+                )
             except UpstreamFailure as f:
                 ctx.attempts.append(f.attempt)
                 continue
@@ -288,7 +328,9 @@ class Gateway:
         path = PATHS[ctx.endpoint]
         for cand in cands:
             try:
-                resp = await self.pool.open_stream(cand.upstream, path, self._payload(ctx, cand, True))
+                resp = await self._upstream(
+                    self.pool.open_stream(cand.upstream, path, self._payload(ctx, cand, True))
+                )
             except UpstreamFailure as f:
                 ctx.attempts.append(f.attempt)
                 continue

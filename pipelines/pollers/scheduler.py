@@ -49,6 +49,7 @@ from controlplane.connections import Connection
 from controlplane.poll_state import BucketWrite, PollState
 from core.contracts import UsageEvent
 from core.kafka import OutRecord, send_many
+from core.metrics import record_poll
 from core.secrets import SecretStore, SecretStoreError, redact
 from core.settings import Settings
 from providers import base_urls, client_for
@@ -219,14 +220,16 @@ class PollScheduler:
         if conn is None:
             return None
         try:
-            return await self._poll(conn, now)
+            result = await self._poll(conn, now)
         except Exception as exc:
             log.exception("poll crashed", extra={"connection_id": conn.id, "provider": conn.provider})
             ctx = {"connection_id": conn.id, "org_id": conn.org_id, "provider": conn.provider}
-            return await self._failed(conn, now, f"internal error: {type(exc).__name__}", exc, ctx)
+            result = await self._failed(conn, now, f"internal error: {type(exc).__name__}", exc, ctx)
         except BaseException:  # cancelled: let another poller take it at once
             await asyncio.to_thread(self.repo.release, conn.id, self.owner)
             raise
+        record_poll(result.provider, result.outcome, result.published)
+        return result
 
     async def aclose(self) -> None:
         if self._http is not None:

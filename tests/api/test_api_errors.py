@@ -86,7 +86,9 @@ async def test_openapi_and_docs(api):
         "/api/v1/carbon-factors/{version}",
         "/api/v1/methodology",
     } <= paths
-    assert all(p.startswith(("/api/v1/", "/public/")) or p == "/health" for p in paths)
+    assert all(
+        p.startswith(("/api/v1/", "/public/")) or p in ("/health", "/prometheus/metrics") for p in paths
+    )
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     docs = await api.get("/api/v1/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -44,6 +44,8 @@ ORG_SELF = "org_self"  # acts on the caller's own org, no id in the request (bil
 #                        A is unchanged
 PUBLIC_ITEM = "public_item"  # no auth, addresses one object by its public identifier (a receipt serial): 200
 #                              for A's object, with none of A's org data (only the identifier itself)
+OPERATOR = "operator"  # the operator token (JOULESTREAM_METRICS_TOKEN), not an org's key: 200 for it, and no
+#                        org's data in the answer (per-org series are off by default)
 SIGNED = "signed"  # no API key, authenticated by a signature over the body (the Stripe webhook): a forged
 #                    event naming A's Stripe customer is 400 with `detail` and changes nothing of A; a
 #                    correctly signed one is acknowledged (200) without echoing org data
@@ -101,7 +103,11 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ),
     ("GET", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
     ("DELETE", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
+    ("GET", "/api/v1/version"): (GLOBAL, None),
+    ("GET", "/api/v1/config"): (GLOBAL, None),
+    ("GET", "/prometheus/metrics"): (OPERATOR, None),
 }
+METRICS_TOKEN = "operator-metrics-token"
 
 
 @dataclass
@@ -255,6 +261,7 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
             stripe_api_base=stripe_stub.url,
             stripe_webhook_secret=WEBHOOK_SECRET,
             stripe_prices="starter=price_s,growth=price_g,scale=price_x",
+            metrics_token=METRICS_TOKEN,
         ),
         warehouse_client_factory=lambda: warehouse[0],  # A's closed September is in it
     )
@@ -275,6 +282,9 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
             url = _fill(path, a)
             headers = {} if kind in (PUBLIC, PUBLIC_ITEM, SIGNED) else b_headers
             where = f"{method} {path} ({kind})"
+            if kind == OPERATOR:  # an org's key is no operator credential
+                assert (await c.request(method, url, headers=b_headers)).status_code == 401, where
+                headers = bearer(METRICS_TOKEN)
             if kind == SIGNED:
                 forged = event(
                     "customer.subscription.deleted",
