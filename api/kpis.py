@@ -116,13 +116,14 @@ class KpiRefresher:
             self._task = asyncio.create_task(self._loop(), name="kpi-refresh")
 
     async def _loop(self) -> None:
+        # the first run waits one interval: an org's first read computes its entry anyway
         while True:
+            await asyncio.sleep(self.interval_s)
             try:
                 await refresh_all(self.ctx)
                 self.runs += 1
             except Exception as exc:  # the control plane is down: try again next time
                 log.warning("KPI refresh failed: %s", exc, exc_info=True)
-            await asyncio.sleep(self.interval_s)
 
     async def stop(self) -> None:
         if self._task is not None:
