@@ -1,5 +1,5 @@
 """Reads behind the insights engine (`core.insights`): the window's usage per project × provider × model ×
-region × routing tier, summed from the rollups (`warehouse.reporting`), and the org's estimation reasons."""
+region × routing tier × workload × source, summed from the rollups (`warehouse.reporting`), and the org's estimation reasons."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from core.windows import Window
 from warehouse import reporting
 from warehouse.reporting import Query
 
-GROUP_BY = ("project_id", "provider", "model", "model_tier", "region", "routing_tier")
+GROUP_BY = (
+    "project_id",
+    "provider",
+    "model",
+    "model_tier",
+    "region",
+    "routing_tier",
+    "workload_id",
+    "source",
+)
 
 
 def usage(client: Client, org_id: str, window: Window) -> list[Usage]:
@@ -26,6 +35,8 @@ def usage(client: Client, org_id: str, window: Window) -> list[Usage]:
             model_tier=r["model_tier"],
             region=r["region"],
             routing_tier=r["routing_tier"],
+            workload_id=r["workload_id"],
+            source=r["source"],
             events=int(r["events"]),
             requests=int(r["request_count"]),
             uncached=int(r["input_tokens_uncached"]),

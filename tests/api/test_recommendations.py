@@ -14,7 +14,7 @@ import pytest
 from controlplane.recommendations import Recommendations
 from core.contracts import UsageEvent
 from tests.api.telemetry_data import push
-from tests.fixtures_api import bearer, client_for
+from tests.fixtures_api import bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -40,14 +40,15 @@ def close(a: float | None, b: float) -> bool:
 
 
 def ev(org: str, project: str, model: str, *, tier: str | None, uncached: int, output: int, cached: int = 0,
-       provider: str = "openai", region: str | None = "us", days_ago: int = 2) -> UsageEvent:  # fmt: skip
+       provider: str = "openai", region: str | None = "us", days_ago: int = 2, source: str = "gateway",
+       workload: str | None = None, requests: int = 1) -> UsageEvent:  # fmt: skip
     t = (datetime.now(UTC) - timedelta(days=days_ago)).replace(microsecond=0)
     return UsageEvent(
         event_id=str(uuid.uuid4()),
-        source="gateway",
+        source=source,
         org_id=org,
         project_id=project,
-        workload_id=f"{project}-wl",
+        workload_id=workload or f"{project}-wl",
         provider=provider,
         model=model,
         region=region,
@@ -58,6 +59,7 @@ def ev(org: str, project: str, model: str, *, tier: str | None, uncached: int, o
         input_tokens_uncached=uncached,
         input_tokens_cached=cached,
         output_tokens=output,
+        request_count=requests,
     )
 
 
@@ -177,6 +179,44 @@ async def test_data_quality_appears_for_many_estimates_only(c, wh, org, project)
     assert rec["evidence"]["estimated_events"] == 5 and rec["evidence"]["events"] == 15
     assert "5 of 15 events (33%)" in rec["description"]
     assert any("acme-experimental-1" in r["reason"] for r in rec["evidence"]["reasons"])
+
+
+async def test_region_shift_appears_for_a_dirty_region_only(c, wh, org, project):
+    o = org.org.id
+    # gpt-4o at azure swedencentral (35.3 g/kWh, the cleanest azure region in v2.0): nothing to shift
+    push(wh, [ev(o, project, "gpt-4o", tier="L2", provider="azure", region="swedencentral", uncached=800,
+                 output=400) for _ in range(12)])  # fmt: skip
+    assert of_type(await run(c, org), "REGION_SHIFT") == []
+    # openai/us: every openai region in v2.0 has the same grid
+    push(wh, [ev(o, project, "gpt-4o", tier="L2", uncached=800, output=400) for _ in range(12)])
+    assert of_type(await run(c, org), "REGION_SHIFT") == []
+    push(wh, [ev(o, project, "gpt-4o", tier="L2", provider="azure", region="eastus", uncached=800,
+                 output=400) for _ in range(12)])  # fmt: skip
+    [rec] = of_type(await run(c, org), "REGION_SHIFT")
+    it = 12 * (800 * LARGE["prefill"] + 400 * LARGE["decode"])
+    g = it * 1.18 / 3.6e6 * (0.3844 - 0.0353) * 1000  # azure PUE 1.18; eastus 0.3844, swedencentral 0.0353
+    assert close(rec["potential_savings_co2e_grams"], g * YEAR)
+    assert rec["potential_savings_cost"] == 0.0  # same model, same price
+    assert (
+        rec["evidence"]["alternative"]["region"] == "swedencentral" and rec["evidence"]["region"] == "eastus"
+    )
+
+
+async def test_batch_eligible_for_poller_only_workloads(c, wh, org, project):
+    o = org.org.id
+    hourly = dict(tier=None, uncached=40_000, output=8_000, requests=20, source="poller")
+    push(wh, [ev(o, project, "gpt-4o-mini", workload="mixed", **hourly)])
+    push(wh, [ev(o, project, "gpt-4o-mini", workload="mixed", tier="L2", uncached=500, output=400)])
+    push(wh, [ev(o, project, "gpt-4o-mini", workload="chatbot", tier="L2", uncached=500, output=400)
+              for _ in range(12)])  # fmt: skip
+    assert of_type(await run(c, org), "BATCH_ELIGIBLE") == []  # the gateway serves part of "mixed"
+    push(wh, [ev(o, project, "gpt-4o-mini", workload="nightly", days_ago=d, **hourly) for d in (1, 2, 3)])
+    [rec] = of_type(await run(c, org), "BATCH_ELIGIBLE")
+    cost = 3 * (40_000 * GPT_4O_MINI["input"] + 8_000 * GPT_4O_MINI["output"]) / 1e6
+    assert close(rec["potential_savings_cost"], cost * 0.5 * YEAR)
+    assert rec["potential_savings_co2e_grams"] == 0.0
+    assert rec["scope"] == "workload" and rec["subject"] == f"{project}/nightly"
+    assert rec["evidence"]["requests"] == 60 and rec["evidence"]["events"] == 3
 
 
 # ------------------------------------------------------------------------------------------ state

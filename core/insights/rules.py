@@ -1,167 +1,35 @@
-"""Insights: the rules that turn a window of usage into recommendations, and their savings formulas. Pure.
-
-Input: the window's usage grouped by (project, provider, model, region, routing tier) — `Usage`, built by
-`warehouse.insights` from the rollups — and the factor set (tiers, PUE, grid, price book) with the org's
-prices (`price_of`). Output: `Finding`s, each with the numbers it rests on (docs/insights.md writes the rules
-and formulas out).
-
-Projection (MODEL_RIGHTSIZING, REASONING_OVERUSE): the same token counts priced and emitted under another
-model — its tier's J/token, its provider's PUE and grid at the region it was used in, its prices:
-
-    saved_g    = (co2(current model, tokens) − co2(alternative, tokens)) × 1000       (core.methodology)
-    saved_usd  =  cost(current model, tokens) − cost(alternative, tokens)             (core.pricing)
-
-PROMPT_CACHING: a share of the input moved from uncached to cached at the model's own factors:
-
-    moved      = max(0, CACHE_TARGET_SHARE × input − cached)
-    saved_g    = moved × (J_prefill − J_cached) × PUE × grid / 3.6e6 × 1000
-    saved_usd  = moved × (p_input − p_cached) / 1e6
-
-Every saving is annualised from the window: × 365 / window days.
-"""
+"""The rules: one function per recommendation type, each from the window's `Usage` groups to `Finding`s, and
+`run` (all of them). Thresholds and formulas in `core.insights.model`; docs/insights.md writes the rules out."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from core.methodology import FactorSet, Prices, compute_footprint, match_model, place, price_for
-
-RecType = Literal["MODEL_RIGHTSIZING", "PROMPT_CACHING", "REASONING_OVERUSE", "DATA_QUALITY"]
-REC_TYPES: tuple[str, ...] = ("MODEL_RIGHTSIZING", "PROMPT_CACHING", "REASONING_OVERUSE", "DATA_QUALITY")
-Scope = Literal["org", "project", "workload", "model"]
-Priority = Literal["high", "medium", "low"]
-
-LOW_ROUTING_TIERS = frozenset({"L0", "L1"})  # lookup, extraction
-BIG_TIERS = frozenset({"large", "medium"})  # right-sizing candidates (reasoning tiers: REASONING_OVERUSE)
-REASONING_TIERS = frozenset({"reasoning", "reasoning-small"})
-SMALL_TIER = "small"
-SHORT_OUTPUT_TOKENS = 300  # output tokens per request at or below which a request is "short"
-LONG_PROMPT_TOKENS = 1000  # input tokens per request at or above which a prompt is "long"
-LOW_CACHED_SHARE = 0.2  # a cached share of the input below this is "low"
-CACHE_TARGET_SHARE = 0.5  # OUR ASSUMPTION: the cached share a long, repeated prefix reaches
-ESTIMATED_SHARE = 0.25  # DATA_QUALITY when at least this share of the events are estimates
-MIN_REQUESTS = 10  # a group with fewer requests proposes nothing
-HIGH_PRIORITY_G_PER_YEAR = 10_000.0  # annual CO2e saving (g) from which a finding is high priority
-MEDIUM_PRIORITY_G_PER_YEAR = 1_000.0
-DAYS_PER_YEAR = 365.0
-
-PriceOf = Callable[[str, str], Prices | None]
-
-
-@dataclass(frozen=True)
-class Usage:
-    """One group of the window's usage: sums of the rollups over a (project, provider, model, region,
-    routing tier). `routing_tier` is '' for traffic the gateway did not classify (pollers, fixed models)."""
-
-    project_id: str
-    provider: str
-    model: str
-    model_tier: str
-    region: str
-    routing_tier: str
-    events: int
-    requests: int
-    uncached: int
-    cached: int
-    cache_creation: int
-    output: int
-    co2_g: float
-    cost_usd: float | None
-    estimated_events: int
-
-    @property
-    def input_tokens(self) -> int:
-        return self.uncached + self.cached + self.cache_creation
-
-    @property
-    def tokens(self) -> tuple[int, int, int, int]:
-        return self.uncached, self.cached, self.cache_creation, self.output
-
-
-@dataclass(frozen=True)
-class Finding:
-    type: str
-    scope: Scope
-    subject: str  # with type and scope: the identity a re-run keeps
-    project_id: str | None
-    model: str | None
-    priority: Priority
-    description: str
-    potential_savings_co2e_grams: float
-    potential_savings_cost: float | None
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def identity(self) -> str:
-        return f"{self.type}|{self.scope}|{self.subject}"
-
-
-def annualise(value: float, window_days: float) -> float:
-    """A window's figure as a year's: × 365 / window days."""
-    return value * DAYS_PER_YEAR / window_days
-
-
-def priority(saved_g_per_year: float) -> Priority:
-    if saved_g_per_year >= HIGH_PRIORITY_G_PER_YEAR:
-        return "high"
-    return "medium" if saved_g_per_year >= MEDIUM_PRIORITY_G_PER_YEAR else "low"
-
-
-def footprint_of(
-    fs: FactorSet,
-    provider: str,
-    model: str,
-    region: str,
-    tokens: tuple[int, int, int, int],
-    price_of: PriceOf,
-) -> tuple[float, float | None]:
-    """(g CO2e location-based, USD or None without a price) of `tokens` under (provider, model, region)."""
-    f = compute_footprint(
-        fs,
-        provider=provider,
-        model=model,
-        region=region or None,
-        input_tokens_uncached=tokens[0],
-        input_tokens_cached=tokens[1],
-        input_tokens_cache_creation=tokens[2],
-        output_tokens=tokens[3],
-        prices=price_of(provider, model),
-    )
-    return f.co2_kg * 1000.0, f.cost_usd
-
-
-def projected_savings(
-    fs: FactorSet,
-    tokens: tuple[int, int, int, int],
-    current: tuple[str, str, str],
-    alternative: tuple[str, str, str],
-    price_of: PriceOf,
-) -> tuple[float, float | None]:
-    """(g, USD) the same tokens would save under `alternative` (provider, model, region) instead of
-    `current`; USD None unless both have a price."""
-    g0, c0 = footprint_of(fs, *current, tokens, price_of)
-    g1, c1 = footprint_of(fs, *alternative, tokens, price_of)
-    return g0 - g1, (None if c0 is None or c1 is None else c0 - c1)
-
-
-def caching_savings(
-    fs: FactorSet, u: Usage, price_of: PriceOf, target: float = CACHE_TARGET_SHARE
-) -> tuple[int, float, float | None]:
-    """(tokens moved to the cache, g, USD) when `target` of the group's input is read from the cache."""
-    moved = max(0, int(target * u.input_tokens) - u.cached)
-    tier = fs.tiers[match_model(fs, u.model).tier].point
-    where = place(fs, u.provider, u.region or None)
-    saved_g = moved * (tier.prefill - tier.cached) * where.pue * where.grid / 3.6e6 * 1000.0
-    p = price_of(u.provider, u.model)
-    saved_usd = None if p is None else moved * (p.input - p.cached) / 1e6
-    return moved, saved_g, saved_usd
-
-
-def book_prices(fs: FactorSet) -> PriceOf:
-    return lambda provider, model: price_for(fs, provider, model)
-
+from core.insights.model import (
+    BATCH_DISCOUNT,
+    BATCH_PROVIDERS,
+    BIG_TIERS,
+    CACHE_TARGET_SHARE,
+    ESTIMATED_SHARE,
+    LONG_PROMPT_TOKENS,
+    LOW_CACHED_SHARE,
+    LOW_ROUTING_TIERS,
+    MIN_REQUESTS,
+    REASONING_TIERS,
+    REGION_SHIFT_MAX_RATIO,
+    SHORT_OUTPUT_TOKENS,
+    SMALL_TIER,
+    Finding,
+    PriceOf,
+    Usage,
+    annualise,
+    book_prices,
+    caching_savings,
+    priority,
+    projected_savings,
+)
+from core.methodology import FactorSet, canonical_provider, match_model, place
 
 # ------------------------------------------------------------------------------------------ the rules
 
@@ -313,11 +181,8 @@ def prompt_caching(
     fs: FactorSet, usage: list[Usage], window: dict[str, Any], days: float, price_of: PriceOf
 ) -> list[Finding]:
     """Long prompts with a low cached share, at a model whose price book has a cheaper cached read."""
-    grouped: dict[tuple[str, str, str, str], list[Usage]] = {}
-    for u in usage:
-        grouped.setdefault((u.project_id, u.provider, u.model, u.region), []).append(u)
     out = []
-    for (project, provider, model, region), groups in sorted(grouped.items()):
+    for (project, provider, model, region), groups in _by_place(usage):
         m = _merge(groups)
         input_tokens = m["uncached"] + m["cached"] + m["cache_creation"]
         p = price_of(provider, model)
@@ -329,7 +194,7 @@ def prompt_caching(
         ):
             continue
         tier = groups[0].model_tier
-        merged = Usage(project, provider, model, tier, region, "", *m.values(), 0.0, None, 0)
+        merged = Usage(project, provider, model, tier, region, "", "", "", *m.values(), 0.0, None, 0)
         moved, g, usd = caching_savings(fs, merged, price_of)
         if g <= 0:
             continue
@@ -362,6 +227,120 @@ def prompt_caching(
                     window_savings_co2e_grams=g,
                     window_savings_cost=usd,
                 ),
+            )
+        )
+    return out
+
+
+def _by_place(usage: list[Usage]) -> list[tuple[tuple[str, str, str, str], list[Usage]]]:
+    grouped: dict[tuple[str, str, str, str], list[Usage]] = {}
+    for u in usage:
+        grouped.setdefault((u.project_id, u.provider, u.model, u.region), []).append(u)
+    return sorted(grouped.items())
+
+
+def cleanest_region(fs: FactorSet, provider: str) -> tuple[str, float] | None:
+    """The provider's region with the lowest location-based grid intensity in the factor set (ties: by name),
+    or None for a provider the set does not list."""
+    regions = fs.grid.get(canonical_provider(fs, provider))
+    if not regions:
+        return None
+    named = [(v, r) for r, v in regions.items() if r != "default"]
+    if not named:
+        return None
+    v, r = min(named)
+    return r, v
+
+
+def region_shift(
+    fs: FactorSet, usage: list[Usage], window: dict[str, Any], days: float, price_of: PriceOf
+) -> list[Finding]:
+    """A model used in a region whose grid is well above the cleanest region the factor set lists for its
+    provider: the same tokens, model and PUE at that region."""
+    out = []
+    for (project, provider, model, region), groups in _by_place(usage):
+        m = _merge(groups)
+        best = cleanest_region(fs, provider)
+        here = place(fs, provider, region or None).grid
+        if m["requests"] < MIN_REQUESTS or best is None or best[1] > REGION_SHIFT_MAX_RATIO * here:
+            continue
+        g, usd = projected_savings(
+            fs, _tokens(m), (provider, model, region), (provider, model, best[0]), price_of
+        )
+        if g <= 0:
+            continue
+        g_year = annualise(g, days)
+        out.append(
+            Finding(
+                type="REGION_SHIFT",
+                scope="model",
+                subject=f"{project}/{provider}/{model}/{region}",
+                project_id=project,
+                model=model,
+                priority=priority(g_year),
+                description=(
+                    f"{m['requests']} requests to {model} at {provider} {region or 'default region'} "
+                    f"({here * 1000:.0f} g CO2e/kWh) in the last {days:g} days; {provider} {best[0]} "
+                    f"({best[1] * 1000:.0f} g CO2e/kWh) would have emitted {g:.2f} g CO2e less for the same "
+                    f"tokens: about {g_year:.1f} g CO2e a year, if data residency allows."
+                ),
+                potential_savings_co2e_grams=g_year,
+                potential_savings_cost=None if usd is None else annualise(usd, days),
+                evidence=_evidence(
+                    window,
+                    m,
+                    provider=provider,
+                    region=region,
+                    grid_kg_per_kwh=here,
+                    alternative={"provider": provider, "model": model, "region": best[0]},
+                    alternative_grid_kg_per_kwh=best[1],
+                    window_savings_co2e_grams=g,
+                ),
+            )
+        )
+    return out
+
+
+def batch_eligible(
+    fs: FactorSet, usage: list[Usage], window: dict[str, Any], days: float, price_of: PriceOf
+) -> list[Finding]:
+    """Workloads seen only through a provider's usage API (poller-only: no gateway request of theirs needs an
+    answer in seconds) at a provider with a Batch API: half their cost."""
+    by_workload: dict[tuple[str, str], list[Usage]] = {}
+    for u in usage:
+        by_workload.setdefault((u.project_id, u.workload_id), []).append(u)
+    out = []
+    for (project, workload), groups in sorted(by_workload.items()):
+        if any(u.source != "poller" for u in groups):
+            continue
+        eligible = [u for u in groups if canonical_provider(fs, u.provider) in BATCH_PROVIDERS]
+        m = _merge(eligible)
+        cost = sum(u.cost_usd or 0.0 for u in eligible)
+        if m["requests"] < MIN_REQUESTS or cost <= 0:
+            continue
+        usd = cost * BATCH_DISCOUNT
+        usd_year = annualise(usd, days)
+        models = sorted({u.model for u in eligible})
+        out.append(
+            Finding(
+                type="BATCH_ELIGIBLE",
+                scope="workload",
+                subject=f"{project}/{workload}",
+                project_id=project,
+                model=models[0] if len(models) == 1 else None,
+                priority="medium" if usd_year >= 100 else "low",
+                description=(
+                    f"Workload {workload} sent {m['requests']} requests ({', '.join(models)}) in the last "
+                    f"{days:g} days, all seen only through the provider's usage API, none through the gateway; "
+                    f"if they need no answer within seconds, a Batch API at {BATCH_DISCOUNT:.0%} off would have "
+                    f"cost {usd:.2f} USD less: about {usd_year:.2f} USD a year (no CO2e saving is claimed: the "
+                    "factor set has no batch energy factor)."
+                ),
+                potential_savings_co2e_grams=0.0,
+                potential_savings_cost=usd_year,
+                evidence=_evidence(
+                    window, m, workload_id=workload, models=models, window_cost=cost, window_savings_cost=usd
+                ),  # fmt: skip
             )
         )
     return out
@@ -413,6 +392,8 @@ def run(
         *rightsizing(fs, usage, window, days, prices),
         *reasoning_overuse(fs, usage, window, days, prices),
         *prompt_caching(fs, usage, window, days, prices),
+        *region_shift(fs, usage, window, days, prices),
+        *batch_eligible(fs, usage, window, days, prices),
         *data_quality(usage, window, days, reasons or []),
     ]
     return sorted(found, key=lambda f: (-f.potential_savings_co2e_grams, f.identity))
