@@ -1,0 +1,81 @@
+"""core.insights: the savings formulas and rules, pure, against hand computations from core/factors/v2.0.yaml."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from core.insights import (
+    Usage,
+    annualise,
+    book_prices,
+    caching_savings,
+    cleanest_region,
+    priority,
+    projected_savings,
+    run,
+)
+from core.methodology import load_factor_set
+
+FS = load_factor_set("v2.0")
+PRICES = book_prices(FS)
+WINDOW = {"start": "s", "end": "e", "label": "30d", "days": 30.0}
+
+
+def u(model: str, tier: str, routing: str, *, requests: int = 20, uncached: int = 10_000, output: int = 2_000,
+      cached: int = 0, provider: str = "openai", region: str = "us", source: str = "gateway",
+      estimated: int = 0, cost: float | None = None) -> Usage:  # fmt: skip
+    return Usage("p1", provider, model, tier, region, routing, "wl", source, requests, requests, uncached, cached,
+                 0, output, 0.0, cost, estimated)  # fmt: skip
+
+
+def test_annualise_and_priority():
+    assert annualise(30.0, 30.0) == 365.0
+    assert annualise(1.0, 365.0) == 1.0
+    assert priority(10_000.0) == "high" and priority(9_999.0) == "medium" and priority(999.0) == "low"
+
+
+def test_projected_savings_by_hand():
+    # 10,000 uncached input + 2,000 output tokens: gpt-4o (large 0.5 / 3.0 J) vs gpt-4o-mini (small 0.05 / 0.3 J),
+    # openai PUE 1.18, grid us 0.3844 kg/kWh; prices 2.50/10.00 vs 0.15/0.60 USD per 1M
+    g, usd = projected_savings(FS, (10_000, 0, 0, 2_000), ("openai", "gpt-4o", "us"),
+                               ("openai", "gpt-4o-mini", "us"), PRICES)  # fmt: skip
+    assert math.isclose(g, (11_000 - 1_100) * 1.18 / 3.6e6 * 0.3844 * 1000, rel_tol=1e-12)
+    assert math.isclose(usd, (25_000 + 20_000 - 1_500 - 1_200) / 1e6, rel_tol=1e-12)
+    back, _ = projected_savings(FS, (10_000, 0, 0, 2_000), ("openai", "gpt-4o-mini", "us"),
+                                ("openai", "gpt-4o", "us"), PRICES)  # fmt: skip
+    assert math.isclose(back, -g, rel_tol=1e-12)
+
+
+def test_caching_savings_by_hand():
+    moved, g, usd = caching_savings(FS, u("gpt-4o", "large", "L2", uncached=30_000, cached=4_000), PRICES)
+    assert moved == 17_000 - 4_000
+    assert math.isclose(g, 13_000 * (0.5 - 0.05) * 1.18 * 0.3844 / 3.6e6 * 1000, rel_tol=1e-12)
+    assert math.isclose(usd, 13_000 * (2.50 - 1.25) / 1e6, rel_tol=1e-12)
+    assert caching_savings(FS, u("gpt-4o", "large", "L2", uncached=1_000, cached=1_000), PRICES)[0] == 0
+
+
+def test_cleanest_region():
+    assert cleanest_region(FS, "azure") == ("swedencentral", 0.0353)
+    assert cleanest_region(FS, "azure-openai") == ("swedencentral", 0.0353)  # an alias
+    assert cleanest_region(FS, "acme-ai") is None
+
+
+@pytest.mark.parametrize(
+    ("usage", "types"),
+    [
+        ([u("gpt-4o", "large", "L0"), u("gpt-4o-mini", "small", "L2")], {"MODEL_RIGHTSIZING"}),
+        ([u("gpt-4o", "large", "L0")], set()),  # no small model reached
+        ([u("gpt-4o", "large", "L0", requests=9), u("gpt-4o-mini", "small", "L2")], set()),  # too few
+        ([u("o3", "reasoning", "L1"), u("gpt-4o", "large", "L3")], {"REASONING_OVERUSE"}),
+        ([u("gpt-4o", "large", "L2", requests=10, uncached=30_000)], {"PROMPT_CACHING"}),
+        ([u("gpt-4o", "large", "L2", provider="azure", region="eastus")], {"REGION_SHIFT"}),
+        ([u("gpt-4o-mini", "small", "", source="poller", cost=1.0)], {"BATCH_ELIGIBLE"}),
+        ([u("gpt-4o-mini", "small", "", source="gateway", cost=1.0)], set()),
+        ([u("gpt-4o-mini", "small", "L2", estimated=5)], {"DATA_QUALITY"}),
+        ([u("gpt-4o-mini", "small", "L2", estimated=4)], set()),  # 4 of 20: under a quarter
+    ],
+)
+def test_which_rules_fire(usage, types):
+    assert {f.type for f in run(FS, usage, WINDOW, 30.0, PRICES)} == types
