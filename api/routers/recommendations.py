@@ -12,7 +12,7 @@ not allow the change: 409 with `detail`. docs/insights.md has the rules and form
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -25,8 +25,9 @@ from api.routers.telemetry import warehouse_call
 from controlplane.prices import PriceLookup, as_prices
 from controlplane.recommendations import Change, Recommendation, Recommendations
 from core import insights
+from core.insights import Usage, measured
 from core.methodology import FactorSet, Prices, load_factor_set, price_for
-from core.windows import Window, WindowError, window
+from core.windows import Window, WindowError, floor, window
 from warehouse import insights as wh_insights
 
 router = APIRouter(
@@ -207,27 +208,63 @@ async def changes(ctx: Ctx, principal: ReadPrincipal, start: Start = None, end: 
     return {"history": [c.__dict__ for c in rows]}
 
 
+def _since(r: Recommendation, at: datetime) -> Window:
+    """From the hour the recommendation was applied in to the end of the current hour."""
+    return Window(floor(r.status_changed_at, "hour"), floor(at, "hour") + timedelta(hours=1), "since applied")
+
+
+def _measure(client: Any, org_id: str, rows: list[Recommendation], at: datetime) -> dict[str, list[Usage]]:
+    return {
+        r.id: wh_insights.usage(client, org_id, _since(r, at)) for r in rows if r.type in measured.MEASURABLE
+    }
+
+
+_SUMS = ("applied", "claimed_co2e_grams_per_year", "claimed_cost_per_year", "reported_co2e_grams",
+         "reported_cost", "measured_co2e_grams", "measured_cost")  # fmt: skip
+
+
 @router.get(
-    "/savings", summary="Claimed (at apply) and reported savings of the applied recommendations, by type"
+    "/savings", summary="Claimed, reported and measured savings of the applied recommendations, by type"
 )
 async def savings(ctx: Ctx, principal: ReadPrincipal) -> dict[str, Any]:
     rows = await run_in_threadpool(Recommendations(ctx.engine).list, principal.org_id, "applied")
+    at = now()
+    read = getattr(ctx.telemetry, "read", None)
+    usage: dict[str, list[Usage]] = {}
+    if read is not None and rows:
+        usage = await warehouse_call(read, _measure, principal.org_id, rows, at)
+    fs = await run_in_threadpool(_factor_set, ctx)
+    price_of = await run_in_threadpool(_price_of, ctx, principal.org_id, fs)
+    items: list[dict[str, Any]] = []
     by: dict[str, dict[str, Any]] = {}
     for r in rows:
-        s = by.setdefault(
-            r.type,
-            {"type": r.type, "applied": 0, "claimed_co2e_grams_per_year": 0.0, "claimed_cost_per_year": 0.0,
-             "reported_co2e_grams": 0.0, "reported_cost": 0.0},
-        )  # fmt: skip
+        m = None
+        if r.id in usage:
+            m = measured.measured_savings(
+                fs, r.type, r.project_id, r.model, r.evidence, usage[r.id], price_of
+            )
+        items.append(
+            {
+                "id": r.id,
+                "type": r.type,
+                "applied_at": r.status_changed_at,
+                "claimed_co2e_grams_per_year": r.potential_savings_co2e_grams,
+                "claimed_cost_per_year": r.potential_savings_cost,
+                "reported_co2e_grams": r.realized_savings_co2e_grams,
+                "reported_cost": r.realized_savings_cost,
+                "measured": None if m is None else {**m._asdict(), "since": _since(r, at).start, "until": at},
+            }
+        )
+        s = by.setdefault(r.type, {"type": r.type, **{k: 0 if k == "applied" else 0.0 for k in _SUMS}})
         s["applied"] += 1
         s["claimed_co2e_grams_per_year"] += r.potential_savings_co2e_grams
         s["claimed_cost_per_year"] += r.potential_savings_cost or 0.0
         s["reported_co2e_grams"] += r.realized_savings_co2e_grams or 0.0
         s["reported_cost"] += r.realized_savings_cost or 0.0
+        s["measured_co2e_grams"] += 0.0 if m is None else m.co2e_grams
+        s["measured_cost"] += 0.0 if m is None or m.cost is None else m.cost
     types = [by[t] for t in sorted(by)]
-    total = {k: sum(t[k] for t in types) for k in ("applied", "claimed_co2e_grams_per_year", "claimed_cost_per_year",
-                                                      "reported_co2e_grams", "reported_cost")}  # fmt: skip
-    return {"by_type": types, "total": total, "measured": None}
+    return {"by_type": types, "total": {k: sum(t[k] for t in types) for k in _SUMS}, "recommendations": items}
 
 
 _CHANGE = error_responses(404, 409)

@@ -23,6 +23,7 @@ REGION_SHIFT: the same tokens and model at the provider's region with the lowest
 Every saving is annualised from the window: × 365 / window days.
 """
 
+from core.insights import measured
 from core.insights.model import (
     BATCH_DISCOUNT,
     CACHE_TARGET_SHARE,
@@ -63,6 +64,7 @@ __all__ = [
     "caching_savings",
     "cleanest_region",
     "data_quality",
+    "measured",
     "footprint_of",
     "priority",
     "projected_savings",

@@ -307,3 +307,35 @@ async def test_bad_parameters_are_422(c, org):
     assert (await c.get(f"{R}/top", params={"limit": 0}, headers=org.h)).status_code == 422
     empty = await run(c, org)
     assert empty["recommendations"] == []
+
+
+async def test_measured_savings_move_when_the_traffic_changes(c, wh, org, project):
+    o = org.org.id
+    push(wh, [ev(o, project, "gpt-4o", tier="L0", uncached=500, output=100) for _ in range(20)])
+    push(wh, [ev(o, project, "gpt-4o-mini", tier="L2", uncached=500, output=400) for _ in range(10)])
+    [rec] = of_type(await run(c, org), "MODEL_RIGHTSIZING")
+    assert (await c.patch(f"{R}/{rec['id']}/apply", headers=org.h)).status_code == 200
+    before = (await c.get(f"{R}/savings", headers=org.h)).json()
+    [item] = before["recommendations"]
+    assert item["measured"]["co2e_grams"] == 0 and item["measured"]["events"] == 0
+    assert close(item["claimed_co2e_grams_per_year"], rec["potential_savings_co2e_grams"])
+    # the L0 traffic moves to gpt-4o-mini; its L2 traffic is not what the recommendation was about
+    push(
+        wh,
+        [ev(o, project, "gpt-4o-mini", tier="L0", uncached=500, output=100, days_ago=0) for _ in range(10)],
+    )
+    push(
+        wh,
+        [ev(o, project, "gpt-4o-mini", tier="L2", uncached=500, output=400, days_ago=0) for _ in range(10)],
+    )
+    after = (await c.get(f"{R}/savings", headers=org.h)).json()
+    m = after["recommendations"][0]["measured"]
+    g = grams(5_000 * LARGE["prefill"] + 1_000 * LARGE["decode"]) - grams(
+        5_000 * SMALL["prefill"] + 1_000 * SMALL["decode"]
+    )
+    usd = (5_000 * GPT_4O["input"] + 1_000 * GPT_4O["output"] - 5_000 * GPT_4O_MINI["input"]
+           - 1_000 * GPT_4O_MINI["output"]) / 1e6  # fmt: skip
+    assert m["events"] == 10 and m["requests"] == 10
+    assert close(m["co2e_grams"], g) and close(m["cost"], usd)
+    [t] = after["by_type"]
+    assert close(t["measured_co2e_grams"], g) and close(after["total"]["measured_cost"], usd)

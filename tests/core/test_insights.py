@@ -79,3 +79,22 @@ def test_cleanest_region():
 )
 def test_which_rules_fire(usage, types):
     assert {f.type for f in run(FS, usage, WINDOW, 30.0, PRICES)} == types
+
+
+def test_measured_caching_and_region_shift_by_hand():
+    from core.insights.measured import measured_savings
+
+    ev = {"provider": "openai", "region": "us", "cached_share": 0.1}
+    # after: 10,000 input tokens of which 6,000 cached; before 10 % cached → 5,000 tokens beyond
+    after = [u("gpt-4o", "large", "L2", uncached=4_000, cached=6_000)]
+    m = measured_savings(FS, "PROMPT_CACHING", "p1", "gpt-4o", ev, after, PRICES)
+    assert math.isclose(m.co2e_grams, 5_000 * (0.5 - 0.05) * 1.18 * 0.3844 / 3.6e6 * 1000, rel_tol=1e-12)
+    assert math.isclose(m.cost, 5_000 * (2.50 - 1.25) / 1e6, rel_tol=1e-12)
+    worse = measured_savings(FS, "PROMPT_CACHING", "p1", "gpt-4o", {**ev, "cached_share": 0.9}, after, PRICES)
+    assert worse.co2e_grams < 0  # fewer cached than before: a negative measured saving
+    shift = {"provider": "azure", "region": "eastus", "alternative": {"region": "swedencentral"}}
+    moved = [u("gpt-4o", "large", "L2", provider="azure", region="swedencentral")]
+    moved = [x.__class__(**{**x.__dict__, "co2_g": (11_000 * 1.18 / 3.6e6 * 0.0353 * 1000)}) for x in moved]
+    m = measured_savings(FS, "REGION_SHIFT", "p1", "gpt-4o", shift, moved, PRICES)
+    assert math.isclose(m.co2e_grams, 11_000 * 1.18 / 3.6e6 * (0.3844 - 0.0353) * 1000, rel_tol=1e-9)
+    assert measured_savings(FS, "BATCH_ELIGIBLE", "p1", "gpt-4o", shift, moved, PRICES) is None
