@@ -46,6 +46,7 @@ def usage(client: Client, org_id: str, window: Window) -> list[Usage]:
             co2_g=float(r["co2_kg"]) * 1000.0,
             cost_usd=float(r["cost_usd"]) if int(r["events_cost"]) else None,
             estimated_events=int(r["events_estimated"]),
+            energy_j=float(r["energy_j"]),
         )
         for r in rows
     ]

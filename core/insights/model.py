@@ -74,6 +74,7 @@ class Usage:
     co2_g: float
     cost_usd: float | None
     estimated_events: int
+    energy_j: float = 0.0  # facility energy (the score's grid and intensity dimensions)
 
     @property
     def input_tokens(self) -> int:

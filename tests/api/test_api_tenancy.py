@@ -115,6 +115,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("PATCH", "/api/v1/recommendations/{rec_id}/apply"): (ORG_ITEM, None),
     ("PATCH", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
     ("DELETE", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
+    ("GET", "/api/v1/sustainability"): (ORG_LIST, None),
     ("GET", "/api/v1/version"): (GLOBAL, None),
     ("GET", "/api/v1/config"): (GLOBAL, None),
     ("GET", "/prometheus/metrics"): (OPERATOR, None),

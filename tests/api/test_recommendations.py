@@ -339,3 +339,39 @@ async def test_measured_savings_move_when_the_traffic_changes(c, wh, org, projec
     assert close(m["co2e_grams"], g) and close(m["cost"], usd)
     [t] = after["by_type"]
     assert close(t["measured_co2e_grams"], g) and close(after["total"]["measured_cost"], usd)
+
+
+async def test_sustainability_score_by_hand(c, wh, org, project):
+    o = org.org.id
+    empty = (await c.get("/api/v1/sustainability", headers=org.h)).json()
+    assert empty["overall_score"] is None and empty["dimension_scores"] == {}
+    push(wh, [ev(o, project, "gpt-4o", tier="L0", uncached=500, output=100) for _ in range(20)])
+    push(
+        wh,
+        [ev(o, project, "gpt-4o-mini", tier="L0", uncached=400, cached=100, output=100) for _ in range(10)],
+    )
+    push(wh, [ev(o, project, "gpt-4o", tier="L2", uncached=500, output=100, days_ago=40) for _ in range(10)])
+    r = await c.get("/api/v1/sustainability", params={"last": "30d"}, headers=org.h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    d = body["dimension_scores"]
+    model = 100 * 6_000 / 18_000  # low-tier tokens: 12,000 on gpt-4o (large), 6,000 on gpt-4o-mini
+    cache = 100 * (1_000 / 15_000) / 0.5  # 1,000 of 15,000 input tokens cached, against a 50 % target
+    grid = 100 * (1 - 384.4 / 700)  # everything at openai/us, 384.4 g/kWh
+    # g CO2e per 1M tokens: gpt-4o-mini reads its cached tokens at the small tier's 0.005 J/token
+    now_per_1m = (
+        (20 * grams(500 * 0.5 + 100 * 3.0) + 10 * grams(400 * 0.05 + 100 * 0.005 + 100 * 0.3)) / 18_000 * 1e6
+    )
+    before_per_1m = grams(500 * 0.5 + 100 * 3.0) / 600 * 1e6
+    trend = 50 + 50 * (before_per_1m - now_per_1m) / before_per_1m
+    assert close(d["model_efficiency"]["score"], model)
+    assert close(d["cache_efficiency"]["score"], cache)
+    assert math.isclose(d["grid_carbon"]["score"], grid, rel_tol=1e-9)
+    assert math.isclose(d["intensity_trend"]["score"], trend, rel_tol=1e-9)
+    assert d["data_quality"]["score"] == 100
+    overall = 0.25 * model + 0.15 * cache + 0.25 * grid + 0.10 * trend + 0.25 * 100
+    assert math.isclose(body["overall_score"], overall, rel_tol=1e-9) and 0 < overall < 100
+    assert d["model_efficiency"]["drivers"] == {
+        "low_tier_tokens": 18_000,
+        "on_large_or_reasoning_models": 12_000,
+    }

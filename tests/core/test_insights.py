@@ -98,3 +98,24 @@ def test_measured_caching_and_region_shift_by_hand():
     m = measured_savings(FS, "REGION_SHIFT", "p1", "gpt-4o", shift, moved, PRICES)
     assert math.isclose(m.co2e_grams, 11_000 * 1.18 / 3.6e6 * (0.3844 - 0.0353) * 1000, rel_tol=1e-9)
     assert measured_savings(FS, "BATCH_ELIGIBLE", "p1", "gpt-4o", shift, moved, PRICES) is None
+
+
+def test_score_leaves_out_dimensions_without_data_and_rescales_weights():
+    from core.insights.score import score
+
+    assert score([], [], PRICES) == {"overall_score": None, "dimension_scores": {}, "weights": {}}
+    # one unknown-provider L2 group: no low-tier traffic, no price (no cache dimension), no previous period
+    x = u("acme-1", "large", "L2", provider="acme-ai", region="", estimated=5)
+    x = x.__class__(**{**x.__dict__, "co2_g": 2.0, "energy_j": 3.6e6 / 100})  # 0.01 kWh → 200 g/kWh
+    s = score([x], [], PRICES)
+    assert set(s["dimension_scores"]) == {"grid_carbon", "data_quality"}
+    assert s["weights"] == {"grid_carbon": 0.5, "data_quality": 0.5}
+    grid, quality = 100 * (1 - 200 / 700), 100 * (1 - 5 / 20)
+    assert math.isclose(s["dimension_scores"]["grid_carbon"]["score"], grid, rel_tol=1e-12)
+    assert math.isclose(s["overall_score"], (grid + quality) / 2, rel_tol=1e-12)
+    # the trend: 3x the previous intensity clamps at 0; a third of it scores 50 + 50 × 2/3
+    before = x.__class__(**{**x.__dict__, "co2_g": 6.0})
+    assert score([x], [before], PRICES)["dimension_scores"]["intensity_trend"]["score"] == pytest.approx(
+        50 + 100 / 3
+    )
+    assert score([before], [x], PRICES)["dimension_scores"]["intensity_trend"]["score"] == 0.0
