@@ -58,14 +58,19 @@ def _evidence(window: dict[str, Any], m: dict[str, int], **extra: Any) -> dict[s
     }
 
 
+def _known(fs: FactorSet, model: str) -> bool:
+    """The factor set names the model's tier (an unknown model's tier is a fallback: DATA_QUALITY's matter)."""
+    return match_model(fs, model).pattern is not None
+
+
 def _alternative(
-    usage: list[Usage], provider: str, allowed: Callable[[str], bool]
+    fs: FactorSet, usage: list[Usage], provider: str, allowed: Callable[[str], bool]
 ) -> tuple[str, str, str] | None:
-    """The model the org already reaches that fits `allowed` (a tier test): the one with the most tokens at
-    the same provider, else at any provider; (provider, model, region) or None."""
+    """The known model the org already reaches that fits `allowed` (a tier test): the one with the most tokens
+    at the same provider, else at any provider; (provider, model, region) or None."""
     totals: dict[tuple[str, str, str], int] = {}
     for u in usage:
-        if allowed(u.model_tier):
+        if allowed(u.model_tier) and _known(fs, u.model):
             key = (u.provider, u.model, u.region)
             totals[key] = totals.get(key, 0) + u.input_tokens + u.output
     if not totals:
@@ -90,12 +95,12 @@ def _switch_findings(
     would serve for less CO2e."""
     grouped: dict[tuple[str, str, str, str], list[Usage]] = {}
     for u in usage:
-        if eligible(u):
+        if eligible(u) and _known(fs, u.model):
             grouped.setdefault((u.project_id, u.provider, u.model, u.region), []).append(u)
     out = []
     for (project, provider, model, region), groups in sorted(grouped.items()):
         m = _merge(groups)
-        alt = _alternative(usage, provider, allowed)
+        alt = _alternative(fs, usage, provider, allowed)
         if m["requests"] < MIN_REQUESTS or alt is None or alt[1] == model:
             continue
         g, usd = projected_savings(fs, _tokens(m), (provider, model, region), alt, price_of)

@@ -375,3 +375,16 @@ async def test_sustainability_score_by_hand(c, wh, org, project):
         "low_tier_tokens": 18_000,
         "on_large_or_reasoning_models": 12_000,
     }
+
+
+async def test_the_demo_traffic_gets_three_kinds_and_a_middling_score(c, wh, org, project):
+    """`make run`'s simulated traffic (pipelines/simulate.py), for one org, through the pipeline's code path."""
+    from pipelines.simulate import generate
+
+    traffic = generate(1_500, tenants={org.org.id: [project]}, days=7, seed=11)
+    push(wh, traffic.expected_events)
+    kinds = {r["type"] for r in (await run(c, org))["recommendations"]}
+    assert len(kinds) >= 3, kinds
+    assert {"MODEL_RIGHTSIZING", "PROMPT_CACHING", "DATA_QUALITY"} <= kinds
+    score = (await c.get("/api/v1/sustainability", headers=org.h)).json()["overall_score"]
+    assert 0 < score < 100

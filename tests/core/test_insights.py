@@ -67,6 +67,7 @@ def test_cleanest_region():
     [
         ([u("gpt-4o", "large", "L0"), u("gpt-4o-mini", "small", "L2")], {"MODEL_RIGHTSIZING"}),
         ([u("gpt-4o", "large", "L0")], set()),  # no small model reached
+        ([u("acme-1", "large", "L0", provider="acme-ai"), u("gpt-4o-mini", "small", "L2")], set()),  # unknown
         ([u("gpt-4o", "large", "L0", requests=9), u("gpt-4o-mini", "small", "L2")], set()),  # too few
         ([u("o3", "reasoning", "L1"), u("gpt-4o", "large", "L3")], {"REASONING_OVERUSE"}),
         ([u("gpt-4o", "large", "L2", requests=10, uncached=30_000)], {"PROMPT_CACHING"}),
