@@ -1,11 +1,12 @@
 """Recommendations (insights): /api/v1/recommendations. See with scope `read`, change with scope `admin`.
 
-`GET /recommendations` runs the engine (`core.insights` over `warehouse.insights`) on the window (`last`, default
-30d, or `start`/`end`: `core.windows`) and records the run (`controlplane.recommendations`): the answer is the
-run's recommendations with their ids and state. `GET /active` lists the stored active ones (`refresh=true` runs
-first), `/top` the largest active ones by annual CO2e (`metric=co2`) or cost, `/ignored`, `/applied`,
-`/history` (state changes, `start`/`end` filters), `/savings` (claimed and reported figures of the applied
-ones, by type). `PATCH /{id}/apply` (optional realized savings; a negative figure needs a `reason`, else 422),
+`GET /recommendations` runs the engine (`core.insights` over `warehouse.insights`) on the window (`last`,
+`start`/`end`: `core.windows`; default `settings.insights_window`, 30d) and records the run
+(`controlplane.recommendations`): the answer is the run's recommendations with their ids and state.
+`GET /active` lists the stored active ones (`refresh=true` runs first), `/top` the largest active ones by
+annual CO2e (`metric=co2`) or cost, `/ignored`, `/applied`, `/history` (state changes, `start`/`end`
+filters), `/savings` (claimed, reported and measured savings of the applied ones, by type).
+`PATCH /{id}/apply` (optional realized savings; a negative figure needs a `reason`, else 422),
 `PATCH /{id}/ignore`, `DELETE /{id}/ignore` (restore). Unknown id, or another org's: 404; a state that does
 not allow the change: 409 with `detail`. docs/insights.md has the rules and formulas.
 """
@@ -92,9 +93,9 @@ def _actor(p: Principal) -> str:
     return f"api_key:{p.key_id}" if p.key_id else f"jwt:{p.subject}"
 
 
-def _window_or_422(last: str | None, start: str | None, end: str | None) -> Window:
+def _window_or_422(ctx: AppContext, last: str | None, start: str | None, end: str | None) -> Window:
     try:
-        return window(now=now(), last=last, start=start, end=end)
+        return window(now=now(), last=last, start=start, end=end, default_last=ctx.settings.insights_window)
     except WindowError as exc:
         raise validation_error(
             ("query", exc.field), exc.message, {"last": last, "start": start, "end": end}.get(exc.field)
@@ -144,7 +145,7 @@ End = Annotated[str | None, Query(max_length=40, description="ISO 8601; a date i
 async def run_recommendations(
     ctx: Ctx, principal: ReadPrincipal, last: Last = None, start: Start = None, end: End = None
 ) -> RecommendationList:
-    w = _window_or_422(last, start, end)
+    w = _window_or_422(ctx, last, start, end)
     return _out(await _run(ctx, principal.org_id, w), w)
 
 
@@ -157,7 +158,7 @@ async def active(
     start: Start = None,
     end: End = None,
 ) -> RecommendationList:
-    w = _window_or_422(last, start, end)
+    w = _window_or_422(ctx, last, start, end)
     if refresh:
         await _run(ctx, principal.org_id, w)
     rows = await run_in_threadpool(Recommendations(ctx.engine).list, principal.org_id, "active")

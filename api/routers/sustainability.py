@@ -29,7 +29,7 @@ def _read(client: Any, org_id: str, w: Window, prev: Window) -> tuple[list, list
 async def sustainability(
     ctx: Ctx, principal: ReadPrincipal, last: Last = None, start: Start = None, end: End = None
 ) -> dict[str, Any]:
-    w = _window_or_422(last, start, end)
+    w = _window_or_422(ctx, last, start, end)
     prev = Window(w.start - (w.end - w.start), w.start, f"before {w.label}")
     read = getattr(ctx.telemetry, "read", None)
     usage, before = ([], []) if read is None else await warehouse_call(read, _read, principal.org_id, w, prev)

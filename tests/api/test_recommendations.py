@@ -14,7 +14,7 @@ import pytest
 from controlplane.recommendations import Recommendations
 from core.contracts import UsageEvent
 from tests.api.telemetry_data import push
-from tests.fixtures_api import bearer
+from tests.fixtures_api import bearer, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -388,3 +388,14 @@ async def test_the_demo_traffic_gets_three_kinds_and_a_middling_score(c, wh, org
     assert {"MODEL_RIGHTSIZING", "PROMPT_CACHING", "DATA_QUALITY"} <= kinds
     score = (await c.get("/api/v1/sustainability", headers=org.h)).json()["overall_score"]
     assert 0 < score < 100
+
+
+async def test_the_default_window_is_a_setting(make_app, settings, wh, org):
+    app = make_app(settings=settings.replace(insights_window="7d"), warehouse_client_factory=lambda: wh)
+    async with client_for(app) as c:
+        assert (await c.get(R, headers=org.h)).json()["window"]["label"] == "7d"
+        assert (await c.get(R, params={"last": "2d"}, headers=org.h)).json()["window"]["label"] == "2d"
+        assert (await c.get("/api/v1/sustainability", headers=org.h)).json()["window"]["label"] == "7d"
+    app.state.ctx.telemetry.close()
+    with pytest.raises(ValueError):
+        settings.replace(insights_window="forever")
