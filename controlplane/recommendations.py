@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.schema import recommendation_history as history
@@ -28,6 +29,7 @@ from controlplane.schema import recommendations as recs
 from core.insights import Finding
 
 ENGINE_ACTOR = "engine"
+SYNC_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,18 @@ class Recommendations:
     # ---------------------------------------------------------------------------------------- engine runs
 
     def sync(self, org_id: str, findings: Sequence[Finding], at: datetime) -> list[Recommendation]:
-        """Record one run's findings (module docstring); returns their rows, in the findings' order."""
+        """Record one run's findings (module docstring); returns their rows, in the findings' order. Two runs
+        of one org at once: the one that loses the race on a new identity's unique key runs again (it then
+        updates the row the other inserted)."""
+        for attempt in range(SYNC_ATTEMPTS):
+            try:
+                return self._sync(org_id, findings, at)
+            except IntegrityError:
+                if attempt == SYNC_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _sync(self, org_id: str, findings: Sequence[Finding], at: datetime) -> list[Recommendation]:
         with self.engine.begin() as conn:
             known = {r.identity: r for r in conn.execute(select(recs).where(recs.c.org_id == org_id)).all()}
             found_ids: list[str] = []
