@@ -34,7 +34,9 @@ from api.routers import (
     projects,
     public,
     receipts,
+    recommendations,
     report,
+    sustainability,
 )
 from api.routers import telemetry as telemetry_routes
 from api.telemetry import NullTelemetry, TelemetryProvider
@@ -137,6 +139,8 @@ def create_app(
     app.include_router(export.router, prefix=API_PREFIX)
     app.include_router(metrics.router, prefix=API_PREFIX)
     app.include_router(report.router, prefix=API_PREFIX)
+    app.include_router(recommendations.router, prefix=API_PREFIX)
+    app.include_router(sustainability.router, prefix=API_PREFIX)
     app.include_router(connections.router, prefix=API_PREFIX)
     app.include_router(billing.router, prefix=API_PREFIX)
     app.include_router(receipts.router, prefix=API_PREFIX)

@@ -17,6 +17,10 @@ Tables by migration:
 - `0040_price_overrides`: `price_overrides` — an org's own token prices (USD per 1M tokens) for the models
   matching a pattern, optionally for one provider; they take precedence over the factor set's price book
   (see `controlplane.prices`).
+- `0050_kpi_cache`: `kpi_cache` (see `controlplane.kpi_cache`).
+- `0060_recommendations`: `recommendations` — one row per (org, identity = type|scope|subject) the insights
+  engine proposed, its state (`active`, `applied`, `ignored`, `stale`) and who changed it when;
+  `recommendation_history` — every state change (see `controlplane.recommendations`).
 
 Timestamps are timezone-aware UTC in Python on every backend (`UTCDateTime`): PostgreSQL stores
 `timestamptz`, SQLite stores naive UTC text (fixed-width, so it sorts chronologically).
@@ -411,4 +415,53 @@ kpi_cache = Table(
     Column("computed_at", UTCDateTime(), nullable=False),
     Column("summary", Text(), nullable=False),  # JSON: the window's figures
     Column("series", Text(), nullable=False),  # JSON: the window's chart points
+)
+
+
+# --------------------------------------------------------------------------------------------- insights (0060)
+
+RECOMMENDATION_STATUSES = ("active", "applied", "ignored", "stale")
+
+recommendations = Table(
+    "recommendations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("identity", String(600), nullable=False),  # type|scope|subject: a re-run updates this row
+    Column("type", String(40), nullable=False),
+    Column("scope", String(20), nullable=False),
+    Column("subject", String(500), nullable=False),
+    Column("project_id", String(36), nullable=True),
+    Column("model", String(200), nullable=True),
+    Column("status", String(10), nullable=False),
+    Column("priority", String(10), nullable=False),
+    Column("description", Text(), nullable=False),
+    Column("potential_savings_co2e_grams", Float(), nullable=False),  # per year
+    Column("potential_savings_cost", Float(), nullable=True),  # USD per year; None without prices
+    Column("evidence", Text(), nullable=False),  # JSON
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),  # the last run whose window held the condition
+    Column("status_changed_at", UTCDateTime(), nullable=False),
+    Column("status_changed_by", String(200), nullable=False),  # "engine", "api_key:<id>", "jwt:<sub>"
+    Column("realized_savings_co2e_grams", Float(), nullable=True),  # as reported when applied
+    Column("realized_savings_cost", Float(), nullable=True),
+    Column("realized_reason", String(500), nullable=True),
+    UniqueConstraint("org_id", "identity"),
+    CheckConstraint(_in("status", RECOMMENDATION_STATUSES), name="status"),
+)
+
+recommendation_history = Table(
+    "recommendation_history",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "recommendation_id", String(36), ForeignKey("recommendations.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("from_status", String(10), nullable=True),  # None: created
+    Column("to_status", String(10), nullable=False),
+    Column("note", String(500), nullable=True),
+    Index("ix_recommendation_history_org_id_at", "org_id", "at"),
 )

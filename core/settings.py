@@ -28,6 +28,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_METRICS_OPEN                 | metrics_open            | false (true: /prometheus/metrics unauthenticated) |
 | JOULESTREAM_METRICS_PER_ORG              | metrics_per_org         | false (true: per-org energy/CO2e series)  |
 | JOULESTREAM_METRICS_DIR                  | metrics_dir             | `home/metrics` (multiprocess metric files) |
+| JOULESTREAM_INSIGHTS_WINDOW              | insights_window         | 30d (the recommendations' and score's default window) |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -111,6 +112,8 @@ class Settings(BaseSettings):
     # Reporting: the dashboard KPI cache is recomputed every kpi_refresh_s by each API process (0: never on a
     # schedule, only on POST /metrics/dashboard-summary/refresh and on a first read)
     kpi_refresh_s: float = Field(default=60.0, ge=0)
+    # Insights: the window recommendations and the score look at when a request names none (core.windows `last`)
+    insights_window: str = Field(default="30d", pattern=r"^(ytd|[1-9][0-9]{0,5}[hdwy])$")
     # Operations: /prometheus/metrics (core/metrics.py, docs/operations.md)
     metrics_token: SecretStr | None = None
     metrics_open: bool = False

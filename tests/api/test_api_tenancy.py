@@ -26,6 +26,8 @@ from controlplane import ApiKeys, Orgs, Projects, Workloads
 from controlplane.billing import Credits, Receipts
 from controlplane.connections import Connections
 from controlplane.prices import PriceOverrides
+from controlplane.recommendations import Recommendations
+from core.insights import Finding
 from core.secrets import LocalSecretStore
 from tests.api.stripe_stub import WEBHOOK_SECRET, StripeStub, event, sign_webhook
 from tests.fixtures_api import bearer, client_for
@@ -103,6 +105,17 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ),
     ("GET", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
     ("DELETE", "/api/v1/price-overrides/{override_id}"): (ORG_ITEM, None),
+    ("GET", "/api/v1/recommendations"): (ORG_LIST, None),
+    ("GET", "/api/v1/recommendations/active"): (ORG_LIST, None),
+    ("GET", "/api/v1/recommendations/top"): (ORG_LIST, None),
+    ("GET", "/api/v1/recommendations/ignored"): (ORG_LIST, None),
+    ("GET", "/api/v1/recommendations/applied"): (ORG_LIST, None),
+    ("GET", "/api/v1/recommendations/history"): (ORG_LIST, None),
+    ("GET", "/api/v1/recommendations/savings"): (ORG_LIST, None),
+    ("PATCH", "/api/v1/recommendations/{rec_id}/apply"): (ORG_ITEM, None),
+    ("PATCH", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
+    ("DELETE", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
+    ("GET", "/api/v1/sustainability"): (ORG_LIST, None),
     ("GET", "/api/v1/version"): (GLOBAL, None),
     ("GET", "/api/v1/config"): (GLOBAL, None),
     ("GET", "/prometheus/metrics"): (OPERATOR, None),
@@ -123,6 +136,7 @@ class OrgA:
     receipt_serial: str  # public by design (the verification endpoint), so a marker everywhere else
     audit_pack_month: tuple[int, int]
     price_override_id: str
+    recommendation_id: str
 
     def markers(self) -> list[str]:
         return [
@@ -136,6 +150,7 @@ class OrgA:
             self.receipt_id,
             self.receipt_serial,
             self.price_override_id,
+            self.recommendation_id,
         ]
 
 
@@ -163,6 +178,7 @@ def _path_value(name: str, a: OrgA) -> str:
         "serial_number": a.receipt_serial,
         "override_id": a.price_override_id,
         "window_slug": "1y",
+        "rec_id": a.recommendation_id,
     }
     assert name in values, f"path parameter {{{name}}} has no tenancy value: add it to _path_value"
     return values[name]
@@ -240,6 +256,14 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
     override, _ = PriceOverrides(engine).put(
         a_t.org.id, "secret-a-model*", input=1.0, cached_input=0.5, cache_write=1.0, output=3.0
     )
+    [rec] = Recommendations(engine).sync(
+        a_t.org.id,
+        [
+            Finding("DATA_QUALITY", "org", "estimated_share", None, None, "high", "secret-a finding", 0.0, None,
+                    {"events": 1})
+        ],
+        datetime.now(UTC),
+    )  # fmt: skip
     a = OrgA(
         a_t.org.id,
         a_t.org.slug,
@@ -252,6 +276,7 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         serial,
         (2026, 9),
         override.id,
+        rec.id,
     )
     # B's most privileged key: read + admin + billing
     b_headers = bearer(ApiKeys(engine).create(b_t.org.id, ["read", "admin", "billing"], name="b-all")[1])
@@ -320,6 +345,8 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         assert (await c.get("/api/v1/receipts", headers=a_t.h)).json()["receipts"] == a_receipts_before
         a_prices = (await c.get("/api/v1/price-overrides", headers=a_t.h)).json()["price_overrides"]
         assert [p["id"] for p in a_prices] == [a.price_override_id]
+        a_recs = (await c.get("/api/v1/recommendations/active", headers=a_t.h)).json()["recommendations"]
+        assert [(r["id"], r["status"]) for r in a_recs] == [(a.recommendation_id, "active")]
         b_names = [p["name"] for p in (await c.get("/api/v1/projects", headers=b_headers)).json()["projects"]]
         assert "Created by B" in b_names and name not in b_names
     assert orgs.get(a.org_id) == a_org_before  # plan and Stripe customer untouched (forged webhook too)

@@ -1,0 +1,62 @@
+"""Reads behind the insights engine (`core.insights`): the window's usage per project × provider × model ×
+region × routing tier × workload × source, summed from the rollups (`warehouse.reporting`), and the org's estimation reasons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clickhouse_connect.driver import Client
+
+from core.insights import Usage
+from core.windows import Window
+from warehouse import reporting
+from warehouse.reporting import Query
+
+GROUP_BY = (
+    "project_id",
+    "provider",
+    "model",
+    "model_tier",
+    "region",
+    "routing_tier",
+    "workload_id",
+    "source",
+)
+
+
+def usage(client: Client, org_id: str, window: Window) -> list[Usage]:
+    """The window's usage groups with live events (ordered by the keys)."""
+    rows = reporting.sums(client, Query(org_id, window, None, GROUP_BY))
+    return [
+        Usage(
+            project_id=r["project_id"],
+            provider=r["provider"],
+            model=r["model"],
+            model_tier=r["model_tier"],
+            region=r["region"],
+            routing_tier=r["routing_tier"],
+            workload_id=r["workload_id"],
+            source=r["source"],
+            events=int(r["events"]),
+            requests=int(r["request_count"]),
+            uncached=int(r["input_tokens_uncached"]),
+            cached=int(r["input_tokens_cached"]),
+            cache_creation=int(r["input_tokens_cache_creation"]),
+            output=int(r["output_tokens"]),
+            co2_g=float(r["co2_kg"]) * 1000.0,
+            cost_usd=float(r["cost_usd"]) if int(r["events_cost"]) else None,
+            estimated_events=int(r["events_estimated"]),
+            energy_j=float(r["energy_j"]),
+        )
+        for r in rows
+    ]
+
+
+def reasons(client: Client, org_id: str, window: Window) -> list[dict[str, Any]]:
+    """[{reason, event_count}] of the window's live events, most frequent first."""
+    return reporting.estimation_reasons(client, Query(org_id, window)).get((), [])
+
+
+def read(client: Client, org_id: str, window: Window) -> tuple[list[Usage], list[dict[str, Any]]]:
+    """Both reads, for one call on the warehouse thread."""
+    return usage(client, org_id, window), reasons(client, org_id, window)
