@@ -1,6 +1,6 @@
 """Read queries behind the dashboard API's telemetry endpoints (summary, projects, models, events).
 
-* Sums come from the rollups (`usage_daily`, `usage_hourly`), aggregated with sum() … GROUP BY and groups
+* Sums come from the rollups (`usage_daily_org` for a whole org, `usage_daily`, `usage_hourly`), aggregated with sum() … GROUP BY and groups
   whose events cancelled out (`events = 0`) dropped — exact without merges or FINAL. Which measures each
   reader sums comes from `warehouse.measures`.
 * Event lists come from the signed ledger `usage_events`: an event is listed once per *live* revision, i.e. a
@@ -87,6 +87,12 @@ class Scope:
             params["model"] = self.model
         return " AND ".join(parts), params
 
+    @property
+    def daily_table(self) -> str:
+        """The daily rollup to read: the org-level one (no project, no workload: far fewer rows) unless a
+        project is asked for."""
+        return "usage_daily" if self.project_id is not None else "usage_daily_org"
+
 
 # --------------------------------------------------------------------------------------------- summary
 
@@ -120,7 +126,7 @@ def daily_by_model(client: Client, scope: Scope) -> list[DailyModelRow]:
     keys = ", ".join(k for k, _ in _DAILY_KEYS)
     sums = ", ".join(f"sum(d.{c}) AS {c}" for c in _DAILY_SUMS)
     result = client.query(
-        f"SELECT {', '.join(f'd.{k} AS {k}' for k, _ in _DAILY_KEYS)}, {sums} FROM usage_daily AS d "
+        f"SELECT {', '.join(f'd.{k} AS {k}' for k, _ in _DAILY_KEYS)}, {sums} FROM {scope.daily_table} AS d "
         f"WHERE {where} GROUP BY {keys} HAVING events != 0 ORDER BY {keys}",
         parameters=params,
         settings=_SAME_SUMS,
@@ -268,7 +274,7 @@ def models(client: Client, scope: Scope) -> list[dict[str, Any]]:
         + ", ".join(f"sum({c}) AS {c}" for c in _MODEL_SUMS)
         + ", min(day) AS first_day, max(day) AS last_day FROM ("
         "SELECT d.provider AS provider, d.model AS model, d.day AS day, "
-        f"{sums} FROM usage_daily AS d WHERE {where} GROUP BY provider, model, day HAVING events != 0) "
+        f"{sums} FROM {scope.daily_table} AS d WHERE {where} GROUP BY provider, model, day HAVING events != 0) "
         "GROUP BY provider, model",
         parameters=params,
     )
@@ -381,7 +387,7 @@ def events_page(client: Client, scope: Scope, offset: int, limit: int) -> tuple[
     so an event never straddles two hours.)"""
     where, params = scope.where("daily", alias="d.")
     per_day = client.query(
-        f"SELECT d.day AS day, sum(d.events) AS n FROM usage_daily AS d WHERE {where} "
+        f"SELECT d.day AS day, sum(d.events) AS n FROM {scope.daily_table} AS d WHERE {where} "
         "GROUP BY day HAVING n != 0 ORDER BY day DESC",
         parameters=params,
     ).result_rows
