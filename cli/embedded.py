@@ -25,6 +25,7 @@ from api.internal_close import close_router
 from api.internal_reenrich import reenrich_router
 from controlplane import FactorVersions, get_engine
 from core.kafka import OutRecord, check_kafka, send_many
+from core.files import private_home
 from core.logs import logging_config
 from core.settings import Settings
 from pipelines import simulate
@@ -208,7 +209,7 @@ def run_worker(
     """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
     child process (streams/split.py) so the two stages use two cores. The control-plane database must be
     migrated first (the `worker` and `up` commands do it before calling this)."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_home(settings)
     engine = get_engine(settings.database)
     FactorVersions(engine).ensure_seeded()
     child = EnrichProcess(settings, loglevel, logfile).start() if split else None

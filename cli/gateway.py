@@ -8,6 +8,7 @@ import logging.config
 import sys
 from pathlib import Path
 
+from core.files import private_home
 from core.logs import logging_config
 from core.settings import load_settings
 
@@ -20,7 +21,7 @@ def gateway(host: str = "127.0.0.1", port: int = 8788, routes_file: str | Path =
     from pipelines.gateway import create_gateway_app, load_routes
 
     settings = load_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_home(settings)
     logging.config.dictConfig(logging_config("INFO"))
     app = create_gateway_app(settings, load_routes(routes_file))
     # Tail latency: background threads (receipt signing/storing, SQL) hand the GIL back to the event loop

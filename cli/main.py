@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +17,7 @@ from rich.table import Table
 
 from cli.broker import EmbeddedBroker
 from cli.controlplane import factors_app, keys_app, orgs_app
+from core.files import PRIVATE_UMASK, private_dir, private_home
 from core.methodology import joules_to_kwh
 from core.settings import Settings, load_settings
 
@@ -23,6 +26,12 @@ app.add_typer(orgs_app, name="orgs", help="Organizations (tenants).")
 app.add_typer(keys_app, name="keys", help="API keys: create (shown once), list, revoke.")
 app.add_typer(factors_app, name="factors", help="Carbon factor versions: publish, list.")
 console = Console()
+
+
+@app.callback()
+def _private_files() -> None:
+    """Every file and directory a joulestream command creates is its owner's only (core/files.py)."""
+    os.umask(PRIVATE_UMASK)
 
 
 def _settings() -> Settings:
@@ -44,20 +53,41 @@ def broker(
         int | None, typer.Option(help="Port on 127.0.0.1 (default: from JOULESTREAM_KAFKA)")
     ] = None,
 ) -> None:
-    """Run the embedded Kafka broker (Tansu, memory storage) on loopback until Ctrl-C."""
+    """Run the embedded Kafka broker (Tansu, memory storage) on loopback until Ctrl-C or SIGTERM."""
     s = _settings()
-    b = EmbeddedBroker(port or _kafka_port(s)).start()
-    console.print(f"Kafka (Tansu) listening on [bold]{b.bootstrap}[/] — Ctrl-C to stop")
+    stop = threading.Event()
+    received: list[int] = []
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    # handlers before the child starts: a SIGTERM/SIGINT at any moment from here on stops the broker too
+    # (and the child, bound to this process's life, dies with it if this process is killed outright)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    b = EmbeddedBroker(port or _kafka_port(s))
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        try:
+            b.start()
+        except (RuntimeError, TimeoutError) as exc:
+            console.print(f"[red]joulestream broker:[/] {exc}")
+            raise typer.Exit(1) from None
+        console.print(f"Kafka (Tansu) listening on [bold]{b.bootstrap}[/] — Ctrl-C to stop")
+        while not stop.wait(0.5):
+            if b.proc is not None and b.proc.poll() is not None:
+                console.print(f"[red]the broker (Tansu) exited with status {b.proc.returncode}[/]")
+                raise typer.Exit(1)
     finally:
-        b.stop()
+        b.stop()  # SIGTERM to the broker's process group, SIGKILL after 5 s
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _migrate_controlplane(s: Settings) -> tuple[str | None, str]:
     """Migrate the control-plane database to the newest revision; (revision before, revision after)."""
     from controlplane import current_revision, get_engine, head_revision, upgrade
 
+    private_home(s)  # the home (0700) exists before anything is created in it
     engine = get_engine(s.database)
     before = current_revision(engine)
     upgrade(engine)
@@ -180,10 +210,8 @@ def up(
     from cli.embedded import run_worker
 
     s = _settings()
-    s.home.mkdir(parents=True, exist_ok=True)
     _migrate_controlplane(s)
-    log_dir = s.home / "logs"
-    log_dir.mkdir(exist_ok=True)
+    log_dir = private_dir(s.home / "logs")
     from cli.demo import ensure_demo_tenant
     from cli.demo_gateway import DemoUpstream
 
