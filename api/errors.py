@@ -21,7 +21,6 @@ import uuid
 from typing import Any
 
 import orjson
-
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError

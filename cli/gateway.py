@@ -8,6 +8,7 @@ import logging.config
 import sys
 from pathlib import Path
 
+from cli.serving import proxy_options
 from core.files import private_home
 from core.logs import logging_config
 from core.settings import load_settings
@@ -39,4 +40,5 @@ def gateway(host: str = "127.0.0.1", port: int = 8788, routes_file: str | Path =
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
+        **proxy_options(settings),
     )

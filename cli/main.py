@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -45,6 +45,33 @@ def _settings() -> Settings:
 
 def _kafka_port(s: Settings) -> int:
     return int(s.kafka.split(",")[0].rsplit(":", 1)[1])
+
+
+def _preflight(command: str, s: Settings, **checks: Any) -> None:
+    """The start-up check (cli/preflight.py): every problem at once, status 2, before anything starts."""
+    from cli.preflight import check
+
+    problems = check(s, **checks)
+    if problems:
+        console.print(
+            f"[red]joulestream {command}: cannot start, {len(problems)} configuration problem(s):[/]",
+            highlight=False,
+        )
+        for p in problems:
+            console.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def _run_stack(command: str, **kwargs: Any) -> None:
+    """`run_worker`; a crash of any part ends the command with status 1 and the reason on the console."""
+    from cli.embedded import StackCrashed, run_worker
+
+    try:
+        run_worker(**kwargs)
+    except StackCrashed as exc:
+        console.print(f"[red]joulestream {command} stopped: {exc}[/]", highlight=False, soft_wrap=True)
+        console.print("  (details in the log)", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -124,11 +151,10 @@ def worker(
     ] = True,
 ) -> None:
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
-    from cli.embedded import run_worker
-
     s = _settings()
+    _preflight("worker", s, ports={"--http-port": http_port} if http_port else None)
     _migrate_controlplane(s)
-    run_worker(s, http_port=http_port, loglevel=loglevel.upper(), split=split)
+    _run_stack("worker", settings=s, http_port=http_port, loglevel=loglevel.upper(), split=split)
 
 
 @app.command()
@@ -142,7 +168,9 @@ def gateway(
     """Run the OpenAI-compatible inference gateway (energy headers, signed receipts, usage to Kafka)."""
     from cli.gateway import gateway as run_gateway
 
-    _migrate_controlplane(_settings())
+    s = _settings()
+    _preflight("gateway", s, routes=routes, ports={"--port": port}, host=host)
+    _migrate_controlplane(s)
     run_gateway(host, port, routes)
 
 
@@ -158,6 +186,7 @@ def poll(
     from cli.poll import poll as run_poll
 
     settings = _settings()
+    _preflight("poll", settings, needs_secrets=True)
     _migrate_controlplane(settings)
     raise typer.Exit(run_poll(settings, once=once, interval_s=interval, loglevel=loglevel))
 
@@ -206,10 +235,16 @@ def up(
     ] = None,
     upstream_port: Annotated[int, typer.Option(help="Port of the local demo upstream")] = 8790,
 ) -> None:
-    """Start the embedded stack: broker, worker, runtime HTTP, and labelled synthetic traffic."""
-    from cli.embedded import run_worker
-
+    """Start the embedded stack: broker, worker, runtime HTTP, and labelled synthetic traffic. Ends with
+    status 2 on a configuration problem (all of them named, before anything starts) and with status 1 when
+    any part crashes (the reason on the console)."""
     s = _settings()
+    ports = {"--http-port": http_port}
+    if gateway_routes is None:
+        ports["--upstream-port (the demo upstream)"] = upstream_port
+    if s.kafka_embedded:
+        ports["the embedded broker (JOULESTREAM_KAFKA unset)"] = _kafka_port(s)
+    _preflight("up", s, needs_secrets=True, routes=gateway_routes, ports=ports)
     _migrate_controlplane(s)
     log_dir = private_dir(s.home / "logs")
     from cli.demo import ensure_demo_tenant
@@ -217,12 +252,15 @@ def up(
 
     tenants, demo_key = ensure_demo_tenant(s)
     b = upstream = None
+    children = {}
     try:
         if s.kafka_embedded:
             b = EmbeddedBroker(_kafka_port(s), log_path=log_dir / "broker.log").start()
+            children["the embedded broker (Tansu)"] = b.proc
         if gateway_routes is None:
             upstream = DemoUpstream(upstream_port, s.home)
             gateway_routes = upstream.start()
+            children["the demo upstream"] = upstream.proc
         banner = [
             "[bold green]joulestream is up[/]",
             f"  Kafka        {s.kafka} ({'embedded Tansu' if b else 'external'}); topics {s.raw_topic}, "
@@ -237,8 +275,10 @@ def up(
             "  Totals       in another terminal: [bold].venv/bin/joulestream totals --by model[/]",
             f"  Traffic      {events} simulated events (synthetic=true), then {rate:g}/s live",
         ]
-        run_worker(
-            s,
+        _run_stack(
+            "up",
+            settings=s,
+            children=children,
             http_port=http_port,
             simulate_initial=events,
             simulate_rate=rate,

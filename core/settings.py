@@ -41,7 +41,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_PORT = 19092
@@ -110,7 +118,9 @@ class Settings(BaseSettings):
 
     # HTTP hardening (API and gateway; docs/security.md)
     api_max_body_bytes: PositiveInt = 1 << 20
-    forwarded_allow_ips: str = ""  # comma-separated proxy IPs/CIDRs whose X-Forwarded-For is trusted; "*" = any
+    forwarded_allow_ips: str = (
+        ""  # comma-separated proxy IPs/CIDRs whose X-Forwarded-For is trusted; "*" = any
+    )
     public_rate_limit: str = "60/minute"  # `limits` notation, per client IP, for the unauthenticated routes
     rate_limit_storage: str = "memory://"  # `limits` storage URI: memory:// per process, redis://host shared
     health_details: bool = False  # unauthenticated /health shows versions, checks and latencies too

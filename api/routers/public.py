@@ -42,7 +42,10 @@ def _limiter(ctx) -> PublicRateLimit:
 @router.get(
     "/verify/{serial_number}",
     summary="Verify a carbon retirement receipt (public, no auth)",
-    responses={**error_responses(404), 429: {"description": "more than the public rate limit (60/minute) from this client"}},
+    responses={
+        **error_responses(404),
+        429: {"description": "more than the public rate limit (60/minute) from this client"},
+    },
 )
 def verify_receipt(serial_number: str, request: Request, ctx: Ctx) -> dict[str, Any]:
     limiter = _limiter(ctx)

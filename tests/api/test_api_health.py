@@ -192,7 +192,11 @@ async def test_without_credentials_only_the_status(make_plain_app, tenants):
     for check, code, status in ((_ok, 200, "healthy"), (_boom, 503, "unhealthy")):
         async with client_for(make_plain_app(kafka_check=check)) as c:
             for path in PATHS:
-                for headers in ({}, {"Authorization": "Bearer js_live_not-a-key"}, {"Authorization": "Basic x"}):
+                for headers in (
+                    {},
+                    {"Authorization": "Bearer js_live_not-a-key"},
+                    {"Authorization": "Basic x"},
+                ):
                     r = await c.get(path, headers=headers)
                     assert r.status_code == code and r.json() == {"status": status}, r.text
                 for key in (tenants[0].read, tenants[1].ingest, tenants[0].admin):
