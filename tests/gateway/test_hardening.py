@@ -117,10 +117,12 @@ def test_health_details_need_a_key(make_gateway, stack, tenants):
     gw = make_gateway()
     for headers in ({}, {"Authorization": "Bearer js_live_nope"}, {"Authorization": "Basic abc"}):
         r = httpx.get(f"{gw.url}/health", headers=headers)
-        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        assert (
+            r.status_code == 200 and set(r.json()) == {"status"} and r.json()["status"] in ("ok", "degraded")
+        )
     for key in (tenants.key_a, tenants.key_a_read):
         body = gw.http("GET", "/health", key=key).json()
-        assert body["status"] == "ok" and body["factors_version"] and "kafka" in body["kafka"]
+        assert body["status"] in ("ok", "degraded") and body["factors_version"] and "kafka" in body["kafka"]
         assert "depth" in body["spool"] and "served" in body
 
 
