@@ -16,6 +16,7 @@ Every response carries `X-Request-ID` (the caller's, when it sent a sane one, el
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 from typing import Any
@@ -47,12 +48,16 @@ MAX_422_BYTES = 4096
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+    """At most `limit` characters (and a note of the length), lone surrogates escaped (not UTF-8)."""
+    cut = text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _preview(value: Any) -> Any:
     """A short, JSON-safe stand-in for an echoed input: scalars as they are (strings cut), containers as
     their compact JSON cut to INPUT_PREVIEW_CHARS — never a recursive walk (a body may nest 1,000 deep)."""
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf: not JSON
+        return str(value)
     if value is None or isinstance(value, bool | int | float):
         return value if not isinstance(value, int) or abs(value) < 1 << 63 else _cut(str(value), 40)
     if isinstance(value, str):
@@ -75,14 +80,9 @@ def _safe_error(err: dict[str, Any]) -> dict[str, Any]:
         elif key == "loc":
             out[key] = [p if isinstance(p, int) else _cut(str(p), 64) for p in value]
         elif key == "ctx" and isinstance(value, dict):  # e.g. {"error": ValueError(...)} from a validator
-            out[key] = {
-                _cut(str(k), 64): v if isinstance(v, bool | int | float | None) else _cut(str(v), TEXT_CHARS)
-                for k, v in list(value.items())[:10]
-            }
+            out[key] = {_cut(str(k), 64): _preview(v) for k, v in list(value.items())[:10]}
         elif isinstance(value, str):
             out[key] = _cut(value, TEXT_CHARS)
-        elif value is None or isinstance(value, bool | int | float):
-            out[key] = value
         else:
             out[key] = _preview(value)
     return out
