@@ -4,8 +4,10 @@ body is larger than `settings.api_max_body_bytes` (1 MiB unless configured).
 A declared `Content-Length` over the limit is refused before a byte is read; otherwise the bytes are
 counted as they stream in (a chunked body, or a client that lies about its length), and the request is
 refused as soon as the count passes the limit — the body is never read whole. Paths under `exempt` are
-left alone: the gateway, when `joulestream up` mounts it next to the API, has its own limit (16 MiB) and
-answers in OpenAI's error shape.
+left alone: the gateway (`/v1/`), when `joulestream up` mounts it next to the API, has its own limit
+(16 MiB) and answers in OpenAI's error shape; the runtime's `/internal/` endpoints take only requests
+carrying the runtime token (an operator's own commands: `joulestream reenrich` writes pages of thousands of
+events at once).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ("/v1/",)) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ("/v1/", "/internal/")
+    ) -> None:
         self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -161,7 +161,7 @@ class HttpServer(AsgiService):
     runtime up without its API."""
 
     async def on_start(self) -> None:
-        maybe_instrument_opentelemetry(self.asgi_app, False)
+        maybe_instrument_opentelemetry(self.asgi_app, self.opentelemetry)
         self._server = self._create_server()
         self._serve_fut = self.add_future(self._serve(self._server))
 
