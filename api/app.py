@@ -10,7 +10,8 @@ or the start of `up` / `worker`); `create_app` seeds the built-in carbon factor 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any
 
@@ -27,10 +28,12 @@ from api.routers import (
     export,
     health,
     methodology,
+    metrics,
     prices,
     projects,
     public,
     receipts,
+    report,
 )
 from api.routers import telemetry as telemetry_routes
 from api.telemetry import NullTelemetry, TelemetryProvider
@@ -87,7 +90,20 @@ def create_app(
 
         telemetry = WarehouseTelemetry(client_factory=warehouse_client_factory)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from api.kpis import KpiRefresher
+
+        refresher = KpiRefresher(app.state.ctx, settings.kpi_refresh_s)  # the KPI cache's schedule
+        app.state.ctx.extras["kpi_refresher"] = refresher
+        refresher.start()
+        try:
+            yield
+        finally:
+            await refresher.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="joulestream API",
         version=version,
         description="Energy and carbon of AI inference: projects, telemetry, carbon factors, methodology.",
@@ -118,6 +134,8 @@ def create_app(
     app.include_router(prices.router, prefix=API_PREFIX)
     app.include_router(telemetry_routes.router, prefix=API_PREFIX)
     app.include_router(export.router, prefix=API_PREFIX)
+    app.include_router(metrics.router, prefix=API_PREFIX)
+    app.include_router(report.router, prefix=API_PREFIX)
     app.include_router(connections.router, prefix=API_PREFIX)
     app.include_router(billing.router, prefix=API_PREFIX)
     app.include_router(receipts.router, prefix=API_PREFIX)

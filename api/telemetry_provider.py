@@ -65,6 +65,10 @@ class WarehouseTelemetry:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await (await self.warehouse()).run(fn, *args)
 
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(client, *args)` on the warehouse thread: the metrics and report reads (`warehouse.reporting`)."""
+        return await self._run(fn, *args)
+
     async def project_totals(
         self, org_id: str, project_ids: Sequence[str], start: date, end: date
     ) -> dict[str, float]:

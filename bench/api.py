@@ -10,12 +10,17 @@
    production wiring): a CSV export of the main org's last 90 days (~1M rows) streamed by an HTTP client —
    rows/s and the server's peak RSS (VmHWM from /proc; the chdb engine lives in that process) — then the
    median and p99 latency of GET /telemetry/summary (default: last 30 days, whole org) and
-   GET /telemetry/events page 1 and page 500 (page_size 50).
+   GET /telemetry/events page 1 and page 500 (page_size 50); then the reporting reads (issue 14): the
+   KPI cache GET /metrics/dashboard-summary (after one POST …/refresh, timed), GET /metrics/timeseries
+   `last=1y&granularity=day` (whole org, and grouped by model), and one annual report export
+   (`years=<last year>&years=<this year>&granularity=monthly`, CSV).
 4. The baseline, in a fresh process: the same figures straight from clickhouse-connect — the same warehouse
    queries (warehouse/telemetry.py) called on a client, no HTTP/FastAPI, and the export as one CSV
    `raw_stream` of the whole window.
 
-Targets (issue 3): summary p99 < 150 ms, export >= 300,000 rows/s with peak RSS < 300 MB. Nothing is
+Targets (issue 3): summary p99 < 150 ms, export >= 300,000 rows/s with peak RSS < 300 MB. Issue 14:
+dashboard-summary p99 < 20 ms, timeseries 1y/day p99 < 150 ms (both at 10M events). The events span `--days`
+(365) days ending today. Nothing is
 asserted: numbers only. The machine's load average is printed with them (other work skews timings).
 """
 
@@ -144,7 +149,7 @@ def worker_serve(port: int) -> None:
     from core.settings import load_settings
     from warehouse.client import get_client
 
-    settings = load_settings()
+    settings = load_settings().replace(kpi_refresh_s=0)  # no scheduled KPI refresh under the timings
     app = create_app(settings, warehouse_client_factory=lambda: get_client(settings))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -191,6 +196,23 @@ def worker_baseline(workdir: Path, samples: int, export_start: str, export_end: 
     out["summary"] = _stats(timed(t.daily_by_model, summary_scope))
     out["events_p1"] = _stats(timed(t.events_page, t.Scope(ORG), 0, 50))
     out["events_p500"] = _stats(timed(t.events_page, t.Scope(ORG), 499 * 50, 50))
+
+    # reporting: the same warehouse reads, no HTTP; the KPI baseline is the control-plane lookup itself
+    from controlplane import get_engine
+    from controlplane.kpi_cache import KpiCache
+    from core.windows import last_window, year_windows
+    from warehouse import reporting
+
+    cache = KpiCache(get_engine(load_settings().database))
+    out["kpi"] = _stats(timed(lambda _c: cache.all(ORG)))
+    now = datetime.now(UTC)
+    q = reporting.Query(ORG, last_window("1y", now), "day")
+    out["series_1y"] = _stats(timed(reporting.sums, q))
+    qm = reporting.Query(ORG, q.window, "day", ("model",))
+    out["series_1y_model"] = _stats(timed(reporting.sums, qm))
+    t0 = time.perf_counter()
+    rows = sum(len(reporting.report_sums(client, ORG, w, "month", None, False)) for w in year_windows(_years()))
+    out["report"] = {"seconds": time.perf_counter() - t0, "rows": rows}
     print(json.dumps(out))
 
 
@@ -271,6 +293,24 @@ def _export(http: object, start: str, end: str) -> dict:
     return {"rows": rows, "bytes": nbytes, "seconds": el, "rows_per_s": rows / el, "first_byte_s": first_byte}
 
 
+def _years() -> list[int]:
+    today = datetime.now(UTC).date()
+    return [today.year - 1, today.year]
+
+
+def _report_export(http: object) -> dict:
+    """One annual report (the last two calendar years, monthly, CSV), timed end to end."""
+    params = [("years", y) for y in _years()] + [("granularity", "monthly"), ("format", "csv")]
+    t0 = time.perf_counter()
+    nbytes = rows = 0
+    with http.stream("GET", "/api/v1/report/export", params=params) as r:  # type: ignore[attr-defined]
+        r.raise_for_status()
+        for chunk in r.iter_bytes():
+            nbytes += len(chunk)
+            rows += chunk.count(b"\n")
+    return {"seconds": time.perf_counter() - t0, "rows": rows - 1, "bytes": nbytes}
+
+
 def bench_api(env: dict[str, str], key: str, samples: int, export_start: str, export_end: str) -> dict:
     import httpx
 
@@ -322,6 +362,16 @@ def bench_api(env: dict[str, str], key: str, samples: int, export_start: str, ex
             out["events_p1"] = _stats(timed(ev, {"page": 1, "page_size": 50}))
             out["events_p500"] = _stats(timed(ev, {"page": 500, "page_size": 50}))
             out["events_total"] = http.get(ev, params={"page_size": 1}).json()["pagination"]["total_items"]
+            # reporting (issue 14): the KPI cache (the first read computes it), a year of daily points, and an
+            # annual report of the years the data covers
+            t0 = time.perf_counter()
+            http.post("/api/v1/metrics/dashboard-summary/refresh").raise_for_status()
+            out["kpi_refresh_s"] = time.perf_counter() - t0
+            out["kpi"] = _stats(timed("/api/v1/metrics/dashboard-summary", {}))
+            series = {"last": "1y", "granularity": "day"}
+            out["series_1y"] = _stats(timed("/api/v1/metrics/timeseries", series))
+            out["series_1y_model"] = _stats(timed("/api/v1/metrics/timeseries", {**series, "group_by": "model"}))
+            out["report"] = _report_export(http)
             out["mem_end"] = _proc_mem(proc.pid)
     finally:
         proc.terminate()
@@ -340,6 +390,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/joulestream-bench-api"))
     ap.add_argument("--samples", type=int, default=100, help="requests per latency figure")
     ap.add_argument("--export-days", type=int, default=90, help="export window (days, max 90)")
+    ap.add_argument("--days", type=int, default=365, help="days the loaded events span (ending today)")
     ap.add_argument("--worker", choices=["count", "serve", "baseline", "floor"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--export-start", help=argparse.SUPPRESS)
@@ -372,6 +423,8 @@ def main() -> None:
                 DB,
                 "--events",
                 str(args.events),
+                "--days",
+                str(args.days),
             ],
             env=env,
             check=True,
@@ -417,6 +470,15 @@ def _report(api: dict, base: dict, floor: dict, samples: int, load: float) -> No
     print(lat("summary") + "   [target p99 < 150 ms]")
     print(lat("events_p1"))
     print(lat("events_p500"))
+    print(lat("kpi") + "   [target p99 < 20 ms; baseline: the control-plane lookup]")
+    print(lat("series_1y") + "   [last=1y&granularity=day; target p99 < 150 ms]")
+    print(lat("series_1y_model") + "   [the same, group_by=model]")
+    ra, rb = api["report"], base["report"]
+    print(
+        f"  report export years={'&years='.join(map(str, _years()))} monthly CSV: {ra['seconds'] * 1000:.0f} ms "
+        f"({ra['rows']} rows) | baseline {rb['seconds'] * 1000:.0f} ms   ratio {ra['seconds'] / rb['seconds']:.2f}"
+        f"   (KPI refresh of every window, on request: {api['kpi_refresh_s'] * 1000:.0f} ms)"
+    )
     print()
     print(f"CSV export, {ea['rows']:,} rows ({ea['bytes'] / 2**20:.0f} MiB)")
     print(

@@ -397,3 +397,18 @@ price_overrides = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     UniqueConstraint("org_id", "provider", "model_pattern"),
 )
+
+
+# --------------------------------------------------------------------------------------------- KPI cache (0050)
+
+kpi_cache = Table(
+    "kpi_cache",
+    metadata,
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("window_slug", String(8), primary_key=True),  # 24h, 7d, 30d, 1y, ytd (core.windows.WINDOW_SLUGS)
+    Column("window_start", UTCDateTime(), nullable=False),
+    Column("window_end", UTCDateTime(), nullable=False),
+    Column("computed_at", UTCDateTime(), nullable=False),
+    Column("summary", Text(), nullable=False),  # JSON: the window's figures
+    Column("series", Text(), nullable=False),  # JSON: the window's chart points
+)

@@ -23,6 +23,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_{OPENAI,ANTHROPIC,OPENROUTER}_BASE_URL | openai_base_url, … | the providers' public APIs      |
 | STRIPE_API_KEY, STRIPE_API_BASE, STRIPE_WEBHOOK_SECRET | stripe_api_key, stripe_api_base, stripe_webhook_secret | Stripe off |
 | JOULESTREAM_STRIPE_PRICES                | stripe_prices           | `price_joulestream_<plan>`                |
+| JOULESTREAM_KPI_REFRESH_S                | kpi_refresh_s           | 60 (0: refresh on request only)           |
 | JOULESTREAM_API_MAX_BODY_BYTES           | api_max_body_bytes      | 1048576 (1 MiB; larger API bodies → 413)  |
 | JOULESTREAM_FORWARDED_ALLOW_IPS          | forwarded_allow_ips     | none: X-Forwarded-* headers are ignored   |
 | JOULESTREAM_PUBLIC_RATE_LIMIT            | public_rate_limit       | 60/minute per client IP (unauthenticated routes) |
@@ -116,11 +117,14 @@ class Settings(BaseSettings):
     )
     stripe_prices: str = ""
 
+    # Reporting: the dashboard KPI cache is recomputed every kpi_refresh_s by each API process (0: never on a
+    # schedule, only on POST /metrics/dashboard-summary/refresh and on a first read)
+    kpi_refresh_s: float = Field(default=60.0, ge=0)
+
     # HTTP hardening (API and gateway; docs/security.md)
     api_max_body_bytes: PositiveInt = 1 << 20
-    forwarded_allow_ips: str = (
-        ""  # comma-separated proxy IPs/CIDRs whose X-Forwarded-For is trusted; "*" = any
-    )
+    # comma-separated proxy addresses/networks whose X-Forwarded-For is trusted ("*" = any); none by default
+    forwarded_allow_ips: str = ""
     public_rate_limit: str = "60/minute"  # `limits` notation, per client IP, for the unauthenticated routes
     rate_limit_storage: str = "memory://"  # `limits` storage URI: memory:// per process, redis://host shared
     health_details: bool = False  # unauthenticated /health shows versions, checks and latencies too

@@ -30,9 +30,10 @@ Reader = Literal["totals", "cache", "dashboard", "models", "events", "export"]
 Kind = Literal["count", "tokens", "energy", "co2", "savings", "water", "cost"]
 # Conditions a derived measure sums under: SQL over the ledger row (`{a}` = its alias) and the same test in
 # Python over the row's values (the monthly close sums the ledger rows in Python).
-Condition = Literal["measured"]
+Condition = Literal["measured", "estimated"]
 _CONDITIONS: dict[str, tuple[str, Callable[[Mapping[str, Sequence[Any]], int], bool]]] = {
     "measured": ("{a}.energy_source = 'measured'", lambda cols, i: cols["energy_source"][i] == "measured"),
+    "estimated": ("{a}.is_estimated", lambda cols, i: bool(cols["is_estimated"][i])),
 }
 
 
@@ -48,6 +49,7 @@ class Measure:
     when: str | None = None
     nullable: bool = False  # the ledger column is Nullable (a v2 figure: NULL when its producer predates it)
     coverage: str | None = None  # the count measure of the events that carry this figure (nullable ones)
+    per: str | None = None  # derived measures: sum value / this ledger column (when > 0, else the value)
 
     @property
     def is_int(self) -> bool:
@@ -85,6 +87,9 @@ class Measure:
         column = self.field or self.value
         if column is None:
             term = f"toInt64({alias}.sign)"
+        elif self.per is not None:
+            value, per = f"{alias}.{column}", f"{alias}.{self.per}"
+            term = f"{alias}.sign * if({per} > 0, {value} / {per}, {value})"
         elif self.nullable or BY_FIELD_NULLABLE.get(column, False):
             term = f"{alias}.sign * ifNull({alias}.{column}, 0)"
         else:
@@ -98,6 +103,8 @@ class Measure:
         column = self.field or self.value
         zero: Any = 0 if self.is_int else 0.0
         values: list[Any] = [1] * n if column is None else [zero if v is None else v for v in cols[column]]
+        if self.per is not None:
+            values = [v / d if d and d > 0 else v for v, d in zip(values, cols[self.per], strict=True)]
         if self.when is None:
             return values
         if self.when.startswith("has:"):
@@ -115,9 +122,10 @@ def _m(
     value: str | None = None,
     when: str | None = None,
     coverage: str | None = None,
+    per: str | None = None,
 ) -> Measure:
     own = name if field == "" else field
-    return Measure(name, kind, own, frozenset(readers), value, when, coverage is not None, coverage)
+    return Measure(name, kind, own, frozenset(readers), value, when, coverage is not None, coverage, per)
 
 
 _V2 = ("totals", "dashboard", "models", "export")  # readers of the v2 sums and their coverage counts
@@ -161,8 +169,37 @@ MEASURES: tuple[Measure, ...] = (
     _m("co2_kg_measured", "co2", *_V2, field=None, value="co2_kg", when="measured"),
     _m("co2_kg_measured_low", "co2", *_V2, field=None, value="co2_kg_low", when="measured"),
     _m("co2_kg_measured_high", "co2", *_V2, field=None, value="co2_kg_high", when="measured"),
+    # Reporting (migration 0004): live events whose figures fell back to a default (is_estimated), and the IT
+    # energy (energy_j / pue per event: what the servers drew before the data centre's overhead) — the
+    # energy-weighted PUE of any group is energy_j / energy_it_j.
+    # Read by warehouse.reporting only (no reader list: the close, exports and dashboard keep their columns).
+    _m("events_estimated", "count", field=None, when="estimated"),
+    _m("energy_it_j", "energy", field=None, value="energy_j", per="pue"),
 )
 BY_NAME: dict[str, Measure] = {m.name: m for m in MEASURES}
+# The rollups' key columns, their bucket column (`hour` / `day`) after org_id; every other column is a measure.
+ROLLUP_KEYS: tuple[str, ...] = (
+    "org_id",
+    "project_id",
+    "workload_id",
+    "provider",
+    "model",
+    "model_tier",
+    "region",
+    "routing_tier",
+    "factors_version",
+    "source",
+)
+NULLABLE_KEYS: frozenset[str] = frozenset(
+    {"region", "routing_tier"}
+)  # Nullable in the ledger, '' in the rollups
+
+
+def rollup_key_sql(key: str, alias: str = "e") -> str:
+    """The ledger expression of rollup key `key` (a Nullable ledger column reads '' when NULL)."""
+    return f"ifNull({alias}.{key}, '')" if key in NULLABLE_KEYS else f"{alias}.{key}"
+
+
 BY_FIELD_NULLABLE: dict[str, bool] = {m.field: m.nullable for m in MEASURES if m.field is not None}
 ROLLUP_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES)
 INT_MEASURES: tuple[str, ...] = tuple(m.name for m in MEASURES if m.is_int)

@@ -14,12 +14,11 @@ from typing import Any
 
 from clickhouse_connect.driver import Client
 
-from warehouse.measures import FLOAT_MEASURES, INT_MEASURES, LEDGER_SUMS
+from warehouse.measures import FLOAT_MEASURES, INT_MEASURES, LEDGER_SUMS, ROLLUP_KEYS, rollup_key_sql
 from warehouse.staging import drop_stale_key_tables
 
 log = logging.getLogger(__name__)
 
-_ROLLUP_KEYS = ("org_id", "project_id", "provider", "model", "model_tier", "factors_version", "source")
 _REL_TOL = 1e-9
 _ABS_TOL = 1e-12
 
@@ -46,7 +45,7 @@ def reconcile_rollups(client: Client, since: datetime) -> int:
 
 
 def _reconcile_table(client: Client, since: datetime, table: str, bucket_col: str, bucket_expr: str) -> int:
-    keys = (_ROLLUP_KEYS[0], bucket_col, *_ROLLUP_KEYS[1:])
+    keys = (ROLLUP_KEYS[0], bucket_col, *ROLLUP_KEYS[1:])
     key_list = ", ".join(keys)
     sums = (*INT_MEASURES, *FLOAT_MEASURES)
     truth_cols = ", ".join(f"{LEDGER_SUMS[c]} AS {c}" for c in sums)
@@ -58,7 +57,7 @@ def _reconcile_table(client: Client, since: datetime, table: str, bucket_col: st
     sql = (
         f"SELECT {key_list}, {', '.join(f't.{c}' for c in sums)}, {', '.join(f'r.{c}' for c in sums)} FROM "
         f"(SELECT e.org_id AS org_id, {bucket_expr} AS {bucket_col}, "
-        f"{', '.join(f'e.{k} AS {k}' for k in _ROLLUP_KEYS[1:])}, {truth_cols} "
+        f"{', '.join(f'{rollup_key_sql(k)} AS {k}' for k in ROLLUP_KEYS[1:])}, {truth_cols} "
         f"FROM usage_events AS e WHERE (e.org_id, {bucket_expr}) IN ({touched}) GROUP BY {key_list}) AS t "
         f"FULL OUTER JOIN (SELECT {key_list}, {rollup_cols} FROM {table} "
         f"WHERE (org_id, {bucket_col}) IN ({touched}) GROUP BY {key_list}) AS r USING ({key_list})"

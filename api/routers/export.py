@@ -38,6 +38,12 @@ MEDIA_TYPES = {
     "json": "application/json",
     "parquet": "application/vnd.apache.parquet",
 }
+# the OpenAPI content of a streamed file in one of the three formats
+FILE_CONTENT = {
+    "text/csv": {"schema": {"type": "string"}},
+    "application/json": {"schema": {"type": "object"}},
+    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+}
 _DOC = (
     "Columns: " + ", ".join(EXPORT_COLUMNS) + ". One row per day × project × provider × model × factor "
     "version. Streamed."
@@ -50,11 +56,7 @@ _DOC = (
     responses={
         200: {
             "description": "The export file (attachment). " + _DOC,
-            "content": {
-                "text/csv": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "object"}},
-                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
-            },
+            "content": FILE_CONTENT,
         },
         **error_responses(400, 404, 503),
     },
@@ -96,7 +98,7 @@ async def export_telemetry(
         await chunks.aclose()
         log.error("export failed to start: %s", exc, exc_info=True)
         raise HTTPException(503, "telemetry store unavailable, retry later") from exc
-    body = _body(first, chunks)
+    body = stream_body(first, chunks)
     filename = f"telemetry-{dates.end.isoformat()}.{format}"
     return StreamingResponse(
         body,
@@ -105,14 +107,16 @@ async def export_telemetry(
     )
 
 
-async def _body(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def stream_body(first: bytes, rest: AsyncIterator[bytes], what: str = "export") -> AsyncIterator[bytes]:
+    """A streamed file's body: its first chunk (read before answering, so a failure is still a clean status)
+    and the rest; a failure mid-stream cuts the body short (the headers are gone) and is logged."""
     try:
         if first:
             yield first
         async for chunk in rest:
             yield chunk
     except Exception:  # headers are gone: all we can do is cut the body short (the client sees it)
-        log.exception("export failed mid-stream")
+        log.exception("%s failed mid-stream", what)
         raise
     finally:
         await rest.aclose()

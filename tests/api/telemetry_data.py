@@ -16,12 +16,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
 from controlplane import Project, Projects
 from core.contracts import EnrichedUsage, UsageEvent
 from core.methodology import load_factor_set
 from streams.processing import Enricher, InRecord, parse_enriched
 from tests.e2e.expectations import expected
-from tests.fixtures_api import Tenant
+from tests.fixtures_api import Tenant, client_for
 from warehouse.ledger import write_enriched
 
 FACTORS = load_factor_set()
@@ -204,3 +206,31 @@ def build(
         ds.final[e.event_id] = e
     repo.delete(a.org.id, projects["Gamma"].id)  # history stays on the deleted project
     return ds
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+# An app over a warehouse holding this telemetry: the fixtures of the telemetry, export, metrics and report
+# tests (imported by tests/api/conftest.py).
+
+
+@pytest.fixture
+def wh(warehouse):
+    return warehouse[0]
+
+
+@pytest.fixture
+def tapp(make_app, wh):
+    app = make_app(warehouse_client_factory=lambda: wh)
+    yield app
+    app.state.ctx.telemetry.close()
+
+
+@pytest.fixture
+def ds(wh, engine, tenants) -> Dataset:
+    return build(wh, engine, tenants)
+
+
+@pytest.fixture
+async def c(tapp):
+    async with client_for(tapp) as client:
+        yield client

@@ -21,8 +21,7 @@ import pytest
 import uvicorn
 
 from bench.load_warehouse import Shape, load
-from tests.api.telemetry_data import FACTORS, Dataset, build
-from tests.fixtures_api import client_for
+from tests.api.telemetry_data import FACTORS, Dataset
 from warehouse.export import EXPORT_COLUMNS, ExportStream, iter_export
 from warehouse.telemetry import Scope
 
@@ -31,29 +30,6 @@ pytestmark = pytest.mark.anyio
 E = "/api/v1/export/telemetry"
 INTS = EXPORT_COLUMNS[4:8]
 FLOATS = EXPORT_COLUMNS[8:12]
-
-
-@pytest.fixture
-def wh(warehouse):
-    return warehouse[0]
-
-
-@pytest.fixture
-def tapp(make_app, wh):
-    app = make_app(warehouse_client_factory=lambda: wh)
-    yield app
-    app.state.ctx.telemetry.close()
-
-
-@pytest.fixture
-def ds(wh, engine, tenants) -> Dataset:
-    return build(wh, engine, tenants)
-
-
-@pytest.fixture
-async def c(tapp):
-    async with client_for(tapp) as client:
-        yield client
 
 
 def _names(ds: Dataset) -> dict[str, str]:

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import pytest
 
-from tests.api.telemetry_data import FACTORS, Dataset, build
+from tests.api.telemetry_data import FACTORS
 from tests.e2e.expectations import FLOAT_FIELDS, TOKEN_FIELDS
 from tests.fixtures_api import bearer, client_for
 from tests.stack import publish
@@ -26,29 +26,6 @@ T = "/api/v1/telemetry"
 
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-
-
-@pytest.fixture
-def wh(warehouse):
-    return warehouse[0]
-
-
-@pytest.fixture
-def tapp(make_app, wh):
-    app = make_app(warehouse_client_factory=lambda: wh)
-    yield app
-    app.state.ctx.telemetry.close()
-
-
-@pytest.fixture
-def ds(wh, engine, tenants) -> Dataset:
-    return build(wh, engine, tenants)
-
-
-@pytest.fixture
-async def c(tapp):
-    async with client_for(tapp) as client:
-        yield client
 
 
 def tokens(e) -> int:

@@ -13,13 +13,11 @@ import pytest
 from core.contracts import UsageEvent
 from core.methodology import cached_savings, enrich, load_factor_set
 from warehouse.ledger import to_arrow, write_enriched, write_enriched_json
-from warehouse.measures import LEDGER_SCHEMA, MEASURES, ROLLUP_MEASURES
+from warehouse.measures import LEDGER_SCHEMA, MEASURES, ROLLUP_KEYS, ROLLUP_MEASURES
 from warehouse.migrate import MIGRATIONS_DIR, migrate
 from warehouse.queries import cached_vs_uncached, ledger_totals, totals
 from warehouse.reconcile import reconcile_rollups
 from warehouse.staging import OPTIONAL_FIELDS
-
-_ROLLUP_KEYS = ("org_id", "project_id", "provider", "model", "model_tier", "factors_version", "source")
 
 
 def _columns(client, table: str) -> list[tuple[str, str]]:
@@ -42,8 +40,8 @@ def test_spec_matches_the_migrated_tables(warehouse):
             assert ledger[m.field] == m.ledger_type, m.name
     for table, bucket in (("usage_hourly", "hour"), ("usage_daily", "day")):
         cols = _columns(client, table)
-        keys = [n for n, _ in cols[: len(_ROLLUP_KEYS) + 1]]
-        assert sorted(keys) == sorted((*_ROLLUP_KEYS, bucket))
+        keys = [n for n, _ in cols[: len(ROLLUP_KEYS) + 1]]
+        assert sorted(keys) == sorted((*ROLLUP_KEYS, bucket))
         assert cols[len(keys) :] == [(m.name, m.rollup_type) for m in MEASURES], table
         assert tuple(n for n, _ in cols[len(keys) :]) == ROLLUP_MEASURES
 
@@ -120,7 +118,11 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
             "SELECT sum(energy_cached_savings_j), sum(co2_cached_savings_kg) FROM usage_daily"
         ).result_rows[0]
 
-        assert migrate(client, database) == ["0002_cached_savings", "0003_methodology_v2"]
+        assert migrate(client, database) == [
+            "0002_cached_savings",
+            "0003_methodology_v2",
+            "0004_reporting_dimensions",
+        ]
         stored = client.query(
             "SELECT energy_cached_savings_j, co2_cached_savings_kg FROM usage_events ORDER BY event_id"
         ).result_rows

@@ -169,7 +169,7 @@ def test_rows_written_before_migration_0003_have_no_v2_figures(warehouse_dsn, ma
             "usage_events", to_arrow(events).drop_columns(["energy_source", *OPTIONAL_FIELDS])
         )
         before = client.query("SELECT sum(co2_kg), sum(events) FROM usage_daily").result_rows[0]
-        assert migrate(client, database) == ["0003_methodology_v2"]
+        assert migrate(client, database) == ["0003_methodology_v2", "0004_reporting_dimensions"]
         t = totals(client)
         assert (t.co2_kg, t.events) == pytest.approx(before, rel=1e-12)
         assert (t.events_market, t.events_measured, t.co2_kg_market) == (0, 0, 0.0)
