@@ -1,4 +1,5 @@
-"""Hypothesis strategies for hostile request bodies (issue 20's acceptance fuzz, tests/*/test_fuzz_hostile.py):
+"""Hypothesis strategies for hostile request bodies (issue 20's acceptance fuzz:
+tests/api/test_api_fuzz_hostile.py, tests/gateway/test_gateway_fuzz_hostile.py):
 a valid-looking body of the route with one field — or the whole body — replaced by something hostile:
 nesting thousands of levels deep, strings past the body limit, NUL characters and bytes, invalid UTF-8,
 JSON that Python or orjson read differently (NaN, huge numbers, lone surrogates), plain garbage; sent
