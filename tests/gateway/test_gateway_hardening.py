@@ -140,3 +140,15 @@ def test_upstream_error_passed_on_verbatim():
     assert r.status_code == 400 and r.body == body and r.headers["x-request-id"] == "r1"
     other = ClientFault(422, b"<html>nope</html>").response({})
     assert orjson.loads(other.body)["error"]["message"] == "The upstream rejected the request (HTTP 422)."
+
+
+def test_stream_chunk_too_deep_to_rewrite_is_passed_on():
+    """An upstream SSE chunk nested deeper than orjson writes is relayed as it came, not dropped with an
+    exception in the middle of the stream."""
+    from pipelines.gateway.relay import StreamRelay
+
+    relay = StreamRelay.__new__(StreamRelay)
+    event = b'data: {"x": ' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"}\n\n"
+    deep = orjson.loads(event[6:])
+    assert relay._encode(deep, event) == event
+    assert relay._encode({"ok": 1}, event) == b'data: {"ok":1}\n\n'
