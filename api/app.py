@@ -127,7 +127,7 @@ def create_app(
         last_poll=last_poll,
         health_timeout_s=health_timeout_s,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, max_body_bytes=settings.api_max_body_bytes)
 
     app.include_router(health.router)  # GET /health for load balancers
     app.include_router(health.router, prefix=API_PREFIX)

@@ -134,6 +134,19 @@ def get_principal(
     )
 
 
+def authenticated(ctx: AppContext, authorization: str | None) -> bool:
+    """Whether an `Authorization` header carries a valid credential (API key or JWT, any scope). Never
+    raises: for routes that show more to an authenticated caller but answer everyone (/health)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    try:
+        get_principal(ctx, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token.strip()))
+    except HTTPException:
+        return False
+    return True
+
+
 def require_scope(*scopes: str) -> Callable[..., Principal]:
     """Dependency: an authenticated principal holding every one of `scopes` (403 otherwise)."""
 

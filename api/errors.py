@@ -1,7 +1,11 @@
 """The error model: every error body is `{"detail": …}`.
 
 - HTTP errors: `{"detail": "message"}` (with the exception's headers, e.g. `WWW-Authenticate`).
-- 422: FastAPI's field-error list in `detail` (`[{"type", "loc", "msg", "input", …}]`).
+- 422: FastAPI's field-error list in `detail` (`[{"type", "loc", "msg", "input", …}]`), bounded: each
+  `input` is echoed as a preview of at most ~200 characters (a long string cut, a nested object summarised),
+  every other text field is cut too, and the list stops before the body passes 4 KB — a rejected 1 MB body
+  never comes back as a 1 MB answer.
+- 413: a request body over `JOULESTREAM_API_MAX_BODY_BYTES` (api/bodylimit.py).
 - Control-plane rule errors: NotFound → 404, Conflict → 409, Invalid → 400.
 - Anything else: logged with the request id, answered `500 {"detail": "internal error", "request_id": …}`
   — never a traceback or an exception message.
@@ -12,10 +16,12 @@ Every response carries `X-Request-ID` (the caller's, when it sent a sane one, el
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +31,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.bodylimit import BodyLimitMiddleware
 from controlplane.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger("joulestream.api")
@@ -35,17 +42,65 @@ def request_id(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
+INPUT_PREVIEW_CHARS = 200
+TEXT_CHARS = 300
+MAX_422_BYTES = 4096
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most `limit` characters (and a note of the length), lone surrogates escaped (not UTF-8)."""
+    cut = text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _preview(value: Any) -> Any:
+    """A short, JSON-safe stand-in for an echoed input: scalars as they are (strings cut), containers as
+    their compact JSON cut to INPUT_PREVIEW_CHARS — never a recursive walk (a body may nest 1,000 deep)."""
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf: not JSON
+        return str(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value if not isinstance(value, int) or abs(value) < 1 << 63 else _cut(str(value), 40)
+    if isinstance(value, str):
+        return _cut(value, INPUT_PREVIEW_CHARS)
+    if isinstance(value, bytes):
+        return _cut(value.decode("utf-8", "replace"), INPUT_PREVIEW_CHARS)
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError, RecursionError):  # too deep, or not JSON at all
+        size = f" of {len(value)} items" if isinstance(value, dict | list | tuple) else ""
+        text = f"<{type(value).__name__}{size}, not shown>"
+    return _cut(text, INPUT_PREVIEW_CHARS)
+
+
+def _safe_error(err: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in err.items():
+        if key == "input":
+            out[key] = _preview(value)
+        elif key == "loc":
+            out[key] = [p if isinstance(p, int) else _cut(str(p), 64) for p in value]
+        elif key == "ctx" and isinstance(value, dict):  # e.g. {"error": ValueError(...)} from a validator
+            out[key] = {_cut(str(k), 64): _preview(v) for k, v in list(value.items())[:10]}
+        elif isinstance(value, str):
+            out[key] = _cut(value, TEXT_CHARS)
+        else:
+            out[key] = _preview(value)
+    return out
+
+
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+    """The 422 list, each error made safe and short, cut before the whole passes MAX_422_BYTES (at least
+    one error is always kept)."""
+    out: list[dict[str, Any]] = []
+    size = 2
     for err in errors:
-        err = dict(err)
-        ctx = err.get("ctx")
-        if isinstance(ctx, dict):  # e.g. {"error": ValueError(...)} from a validator
-            err["ctx"] = {
-                k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in ctx.items()
-            }
-        out.append(err)
-    return jsonable_encoder(out)
+        safe = jsonable_encoder(_safe_error(dict(err)))
+        n = len(orjson.dumps(safe)) + 1
+        if out and size + n > MAX_422_BYTES:
+            break
+        out.append(safe)
+        size += n
+    return out
 
 
 def validation_error(loc: tuple[str | int, ...], msg: str, value: Any = None) -> RequestValidationError:
@@ -106,7 +161,10 @@ class RequestContextMiddleware:
             await response(scope, receive, send)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, max_body_bytes: int | None = None) -> None:
+    """The handlers above, the body limit (when given) and, outermost, the request-id middleware."""
+    if max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(NotFound, _rule_error(404))

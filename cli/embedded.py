@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from typing import Any
 
 import faust
 from fastapi import FastAPI
-from faust.contrib.asgi import serve_asgi
+from faust.contrib.asgi import AsgiService, maybe_instrument_opentelemetry
 from mode import Service
 from rich.console import Console
 from rich.live import Live
@@ -23,7 +24,9 @@ from rich.table import Table
 from api.internal import internal_router
 from api.internal_close import close_router
 from api.internal_reenrich import reenrich_router
+from cli.serving import proxy_options
 from controlplane import FactorVersions, get_engine
+from core.files import private_home
 from core.kafka import OutRecord, check_kafka, send_many
 from core.logs import logging_config
 from core.metrics import use_directory
@@ -35,6 +38,21 @@ from warehouse.client import ping
 from warehouse.runtime import RuntimeInfo, clear_runtime, publish_runtime
 
 log = logging.getLogger(__name__)
+
+
+class ServiceFailed(RuntimeError):
+    """A part of the runtime stopped on its own (a crashed service, a child process that exited, an HTTP
+    server that could not serve): the message says which and why. It crashes the whole worker."""
+
+
+class StackCrashed(Exception):
+    """`run_worker` ended because a part crashed; `reason` is the crash (shown on the console)."""
+
+    def __init__(self, reason: BaseException) -> None:
+        super().__init__(
+            f"{type(reason).__name__}: {reason}" if not isinstance(reason, ServiceFailed) else str(reason)
+        )
+        self.reason = reason
 
 
 def http_app(
@@ -109,12 +127,69 @@ class Pollers(Service):
 
         while self.pipeline.producer is None:
             await asyncio.sleep(0.1)
-        await run_scheduler(
-            self.settings, get_engine(self.settings.database), self.pipeline.producer, self._stop
-        )
+        try:
+            await run_scheduler(
+                self.settings, get_engine(self.settings.database), self.pipeline.producer, self._stop
+            )
+        except Exception as exc:
+            raise ServiceFailed(f"the provider pollers stopped: {type(exc).__name__}: {exc}") from exc
 
     async def on_stop(self) -> None:
         self._stop.set()
+
+
+class ChildWatch(Service):
+    """Watches the child processes `up` started next to the worker (the embedded broker, the demo
+    upstream): one that exits crashes the worker, so `up` ends with the reason instead of running on
+    with a dead part."""
+
+    def __init__(self, children: dict[str, subprocess.Popen[bytes]], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.children = children
+
+    @Service.timer(0.5)
+    async def _watch(self) -> None:
+        for name, proc in self.children.items():
+            code = proc.poll()
+            if code is not None and not self.should_stop:
+                how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                raise ServiceFailed(f"{name} (pid {proc.pid}) {how}")
+
+
+class HttpServer(AsgiService):
+    """faust's ASGI service (uvicorn on the worker's loop), which also crashes the worker when the server
+    stops on its own — a port already taken, an app whose start-up failed — instead of leaving the
+    runtime up without its API."""
+
+    async def on_start(self) -> None:
+        maybe_instrument_opentelemetry(self.asgi_app, self.opentelemetry)
+        self._server = self._create_server()
+        self._serve_fut = self.add_future(self._serve(self._server))
+
+    async def _serve(self, server: Any) -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits the process when it cannot bind; here it ends the server only
+            pass
+        if self._server is server and not self.should_stop:  # not asked to stop (on_stop clears _server)
+            what = "stopped" if server.started else "could not start (port in use, or the app failed)"
+            await self.crash(ServiceFailed(f"the HTTP server on {self.host}:{self.port} {what}"))
+
+
+def serve_http(app: faust.App, asgi_app: Any, host: str, port: int, **uvicorn_options: Any) -> None:
+    """`faust.contrib.asgi.serve_asgi`, with `HttpServer` as the worker's web server."""
+    cls = type(
+        "JoulestreamHttpServer",
+        (HttpServer,),
+        {
+            "asgi_app": asgi_app,
+            "faust_app": app,
+            "host": host,
+            "port": port,
+            "uvicorn_options": uvicorn_options,
+        },
+    )
+    app.web_server(cls)
 
 
 class SimulatedTraffic(Service):
@@ -136,6 +211,12 @@ class SimulatedTraffic(Service):
 
     @Service.task
     async def _traffic(self) -> None:
+        try:
+            await self._publish()
+        except Exception as exc:
+            raise ServiceFailed(f"the simulated traffic stopped: {type(exc).__name__}: {exc}") from exc
+
+    async def _publish(self) -> None:
         while self.pipeline.producer is None:  # the pipeline opens on app start-up
             await asyncio.sleep(0.1)
         prod = self.pipeline.producer
@@ -206,15 +287,20 @@ def run_worker(
     logfile: str | None = None,
     split: bool = True,
     metrics_port: int | None = None,
+    children: dict[str, subprocess.Popen[bytes]] | None = None,
 ) -> None:
     """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
     child process (streams/split.py) so the two stages use two cores. The control-plane database must be
-    migrated first (the `worker` and `up` commands do it before calling this).
+    migrated first (the `worker` and `up` commands do it before calling this). `children`: processes
+    started next to it (name → process) whose exit must stop the runtime.
+
+    Raises StackCrashed when a part crashed (a service, a watched child, the HTTP server): the worker
+    stops as a whole and the caller reports the reason.
 
     Metrics (core/metrics.py): this process and its enrich child record into one multiprocess directory;
     the runtime HTTP server (`http_port`) — or, without one, a server of /prometheus/metrics alone
     (`metrics_port`) — answers for both."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_home(settings)
     use_directory(settings.metrics_path)  # before the enrich child starts: it inherits the directory
     engine = get_engine(settings.database)
     FactorVersions(engine).ensure_seeded()
@@ -230,21 +316,24 @@ def run_worker(
     runtime: RuntimeInfo | None = None
     if http_port is not None:
         runtime = publish_runtime(settings, f"http://127.0.0.1:{http_port}")
-        serve_asgi(
+        serve_http(
             app,
             http_app(settings, pipeline, runtime, gateway_routes),
             host="127.0.0.1",
             port=http_port,
             log_level="warning",
+            **proxy_options(settings),
         )
         app.conf.web_enabled = True
     elif metrics_port is not None:  # no runtime HTTP server: /prometheus/metrics alone
         from api.routers.ops import prometheus_app
 
-        serve_asgi(app, prometheus_app(settings), host="127.0.0.1", port=metrics_port, log_level="warning")
+        serve_http(app, prometheus_app(settings), host="127.0.0.1", port=metrics_port, log_level="warning")
         app.conf.web_enabled = True
     if child is not None:
         app.add_dependency(EnrichSupervisor(child, loop=app.loop, beacon=app.beacon))
+    if children:
+        app.add_dependency(ChildWatch(children, loop=app.loop, beacon=app.beacon))
     if with_pollers:
         app.add_dependency(Pollers(settings, pipeline, loop=app.loop, beacon=app.beacon))
     traffic = None
@@ -272,3 +361,5 @@ def run_worker(
             child.stop()
         if runtime:
             clear_runtime(settings, runtime)
+    if worker.crash_reason is not None:
+        raise StackCrashed(worker.crash_reason)

@@ -8,6 +8,8 @@ import logging.config
 import sys
 from pathlib import Path
 
+from cli.serving import proxy_options
+from core.files import private_home
 from core.logs import logging_config
 from core.metrics import use_directory
 from core.settings import load_settings
@@ -21,7 +23,7 @@ def gateway(host: str = "127.0.0.1", port: int = 8788, routes_file: str | Path =
     from pipelines.gateway import create_gateway_app, load_routes
 
     settings = load_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_home(settings)
     use_directory(settings.metrics_path)  # its /prometheus/metrics answers for this process
     logging.config.dictConfig(logging_config("INFO"))
     app = create_gateway_app(settings, load_routes(routes_file))
@@ -40,4 +42,5 @@ def gateway(host: str = "127.0.0.1", port: int = 8788, routes_file: str | Path =
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
+        **proxy_options(settings),
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -15,6 +17,7 @@ from rich.table import Table
 
 from cli.broker import EmbeddedBroker
 from cli.controlplane import factors_app, keys_app, orgs_app
+from core.files import PRIVATE_UMASK, private_dir, private_home
 from core.methodology import joules_to_kwh
 from core.settings import Settings, load_settings
 
@@ -23,6 +26,12 @@ app.add_typer(orgs_app, name="orgs", help="Organizations (tenants).")
 app.add_typer(keys_app, name="keys", help="API keys: create (shown once), list, revoke.")
 app.add_typer(factors_app, name="factors", help="Carbon factor versions: publish, list.")
 console = Console()
+
+
+@app.callback()
+def _private_files() -> None:
+    """Every file and directory a joulestream command creates is its owner's only (core/files.py)."""
+    os.umask(PRIVATE_UMASK)
 
 
 def _settings() -> Settings:
@@ -38,26 +47,74 @@ def _kafka_port(s: Settings) -> int:
     return int(s.kafka.split(",")[0].rsplit(":", 1)[1])
 
 
+def _preflight(command: str, s: Settings, **checks: Any) -> None:
+    """The start-up check (cli/preflight.py): every problem at once, status 2, before anything starts."""
+    from cli.preflight import check
+
+    problems = check(s, **checks)
+    if problems:
+        console.print(
+            f"[red]joulestream {command}: cannot start, {len(problems)} configuration problem(s):[/]",
+            highlight=False,
+        )
+        for p in problems:
+            console.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def _run_stack(command: str, **kwargs: Any) -> None:
+    """`run_worker`; a crash of any part ends the command with status 1 and the reason on the console."""
+    from cli.embedded import StackCrashed, run_worker
+
+    try:
+        run_worker(**kwargs)
+    except StackCrashed as exc:
+        console.print(f"[red]joulestream {command} stopped: {exc}[/]", highlight=False, soft_wrap=True)
+        console.print("  (details in the log)", highlight=False)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def broker(
     port: Annotated[
         int | None, typer.Option(help="Port on 127.0.0.1 (default: from JOULESTREAM_KAFKA)")
     ] = None,
 ) -> None:
-    """Run the embedded Kafka broker (Tansu, memory storage) on loopback until Ctrl-C."""
+    """Run the embedded Kafka broker (Tansu, memory storage) on loopback until Ctrl-C or SIGTERM."""
     s = _settings()
-    b = EmbeddedBroker(port or _kafka_port(s)).start()
-    console.print(f"Kafka (Tansu) listening on [bold]{b.bootstrap}[/] — Ctrl-C to stop")
+    stop = threading.Event()
+    received: list[int] = []
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    # handlers before the child starts: a SIGTERM/SIGINT at any moment from here on stops the broker too
+    # (and the child, bound to this process's life, dies with it if this process is killed outright)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    b = EmbeddedBroker(port or _kafka_port(s))
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        try:
+            b.start()
+        except (RuntimeError, TimeoutError) as exc:
+            console.print(f"[red]joulestream broker:[/] {exc}")
+            raise typer.Exit(1) from None
+        console.print(f"Kafka (Tansu) listening on [bold]{b.bootstrap}[/] — Ctrl-C to stop")
+        while not stop.wait(0.5):
+            if b.proc is not None and b.proc.poll() is not None:
+                console.print(f"[red]the broker (Tansu) exited with status {b.proc.returncode}[/]")
+                raise typer.Exit(1)
     finally:
-        b.stop()
+        b.stop()  # SIGTERM to the broker's process group, SIGKILL after 5 s
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _migrate_controlplane(s: Settings) -> tuple[str | None, str]:
     """Migrate the control-plane database to the newest revision; (revision before, revision after)."""
     from controlplane import current_revision, get_engine, head_revision, upgrade
 
+    private_home(s)  # the home (0700) exists before anything is created in it
     engine = get_engine(s.database)
     before = current_revision(engine)
     upgrade(engine)
@@ -98,11 +155,17 @@ def worker(
     ] = None,
 ) -> None:
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
-    from cli.embedded import run_worker
-
     s = _settings()
+    _preflight("worker", s, ports={"--http-port": http_port} if http_port else None)
     _migrate_controlplane(s)
-    run_worker(s, http_port=http_port, loglevel=loglevel.upper(), split=split, metrics_port=metrics_port)
+    _run_stack(
+        "worker",
+        settings=s,
+        http_port=http_port,
+        loglevel=loglevel.upper(),
+        split=split,
+        metrics_port=metrics_port,
+    )
 
 
 @app.command()
@@ -116,7 +179,9 @@ def gateway(
     """Run the OpenAI-compatible inference gateway (energy headers, signed receipts, usage to Kafka)."""
     from cli.gateway import gateway as run_gateway
 
-    _migrate_controlplane(_settings())
+    s = _settings()
+    _preflight("gateway", s, routes=routes, ports={"--port": port}, host=host)
+    _migrate_controlplane(s)
     run_gateway(host, port, routes)
 
 
@@ -136,6 +201,7 @@ def poll(
     from cli.poll import poll as run_poll
 
     settings = _settings()
+    _preflight("poll", settings, needs_secrets=True)
     _migrate_controlplane(settings)
     raise typer.Exit(
         run_poll(
@@ -193,26 +259,33 @@ def up(
     ] = None,
     upstream_port: Annotated[int, typer.Option(help="Port of the local demo upstream")] = 8790,
 ) -> None:
-    """Start the embedded stack: broker, worker, runtime HTTP, and labelled synthetic traffic."""
-    from cli.embedded import run_worker
-
+    """Start the embedded stack: broker, worker, runtime HTTP, and labelled synthetic traffic. Ends with
+    status 2 on a configuration problem (all of them named, before anything starts) and with status 1 when
+    any part crashes (the reason on the console)."""
     s = _settings()
-    s.home.mkdir(parents=True, exist_ok=True)
+    ports = {"--http-port": http_port}
+    if gateway_routes is None:
+        ports["--upstream-port (the demo upstream)"] = upstream_port
+    if s.kafka_embedded:
+        ports["the embedded broker (JOULESTREAM_KAFKA unset)"] = _kafka_port(s)
+    _preflight("up", s, needs_secrets=True, routes=gateway_routes, ports=ports)
     _migrate_controlplane(s)
-    log_dir = s.home / "logs"
-    log_dir.mkdir(exist_ok=True)
+    log_dir = private_dir(s.home / "logs")
     from cli.demo import ensure_demo_tenant
     from cli.demo_gateway import DemoUpstream
 
     tenants, demo_key = ensure_demo_tenant(s)
     s, metrics_token = _demo_metrics_token(s)
     b = upstream = None
+    children = {}
     try:
         if s.kafka_embedded:
             b = EmbeddedBroker(_kafka_port(s), log_path=log_dir / "broker.log").start()
+            children["the embedded broker (Tansu)"] = b.proc
         if gateway_routes is None:
             upstream = DemoUpstream(upstream_port, s.home)
             gateway_routes = upstream.start()
+            children["the demo upstream"] = upstream.proc
         banner = [
             "[bold green]joulestream is up[/]",
             f"  Kafka        {s.kafka} ({'embedded Tansu' if b else 'external'}); topics {s.raw_topic}, "
@@ -228,8 +301,10 @@ def up(
             "  Totals       in another terminal: [bold].venv/bin/joulestream totals --by model[/]",
             f"  Traffic      {events} simulated events (synthetic=true), then {rate:g}/s live",
         ]
-        run_worker(
-            s,
+        _run_stack(
+            "up",
+            settings=s,
+            children=children,
             http_port=http_port,
             simulate_initial=events,
             simulate_rate=rate,

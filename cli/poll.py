@@ -13,6 +13,7 @@ import signal
 import sys
 from datetime import timedelta
 
+from core.files import private_home
 from core.logs import logging_config
 from core.settings import Settings
 
@@ -39,7 +40,7 @@ def poll(
     from core.secrets import SecretStoreError, SecretStores
     from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_home(settings)
     use_directory(settings.metrics_path)
     logging.config.dictConfig(logging_config(loglevel.upper()))
     try:

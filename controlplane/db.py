@@ -25,6 +25,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from core.files import private_dir, private_file
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _ADVISORY_LOCK_KEY = 0x6A6F756C65  # "joule": serialises concurrent upgrades on PostgreSQL
 
@@ -61,7 +63,8 @@ def _create_engine(url: str) -> Engine:
     if memory:
         engine = create_engine(u, connect_args={"check_same_thread": False}, poolclass=StaticPool)
     else:
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        db_path = Path(u.database).expanduser()
+        private_dir(db_path.parent)
         # timeout = SQLite busy timeout (seconds): writers from several threads wait instead of failing
         engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -70,6 +73,10 @@ def _create_engine(url: str) -> Engine:
         cur = dbapi_conn.cursor()
         try:
             if not memory:
+                # key hashes and encrypted provider keys: owner-only (SQLite gives the -wal and -shm files
+                # the database file's mode; files left 0644 by an older version are tightened here)
+                for suffix in ("", "-wal", "-shm"):
+                    private_file(db_path.with_name(db_path.name + suffix))
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")

@@ -29,6 +29,11 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_METRICS_PER_ORG              | metrics_per_org         | false (true: per-org energy/CO2e series)  |
 | JOULESTREAM_METRICS_DIR                  | metrics_dir             | `home/metrics` (multiprocess metric files) |
 | JOULESTREAM_INSIGHTS_WINDOW              | insights_window         | 30d (the recommendations' and score's default window) |
+| JOULESTREAM_API_MAX_BODY_BYTES           | api_max_body_bytes      | 1048576 (1 MiB; larger API bodies → 413)  |
+| JOULESTREAM_FORWARDED_ALLOW_IPS          | forwarded_allow_ips     | none: X-Forwarded-* headers are ignored   |
+| JOULESTREAM_PUBLIC_RATE_LIMIT            | public_rate_limit       | 60/minute per client IP (unauthenticated routes) |
+| JOULESTREAM_RATE_LIMIT_STORAGE           | rate_limit_storage      | memory:// (per process; redis://… shared) |
+| JOULESTREAM_HEALTH_DETAILS               | health_details          | false: unauthenticated /health = status only |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -42,7 +47,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_PORT = 19092
@@ -119,6 +132,22 @@ class Settings(BaseSettings):
     metrics_open: bool = False
     metrics_per_org: bool = False
     metrics_dir: Path | None = None
+
+    # HTTP hardening (API and gateway; docs/security.md)
+    api_max_body_bytes: PositiveInt = 1 << 20
+    # comma-separated proxy addresses/networks whose X-Forwarded-For is trusted ("*" = any); none by default
+    forwarded_allow_ips: str = ""
+    public_rate_limit: str = "60/minute"  # `limits` notation, per client IP, for the unauthenticated routes
+    rate_limit_storage: str = "memory://"  # `limits` storage URI: memory:// per process, redis://host shared
+    health_details: bool = False  # unauthenticated /health shows versions, checks and latencies too
+
+    @field_validator("public_rate_limit")
+    @classmethod
+    def _rate_limit_notation(cls, v: str) -> str:
+        from limits import parse
+
+        parse(v)  # ValueError on anything but e.g. "60/minute", "10 per second"
+        return v
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

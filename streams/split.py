@@ -10,7 +10,6 @@ keeps consuming. Its counters reach the parent through shared memory.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing as mp
 import signal
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from mode import Service
 
 from core.metrics import process_exited
+from core.procs import die_with_parent
 from core.settings import Settings
 
 FIELDS = (
@@ -30,7 +30,6 @@ FIELDS = (
     "dlq",
     "duplicates",
 )
-PR_SET_PDEATHSIG = 1
 
 
 class SharedStats:
@@ -56,10 +55,7 @@ class _Exporter(Service):
 
 
 def _child_main(settings: Settings, array: Any, loglevel: str, logfile: str | None) -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the parent still terminates the child on a clean stop
-        pass
+    die_with_parent(signal.SIGKILL)  # off Linux a no-op: the parent still terminates it on a clean stop
     import faust
 
     from core.logs import logging_config

@@ -50,11 +50,15 @@ MASK = "**********"
 VALIDATION_POLICY = HttpPolicy(timeout_s=15.0, max_attempts=2, backoff_s=0.5, max_retry_after_s=2.0)
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: Any, depth: int = 0) -> Any:
+    """`value` with every secret field masked; below 32 levels everything is (the 422 echoes a short
+    preview anyway, api/errors.py, and a 1,000-level body must not exhaust the recursion)."""
+    if isinstance(value, dict | list) and depth >= 32:
+        return MASK
     if isinstance(value, dict):
-        return {k: MASK if k in SECRET_FIELDS else _scrub(v) for k, v in value.items()}
+        return {k: MASK if k in SECRET_FIELDS else _scrub(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub(v) for v in value]
+        return [_scrub(v, depth + 1) for v in value]
     return value
 
 

@@ -5,6 +5,11 @@ anything else = ok; not injected = "skipped"), and the freshness of the last pro
 callable returning the time of the newest successful poll, or None when no poller is configured):
 ok under 90 minutes, warning under 180, error beyond. 200 unless a check is "error" (then 503).
 Overall status: healthy | degraded (a warning) | unhealthy (an error).
+
+Without credentials the answer is the overall status only (`{"status": …}`, same HTTP status): the checks,
+their latencies and errors, and the version are shown to a caller with a valid API key or JWT (any scope),
+or to everyone when `JOULESTREAM_HEALTH_DETAILS=true`. An invalid credential is not an error here — the
+probe still gets its status.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from api.deps import AppContext
+from api.deps import AppContext, authenticated
 from warehouse.client import ping
 
 router = APIRouter(tags=["health"])
@@ -43,8 +48,8 @@ class CheckResult(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded", "unhealthy"]
-    checks: dict[str, CheckResult]
-    version: str
+    checks: dict[str, CheckResult] | None = None  # with credentials (or JOULESTREAM_HEALTH_DETAILS)
+    version: str | None = None  # idem
 
 
 async def _call(fn, timeout: float) -> Any:
@@ -125,7 +130,7 @@ def _database_check(ctx: AppContext):
     "/health",
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "At least one check is in error"}},
-    summary="Service health (public)",
+    summary="Service health (public status; details with credentials)",
 )
 async def health(request: Request) -> JSONResponse:
     ctx: AppContext = request.app.state.ctx
@@ -139,7 +144,15 @@ async def health(request: Request) -> JSONResponse:
     checks = {"database": database, "warehouse": warehouse, "kafka": kafka, "last_poll": last_poll}
     statuses = {c.status for c in checks.values()}
     overall = "unhealthy" if "error" in statuses else "degraded" if "warning" in statuses else "healthy"
-    body = HealthResponse(status=overall, checks=checks, version=ctx.version)
+    authorization = request.headers.get("authorization")
+    details = ctx.settings.health_details or (
+        authorization is not None and await asyncio.to_thread(authenticated, ctx, authorization)
+    )
+    body = (
+        HealthResponse(status=overall, checks=checks, version=ctx.version)
+        if details
+        else HealthResponse(status=overall)
+    )
     return JSONResponse(
         body.model_dump(mode="json", exclude_none=True), status_code=503 if overall == "unhealthy" else 200
     )

@@ -3,15 +3,15 @@
 Returns the signed payload's fields, payload_hash (SHA-256 hex of the canonical JSON), signature (base64
 Ed25519), public_key (base64), key_version, verification instructions and `verified` — this server's own
 check against its receipt keyring; third parties should verify with the signature and public key. Rate
-limit: 60 requests per minute per client IP (429 with Retry-After beyond it).
+limit: `JOULESTREAM_PUBLIC_RATE_LIMIT` (60/minute) per client IP (429 with Retry-After beyond it): serial
+numbers are sequential, so the limit is what stands between a stranger and a walk through every org's
+retirements (docs/security.md). The client IP is the peer's, unless it is a trusted proxy
+(`JOULESTREAM_FORWARDED_ALLOW_IPS`).
 """
 
 from __future__ import annotations
 
 import base64
-import threading
-import time
-from collections import deque
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -19,10 +19,10 @@ from fastapi import APIRouter, HTTPException, Request
 from api.deps import Ctx
 from api.errors import error_responses
 from controlplane.billing import SERIAL_RE, Receipts
+from core.ratelimit import PublicRateLimit
 from core.receipts import Keyring, verify
 
 router = APIRouter(prefix="/public/receipts", tags=["public"])
-LIMIT_PER_MINUTE = 60
 INSTRUCTIONS = (
     "To verify: 1) serialise the payload fields (serial_number, co2_retired_kg, credit_serial_numbers, "
     "period_start, period_end) as canonical JSON (RFC 8785: keys sorted, no whitespace, UTF-8); "
@@ -32,48 +32,27 @@ INSTRUCTIONS = (
 )
 
 
-class RateLimiter:
-    """Sliding window per key, in memory (per process)."""
-
-    def __init__(self, limit: int, window_s: float = 60.0) -> None:
-        self.limit, self.window = limit, window_s
-        self.hits: dict[str, deque[float]] = {}
-        self.lock = threading.Lock()
-
-    def check(self, key: str) -> float | None:
-        """None when allowed, else seconds until the next request is."""
-        now = time.monotonic()
-        with self.lock:
-            q = self.hits.setdefault(key, deque())
-            while q and q[0] <= now - self.window:
-                q.popleft()
-            if len(q) >= self.limit:
-                return q[0] + self.window - now
-            q.append(now)
-            if len(self.hits) > 100_000:  # forget idle clients
-                for k in [k for k, v in self.hits.items() if not v][:50_000]:
-                    del self.hits[k]
-            return None
-
-
-def _limiter(ctx) -> RateLimiter:
+def _limiter(ctx) -> PublicRateLimit:
     lim = ctx.extras.get("public_rate_limiter")
     if lim is None:
-        lim = ctx.extras.setdefault("public_rate_limiter", RateLimiter(LIMIT_PER_MINUTE))
+        lim = ctx.extras.setdefault("public_rate_limiter", PublicRateLimit.from_settings(ctx.settings))
     return lim
 
 
 @router.get(
     "/verify/{serial_number}",
     summary="Verify a carbon retirement receipt (public, no auth)",
-    responses={**error_responses(404), 429: {"description": "more than 60 requests per minute from this IP"}},
+    responses={
+        **error_responses(404),
+        429: {"description": "more than the public rate limit (60/minute) from this client"},
+    },
 )
 def verify_receipt(serial_number: str, request: Request, ctx: Ctx) -> dict[str, Any]:
-    ip = request.client.host if request.client else "unknown"
-    wait = _limiter(ctx).check(ip)
+    limiter = _limiter(ctx)
+    wait = limiter.check("public-verify", request.client.host if request.client else None)
     if wait is not None:
         raise HTTPException(
-            429, "rate limit: 60 requests per minute", headers={"Retry-After": str(max(1, int(wait + 1)))}
+            429, f"rate limit: {limiter.description} per client", headers={"Retry-After": str(int(wait))}
         )
     r = Receipts(ctx.engine).by_serial(serial_number) if SERIAL_RE.match(serial_number) else None
     if r is None:

@@ -12,6 +12,7 @@ not reach mounted apps), call those two yourself.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from starlette.responses import Response
 from controlplane import get_engine
 from controlplane.factor_resolver import FactorResolver
 from core.metrics import check_access, exposition
+from core.ratelimit import PublicRateLimit
 from core.receipts import Keyring
 from core.settings import Settings
 from pipelines.gateway.config import GatewayConfig
@@ -128,7 +130,12 @@ def create_gateway_app(
         return GatewayError(status, msg, code="unknown_url" if status == 404 else None).response()
 
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return GatewayError(422, f"Invalid request: {exc.errors()[:3]}", code="invalid_request").response()
+        # locations and messages only: never the input back (it may be large)
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))[:100]}: {str(e.get('msg', ''))[:200]}"
+            for e in exc.errors()[:3]
+        )
+        return GatewayError(422, f"Invalid request: {where}", code="invalid_request").response()
 
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -155,8 +162,27 @@ def create_gateway_app(
             orjson.dumps({"object": "list", "data": gw.router.model_list()}), media_type="application/json"
         )
 
-    @app.get("/v1/receipts/public-key", summary="Public keys that verify receipts (no auth)")
-    async def public_key() -> Response:
+    public_limit = PublicRateLimit.from_settings(settings)
+    limit_off_loop = not settings.rate_limit_storage.startswith("memory://")  # a network store
+
+    @app.get(
+        "/v1/receipts/public-key",
+        summary="Public keys that verify receipts (no auth; JOULESTREAM_PUBLIC_RATE_LIMIT per client)",
+    )
+    async def public_key(request: Request) -> Response:
+        host = request.client.host if request.client else None
+        if limit_off_loop:
+            wait = await asyncio.to_thread(public_limit.check, "gateway-public-key", host)
+        else:
+            wait = public_limit.check("gateway-public-key", host)
+        if wait is not None:
+            return GatewayError(
+                429,
+                f"Rate limit reached: {public_limit.description} per client on this route.",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(int(wait))},
+            ).response()
         keys = gw.keyring.public_keys()
         return Response(
             orjson.dumps({"algorithm": "ed25519", **keys[0], "keys": keys}), media_type="application/json"
@@ -194,9 +220,18 @@ def create_gateway_app(
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
-    @app.get("/health", summary="Liveness, Kafka state and usage spool depth")
-    async def health() -> Response:
+    @app.get(
+        "/health",
+        summary="Status (public); Kafka state, spool depth and versions with an API key or "
+        "JOULESTREAM_HEALTH_DETAILS",
+    )
+    async def health(request: Request) -> Response:
         status, body = gw.health()
+        if not settings.health_details:
+            try:
+                await gw.auth.caller(request.headers.get("authorization"), scope=("ingest", "read"))
+            except GatewayError:  # no or a bad key: the status only, never an auth error for a probe
+                body = {"status": body["status"]}
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
     return app

@@ -276,6 +276,11 @@ class Gateway:
             if ctx is not None:
                 extra["X-Tier"] = ctx.tier.value
             return err.response(extra)
+        except RecursionError:  # a body the depth check let through but some step could not walk
+            log.warning("request body too deeply nested to process request_id=%s", request_id)
+            return GatewayError(
+                400, "The request body nests objects and arrays too deeply.", code="invalid_json"
+            ).response(base)
         except Exception:
             log.exception("gateway error request_id=%s", request_id)
             return GatewayError(
@@ -360,4 +365,9 @@ class Gateway:
                 opts = dict(body.get("stream_options") or {})
                 opts["include_usage"] = True  # always ask: the usage chunk is what gets booked
                 body["stream_options"] = opts
-        return orjson.dumps(body)
+        try:
+            return orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:  # e.g. nesting orjson cannot write (read_body bounds it)
+            raise GatewayError(
+                400, f"The request body cannot be forwarded: {exc}.", code="invalid_json"
+            ) from None

@@ -87,11 +87,17 @@ class StreamRelay:
         figures = self._book()
         if self.wants_usage:
             obj["joulestream"] = figures
-            return b"data: " + orjson.dumps(obj) + b"\n\n"
+            return self._encode(obj, event)
         if obj.get("choices"):
             obj["usage"] = None
-            return b"data: " + orjson.dumps(obj) + b"\n\n"
+            return self._encode(obj, event)
         return None
+
+    def _encode(self, obj: dict[str, Any], original: bytes) -> bytes:
+        try:
+            return b"data: " + orjson.dumps(obj) + b"\n\n"
+        except orjson.JSONEncodeError:  # an upstream chunk nested deeper than orjson writes: pass it on
+            return original
 
     async def run(self) -> AsyncIterator[bytes]:
         buf = b""

@@ -26,6 +26,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from core.files import private_dir
+
 log = logging.getLogger("joulestream.gateway.spool")
 MAGIC = 0xA5
 _HEADER = struct.Struct("<BII")
@@ -60,7 +62,7 @@ class Spool:
     ) -> None:
         self.dir = Path(directory)
         self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)  # usage events of every org: owner-only, like the rest of the home
         self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -61,13 +61,15 @@ class ClientFault(Exception):
             ok = isinstance(data, dict) and isinstance(data.get("error"), dict)
         except orjson.JSONDecodeError:
             ok = False
-        if not ok:
-            data = GatewayError(
-                self.status, f"The upstream rejected the request (HTTP {self.status})."
-            ).body()
-        return Response(
-            orjson.dumps(data), status_code=self.status, media_type="application/json", headers=headers
+        # the upstream's own bytes when they are an OpenAI error (never re-encoded: no depth to overflow)
+        body = (
+            self.body
+            if ok
+            else orjson.dumps(
+                GatewayError(self.status, f"The upstream rejected the request (HTTP {self.status}).").body()
+            )
         )
+        return Response(body, status_code=self.status, media_type="application/json", headers=headers)
 
 
 def final_error(attempts: list[Attempt]) -> GatewayError:

@@ -17,6 +17,18 @@ pytestmark = pytest.mark.anyio
 PATHS = ("/health", "/api/v1/health")
 
 
+@pytest.fixture
+def make_app(make_app, settings):
+    """The checks' details are shown to everyone here (JOULESTREAM_HEALTH_DETAILS); who sees them otherwise
+    is tested at the end of this file."""
+
+    def make(**kwargs):
+        kwargs.setdefault("settings", settings.replace(health_details=True))
+        return make_app(**kwargs)
+
+    return make
+
+
 def _ok() -> None:
     return None
 
@@ -157,10 +169,39 @@ async def test_database_down_is_503(settings, make_app):
     dead = create_engine(
         "postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
     )
-    app = create_app(settings, engine=dead, seed_factors=False)
+    app = create_app(settings.replace(health_details=True), engine=dead, seed_factors=False)
     async with client_for(app) as c:
         r = await c.get("/health")
     assert r.status_code == 503
     db = r.json()["checks"]["database"]
     assert db["status"] == "error" and db["error"].startswith("OperationalError")
     assert "Traceback" not in r.text
+
+
+@pytest.fixture
+def make_plain_app(settings, engine):
+    def make(**kwargs):
+        return create_app(settings, engine=engine, **kwargs)
+
+    return make
+
+
+async def test_without_credentials_only_the_status(make_plain_app, tenants):
+    """Issue 20, item 7: unauthenticated /health keeps the status (and its HTTP code) and nothing else;
+    an API key of any scope, or a JWT, sees the checks and the version; a bad key is just unauthenticated."""
+    for check, code, status in ((_ok, 200, "healthy"), (_boom, 503, "unhealthy")):
+        async with client_for(make_plain_app(kafka_check=check)) as c:
+            for path in PATHS:
+                for headers in (
+                    {},
+                    {"Authorization": "Bearer js_live_not-a-key"},
+                    {"Authorization": "Basic x"},
+                ):
+                    r = await c.get(path, headers=headers)
+                    assert r.status_code == code and r.json() == {"status": status}, r.text
+                for key in (tenants[0].read, tenants[1].ingest, tenants[0].admin):
+                    r = await c.get(path, headers={"Authorization": f"Bearer {key}"})
+                    body = r.json()
+                    assert r.status_code == code and body["status"] == status and body["version"]
+                    assert body["checks"]["kafka"]["status"] == ("ok" if check is _ok else "error")
+                    assert isinstance(body["checks"]["database"]["latency_ms"], int)

@@ -36,7 +36,8 @@ def test_over_loopback(make_app, jwks, tenants):
     a, b = tenants
     app = make_app(jwt_settings=jwks.settings(), kafka_check=lambda: None)
     with serve(app) as base, httpx.Client(base_url=base, timeout=10) as c:
-        health = c.get("/health")
+        assert c.get("/health").json() == {"status": "healthy"}  # no credentials: the status only
+        health = c.get("/health", headers=a.h)
         assert health.status_code == 200 and health.json()["checks"]["kafka"]["status"] == "ok"
         r = c.get("/api/v1/projects")
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"

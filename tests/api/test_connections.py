@@ -473,8 +473,8 @@ async def test_without_master_key_connections_answer_503(make_app, tenants, stub
         assert r.status_code == 201
 
 
-async def test_health_reports_the_last_poll(make_app, engine):
+async def test_health_reports_the_last_poll(make_app, engine, tenants):
     app = make_app(last_poll=lambda: last_poll_at(engine))
     async with client_for(app) as c:
-        body = (await c.get("/health")).json()
+        body = (await c.get("/health", headers=tenants[0].h)).json()
     assert body["checks"]["last_poll"]["status"] == "ok"

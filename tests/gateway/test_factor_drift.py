@@ -224,10 +224,10 @@ def test_gateway_picks_up_a_published_version_by_itself(
     make_gateway: GatewayFactory, tenants: Tenants
 ) -> None:
     gw = make_gateway(factors=FactorResolver(tenants.engine, ttl_s=0.1))
-    assert gw.http("GET", "/health", key=None).json()["factors_version"] == "v2.0"  # the built-in default
+    assert gw.http("GET", "/health").json()["factors_version"] == "v2.0"  # the built-in default
     FactorVersions(tenants.engine).publish(new_version("v2.1", "2026-12-04"))
     deadline = time.monotonic() + 10
-    while gw.http("GET", "/health", key=None).json()["factors_version"] != "v2.1":
+    while gw.http("GET", "/health").json()["factors_version"] != "v2.1":
         assert time.monotonic() < deadline, "the gateway did not pick up v2.1"
         time.sleep(0.05)
     raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=Q)

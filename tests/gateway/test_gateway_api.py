@@ -485,7 +485,7 @@ def test_one_usage_event_per_request_on_kafka(gateway, stack):
         assert e["event_id"][14] == "7"  # UUIDv7
         assert e["org_id"] == gateway.tenants.org_a.id and e["routing_tier"] == "L0"
         assert e["input_tokens_uncached"] > 0 and e["output_tokens"] > 0
-    health = gateway.http("GET", "/health", key=None).json()
+    health = gateway.http("GET", "/health").json()
     assert health["spool"]["depth"] == 0 and health["kafka"]["kafka"] == "connected"
 
 
@@ -496,9 +496,9 @@ def test_kafka_down_spools_and_health_reports_depth(make_gateway, stack):
     for _ in range(10):
         client.chat.completions.create(model="auto", messages=Q)
     deadline = time.monotonic() + 15
-    while gw.http("GET", "/health", key=None).json()["spool"]["depth"] < 10 and time.monotonic() < deadline:
+    while gw.http("GET", "/health").json()["spool"]["depth"] < 10 and time.monotonic() < deadline:
         time.sleep(0.1)
-    h = gw.http("GET", "/health", key=None).json()
+    h = gw.http("GET", "/health").json()
     assert h["spool"]["depth"] == 10 and h["status"] == "degraded" and h["kafka"]["kafka"] == "unavailable"
 
 
@@ -514,5 +514,5 @@ def test_full_spool_refuses_requests_with_503(make_gateway, stack):
         for _ in range(500):
             client.chat.completions.create(model="auto", messages=Q)
     assert e.value.status_code == 503 and e.value.code == "spool_full"
-    h = gw.http("GET", "/health", key=None)
+    h = gw.http("GET", "/health")
     assert h.status_code == 503 and h.json()["spool"]["full"] is True

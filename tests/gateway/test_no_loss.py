@@ -49,7 +49,7 @@ def test_no_usage_event_lost_while_kafka_is_down(tenants, fresh_stubs, tmp_path)
     broker2 = None
     try:
         deadline = time.monotonic() + 30
-        while gw.http("GET", "/health", key=None).json()["kafka"]["kafka"] != "connected":
+        while gw.http("GET", "/health").json()["kafka"]["kafka"] != "connected":
             assert time.monotonic() < deadline, "gateway never connected to Kafka"
             time.sleep(0.1)
         broker.stop()  # Kafka goes away (memory storage: the topics go with it)
@@ -80,18 +80,18 @@ def test_no_usage_event_lost_while_kafka_is_down(tenants, fresh_stubs, tmp_path)
         assert len(set(receipts)) == N
 
         deadline = time.monotonic() + 30
-        while gw.http("GET", "/health", key=None).json()["spool"]["depth"] < N:
-            assert time.monotonic() < deadline, gw.http("GET", "/health", key=None).json()
+        while gw.http("GET", "/health").json()["spool"]["depth"] < N:
+            assert time.monotonic() < deadline, gw.http("GET", "/health").json()
             time.sleep(0.1)
-        health = gw.http("GET", "/health", key=None).json()
+        health = gw.http("GET", "/health").json()
         assert health["spool"]["depth"] == N and health["kafka"]["kafka"] == "unavailable"
 
         broker2 = EmbeddedBroker(port, log_path=tmp_path / "tansu-2.log").start()  # same port, empty broker
         deadline = time.monotonic() + 60
-        while gw.http("GET", "/health", key=None).json()["spool"]["depth"]:
-            assert time.monotonic() < deadline, gw.http("GET", "/health", key=None).json()
+        while gw.http("GET", "/health").json()["spool"]["depth"]:
+            assert time.monotonic() < deadline, gw.http("GET", "/health").json()
             time.sleep(0.2)
-        assert gw.http("GET", "/health", key=None).json()["status"] == "ok"
+        assert gw.http("GET", "/health").json()["status"] == "ok"
 
         worker.start()
         worker.wait_for(lambda s: s["totals"]["totals"]["events"] >= N, what=f"{N} gateway events")
