@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse
 
 from api import kpis
 from api.deps import AppContext, Ctx, ReadPrincipal
@@ -31,14 +30,7 @@ from warehouse import reporting
 from warehouse.reporting import DEFAULT_POINT_FIELDS, DIMENSIONS, FIGURE_NAMES, RANK_MEASURES, figures, series
 from warehouse.reporting import Query as SumQuery
 
-# orjson straight from the dicts: a year of points per model is thousands of dicts, which FastAPI's generic
-# encoder would walk one value at a time
-router = APIRouter(
-    prefix="/metrics",
-    tags=["metrics"],
-    responses=error_responses(401, 403, 404, 422, 503),
-    default_response_class=ORJSONResponse,
-)
+router = APIRouter(prefix="/metrics", tags=["metrics"], responses=error_responses(401, 403, 404, 422, 503))
 
 SeriesGroup = Literal["model", "project", "provider", "routing_tier", "workload", "region"]
 _ROW_KEYS = ("project_id", "workload_id", "provider", "model")
