@@ -181,16 +181,18 @@ class Estimation:
 
 
 def estimation(client: Client, scope: Scope) -> dict[tuple[str, str], Estimation]:
-    """(provider, model) → Estimation of the live events in scope, from the signed ledger (sum of signs: a
-    cancelled revision counts 0). Models without any estimated event are left out."""
-    where, params = scope.where("ledger", alias="e.")
+    """(provider, model) → Estimation of the live events in scope: how many are estimated from the daily rollup
+    (`events_estimated`), their reasons from the signed ledger (sum of signs: a cancelled revision counts 0).
+    Models without any estimated event are left out."""
+    where, params = scope.where("daily", alias="d.")
     out: dict[tuple[str, str], Estimation] = {}
     for provider, model, n in client.query(
-        "SELECT e.provider AS provider, e.model AS model, sumIf(toInt64(e.sign), e.is_estimated) AS n "
-        f"FROM usage_events AS e WHERE {where} GROUP BY provider, model HAVING n != 0",
+        "SELECT d.provider AS provider, d.model AS model, sum(d.events_estimated) AS n "
+        f"FROM {scope.daily_table} AS d WHERE {where} GROUP BY provider, model HAVING n != 0",
         parameters=params,
     ).result_rows:
         out.setdefault((provider, model), Estimation()).estimated_events = int(n)
+    where, params = scope.where("ledger", alias="e.")
     for provider, model, reason, n in client.query(
         "SELECT e.provider AS provider, e.model AS model, reason, sum(toInt64(e.sign)) AS n "
         f"FROM usage_events AS e ARRAY JOIN e.estimation_reasons AS reason WHERE {where} "
