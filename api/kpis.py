@@ -46,12 +46,7 @@ def entries(org_id: str, now: datetime, found: dict[str, tuple[Any, dict, list]]
     out = []
     for slug, (w, totals, rows) in found.items():
         g = WINDOW_SLUGS[slug]
-        events = int(totals["events"])
-        summary = {
-            **reporting.figures(totals),
-            "is_estimated": int(totals["events_estimated"]) > 0,
-            "estimated_share": int(totals["events_estimated"]) / events if events else 0.0,
-        }
+        summary = {**reporting.figures(totals), **reporting.estimated_part(totals)}
         points = series(rows, w, g, (), DEFAULT_POINT_FIELDS, 1)[0]["points"]
         out.append(
             {

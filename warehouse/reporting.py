@@ -441,10 +441,22 @@ def report_columns(by_project: bool) -> tuple[str, ...]:
     return (*keys, *REPORT_FIGURES, "factors_versions")
 
 
-def report_row(sums: Mapping[str, Any]) -> dict[str, Any]:
-    """A report row's figures from its sums (`figures`, flattened: coverage counts as columns)."""
+def estimated_part(sums: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether any live event of the sums is an estimate, and their share of the events (0 … 1)."""
+    events, estimated = int(sums["events"]), int(sums["events_estimated"])
+    return {"is_estimated": estimated > 0, "estimated_share": estimated / events if events else 0.0}
+
+
+def report_figures(sums: Mapping[str, Any]) -> dict[str, Any]:
+    """`figures`, with the estimated share of energy beside the measured one (the report's totals)."""
     f = figures(sums)
     f["estimated_energy_share"] = 1.0 - f["measured_energy_share"] if f["joules"] > 0 else 0.0
+    return f
+
+
+def report_row(sums: Mapping[str, Any]) -> dict[str, Any]:
+    """A report row's figures from its sums (`report_figures`, flattened: coverage counts as columns)."""
+    f = report_figures(sums)
     for k, n in f.pop("coverage").items():
         f[f"coverage_{k}"] = n
     return {k: f[k] for k in REPORT_FIGURES}
@@ -468,8 +480,11 @@ def report_sums(
     keys = ("bucket", *q.group_by)
     for r in rows:
         r["factors_versions"] = versions.get(tuple(r[k] for k in keys), [])
-    if by_project:
-        return rows
+    return rows if by_project else every_period(rows, w, granularity)
+
+
+def every_period(rows: list[dict[str, Any]], w: Window, granularity: Granularity) -> list[dict[str, Any]]:
+    """`rows` (one per bucket) with every bucket of the window present, an empty one as zeros."""
     found = {r["bucket"]: r for r in rows}
     return [
         found.get(b) or {**zero_sums(), "bucket": b, "factors_versions": []} for b in w.buckets(granularity)

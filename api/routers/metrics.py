@@ -27,7 +27,15 @@ from api.routers.telemetry import check_project, warehouse_call
 from controlplane.kpi_cache import KpiCache, KpiEntry
 from core.windows import WINDOW_SLUGS, Granularity, Window, WindowError, next_bucket, window
 from warehouse import reporting
-from warehouse.reporting import DEFAULT_POINT_FIELDS, DIMENSIONS, FIGURE_NAMES, RANK_MEASURES, figures, series
+from warehouse.reporting import (
+    DEFAULT_POINT_FIELDS,
+    DIMENSIONS,
+    FIGURE_NAMES,
+    RANK_MEASURES,
+    estimated_part,
+    figures,
+    series,
+)
 from warehouse.reporting import Query as SumQuery
 
 router = APIRouter(prefix="/metrics", tags=["metrics"], responses=error_responses(401, 403, 404, 422, 503))
@@ -88,7 +96,7 @@ async def params(
 MetricsParams = Annotated[Params, Depends(params)]
 
 
-async def _read(ctx: AppContext, fn: Any, *args: Any, empty: Any) -> Any:
+async def read_warehouse(ctx: AppContext, fn: Any, *args: Any, empty: Any) -> Any:
     """`fn(client, *args)` on the warehouse thread (503 on failure); `empty` without a warehouse."""
     read = getattr(ctx.telemetry, "read", None)
     if read is None:
@@ -101,12 +109,7 @@ def _names(ctx: AppContext, org_id: str) -> dict[str, str]:
 
 
 def _estimation(row: dict[str, Any], reasons: list[dict[str, Any]] | None) -> dict[str, Any]:
-    events = int(row["events"])
-    return {
-        "is_estimated": int(row["events_estimated"]) > 0,
-        "estimated_share": int(row["events_estimated"]) / events if events else 0.0,
-        "estimation_reasons": [r["reason"] for r in reasons or []],
-    }
+    return {**estimated_part(row), "estimation_reasons": [r["reason"] for r in reasons or []]}
 
 
 # --------------------------------------------------------------------------------------------- rows
@@ -136,7 +139,9 @@ async def list_metrics(
     limit: Annotated[int, Query(ge=1, le=1000, description="rows per page (max 1000)")] = 100,
 ) -> dict[str, Any]:
     q = SumQuery(principal.org_id, p.window, p.granularity, _ROW_KEYS, p.project_id)
-    found = await _read(ctx, _metric_rows, q, offset, limit, empty={"rows": [], "total": 0, "reasons": {}})
+    found = await read_warehouse(
+        ctx, _metric_rows, q, offset, limit, empty={"rows": [], "total": 0, "reasons": {}}
+    )
     names = await run_in_threadpool(_names, ctx, principal.org_id)
     out = []
     for r in found["rows"]:
@@ -177,7 +182,7 @@ def _summary(client: Any, q: SumQuery) -> dict[str, Any]:
 async def metrics_summary(ctx: Ctx, principal: ReadPrincipal, p: MetricsParams) -> dict[str, Any]:
     q = SumQuery(principal.org_id, p.window, None, (), p.project_id)
     empty = {"sums": reporting.zero_sums(), "versions": [], "reasons": []}
-    found = await _read(ctx, _summary, q, empty=empty)
+    found = await read_warehouse(ctx, _summary, q, empty=empty)
     est = _estimation(found["sums"], found["reasons"])
     est["estimation_reasons"] = found["reasons"]
     return {
@@ -224,7 +229,7 @@ async def metrics_timeseries(
     want = _fields(fields)
     keys = (DIMENSIONS[group_by],) if group_by else ()
     q = SumQuery(principal.org_id, p.window, p.granularity, keys, p.project_id)
-    rows = await _read(ctx, reporting.sums, q, empty=[])
+    rows = await read_warehouse(ctx, reporting.sums, q, empty=[])
     return {
         "window": p.window_dict(),
         "granularity": p.granularity,
@@ -240,7 +245,7 @@ async def metrics_timeseries(
 @router.get("/by-project", summary="Totals per project")
 async def metrics_by_project(ctx: Ctx, principal: ReadPrincipal, p: MetricsParams) -> dict[str, Any]:
     q = SumQuery(principal.org_id, p.window, None, ("project_id",), p.project_id)
-    rows = await _read(ctx, reporting.sums, q, empty=[])
+    rows = await read_warehouse(ctx, reporting.sums, q, empty=[])
     names = await run_in_threadpool(_names, ctx, principal.org_id)
     projects = [
         {"project_id": r["project_id"], "project": names.get(r["project_id"]), **figures(r)} for r in rows
@@ -258,7 +263,7 @@ async def metrics_top_models(
     metric: Annotated[Literal["co2", "cost", "energy"], Query()] = "co2",
 ) -> dict[str, Any]:
     q = SumQuery(principal.org_id, p.window, None, ("provider", "model"), p.project_id)
-    rows = await _read(ctx, reporting.top, q, RANK_MEASURES[metric], limit, empty=[])
+    rows = await read_warehouse(ctx, reporting.top, q, RANK_MEASURES[metric], limit, empty=[])
     return {
         "window": p.window_dict(),
         "metric": metric,

@@ -33,8 +33,8 @@ from fastapi.responses import StreamingResponse
 from api.deps import AppContext, Ctx, ReadPrincipal
 from api.errors import error_responses, validation_error
 from api.routers.export import FILE_CONTENT, MEDIA_TYPES, stream_body
-from api.routers.metrics import now
-from api.routers.telemetry import check_project, warehouse_call
+from api.routers.metrics import now, read_warehouse
+from api.routers.telemetry import check_project
 from core.windows import (
     REPORT_GRANULARITIES,
     Granularity,
@@ -47,8 +47,9 @@ from core.windows import (
 from warehouse.measures import ROLLUP_MEASURES
 from warehouse.reporting import (
     REPORT_INT_FIGURES,
-    figures,
+    every_period,
     report_columns,
+    report_figures,
     report_row,
     report_sums,
     zero_sums,
@@ -136,12 +137,10 @@ Params = Annotated[ReportParams, Depends(report_params)]
 
 
 async def _window_rows(ctx: AppContext, org_id: str, p: ReportParams, w: Window) -> list[dict[str, Any]]:
-    read = getattr(ctx.telemetry, "read", None)
-    if read is None:  # no warehouse: every period empty
-        if p.by_project:
-            return []
-        return [{**zero_sums(), "bucket": b, "factors_versions": []} for b in w.buckets(p.granularity)]
-    return await warehouse_call(read, report_sums, org_id, w, p.granularity, p.project_id, p.by_project)
+    empty = [] if p.by_project else every_period([], w, p.granularity)  # no warehouse: every period empty
+    return await read_warehouse(
+        ctx, report_sums, org_id, w, p.granularity, p.project_id, p.by_project, empty=empty
+    )
 
 
 def _row(
@@ -174,9 +173,7 @@ class _Totals:
         self.rows += 1
 
     def out(self) -> dict[str, Any]:
-        f = figures(self.sums)
-        f["estimated_energy_share"] = 1.0 - f["measured_energy_share"] if f["joules"] > 0 else 0.0
-        return f
+        return report_figures(self.sums)
 
 
 async def _rows(
