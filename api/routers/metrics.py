@@ -172,9 +172,10 @@ async def list_metrics(
 
 
 def _summary(client: Any, q: SumQuery) -> dict[str, Any]:
+    """`q`: the window's totals (no bucket, no group)."""
     total = reporting.totals(client, q)
-    versions = reporting.factor_versions(client, SumQuery(q.org_id, q.window, None, (), q.project_id))
-    reasons = reporting.estimation_reasons(client, SumQuery(q.org_id, q.window, None, (), q.project_id))
+    versions = reporting.factor_versions(client, q)
+    reasons = reporting.estimation_reasons(client, q)
     return {"sums": total, "versions": versions.get((), []), "reasons": reasons.get((), [])}
 
 
