@@ -67,6 +67,11 @@ class RoutingTier(StrEnum):
     L3 = "L3"  # reasoning: multi-step reasoning, planning, code, long outputs
 
 
+# Labels the gateway puts on its events (read by the sustainability score, core/insights/score.py):
+ROUTING_LABEL = "routing"  # "auto": the caller asked for model "auto"; "pinned": it named a model
+FAILED_ATTEMPTS_LABEL = "failed_attempts"  # upstream attempts that failed before the one that served it
+
+
 class UsageEvent(BaseModel):
     """One bucket of LLM usage: a single gateway request, or a provider's hourly usage bucket."""
 

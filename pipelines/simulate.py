@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from core.contracts import RoutingTier, Source, UsageEvent
+from core.contracts import FAILED_ATTEMPTS_LABEL, ROUTING_LABEL, RoutingTier, Source, UsageEvent
 from core.kafka import OutRecord, producer, send_many
 from core.settings import Settings
 
@@ -81,8 +81,9 @@ def _event(rng: random.Random, now: datetime, days: int, tenants: Tenants) -> Us
     total_in = sum(_tokens(rng, tin) for _ in range(min(n_req, 8))) * max(1, n_req // 8)
     cached = int(total_in * rng.uniform(0.1, 0.6)) if cache and rng.random() < 0.5 else 0
     creation = int(total_in * rng.uniform(0.02, 0.1)) if cached and provider == "anthropic" else 0
+    uid = uuid.UUID(int=rng.getrandbits(128), version=4)
     return UsageEvent(
-        event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        event_id=str(uid),
         source=Source.simulated,
         org_id=org,
         project_id=project,
@@ -99,8 +100,18 @@ def _event(rng: random.Random, now: datetime, days: int, tenants: Tenants) -> Us
         input_tokens_cache_creation=creation,
         output_tokens=sum(_tokens(rng, tout) for _ in range(min(n_req, 8))) * max(1, n_req // 8),
         request_count=n_req,
-        labels=LABELS,
+        labels=LABELS if hourly else {**LABELS, **_gateway_labels(uid.int)},
     )
+
+
+def _gateway_labels(n: int) -> dict[str, str]:
+    """What the gateway records of a request's routing (core.contracts.ROUTING_LABEL, FAILED_ATTEMPTS_LABEL),
+    derived from the event id so that the random draws — and every other figure — stay as they were: 40 % of
+    the requests ask for model "auto", one in 25 needed a second upstream."""
+    return {
+        ROUTING_LABEL: "auto" if n % 10 < 4 else "pinned",
+        FAILED_ATTEMPTS_LABEL: "1" if n % 25 == 0 else "0",
+    }
 
 
 _INVALID: list[Callable[[dict], bytes]] = [

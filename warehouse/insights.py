@@ -7,7 +7,8 @@ from typing import Any
 
 from clickhouse_connect.driver import Client
 
-from core.insights import Usage
+from core.contracts import FAILED_ATTEMPTS_LABEL, ROUTING_LABEL
+from core.insights import Routing, Usage
 from core.windows import Window
 from warehouse import reporting
 from warehouse.reporting import Query
@@ -55,6 +56,22 @@ def usage(client: Client, org_id: str, window: Window) -> list[Usage]:
 def reasons(client: Client, org_id: str, window: Window) -> list[dict[str, Any]]:
     """[{reason, event_count}] of the window's live events, most frequent first."""
     return reporting.estimation_reasons(client, Query(org_id, window)).get((), [])
+
+
+def routing(client: Client, org_id: str, window: Window) -> Routing:
+    """The window's requests that carry the gateway's routing labels: how many, how many asked for model
+    "auto", and the upstream attempts that failed before one served them (the signed ledger: labels are not in
+    the rollups). Events without the labels (providers' buckets, gateway events booked before them) are not
+    counted."""
+    where, params = reporting._ledger_where(Query(org_id, window))
+    row = client.query(
+        "SELECT sum(e.sign * e.request_count), "
+        f"sumIf(e.sign * e.request_count, e.labels['{ROUTING_LABEL}'] = 'auto'), "
+        f"sum(e.sign * toInt64OrZero(e.labels['{FAILED_ATTEMPTS_LABEL}'])) "
+        f"FROM usage_events AS e WHERE {where} AND mapContains(e.labels, '{ROUTING_LABEL}')",
+        parameters=params,
+    ).result_rows[0]
+    return Routing(requests=int(row[0] or 0), auto=int(row[1] or 0), failed_attempts=int(row[2] or 0))
 
 
 def read(client: Client, org_id: str, window: Window) -> tuple[list[Usage], list[dict[str, Any]]]:

@@ -14,6 +14,7 @@ from api.deps import Ctx, ReadPrincipal
 from api.errors import error_responses
 from api.routers.recommendations import End, Last, Start, _factor_set, _price_of, _window_or_422
 from api.routers.telemetry import warehouse_call
+from core.insights import Routing
 from core.insights.score import score
 from core.windows import Window
 from warehouse import insights as wh_insights
@@ -21,8 +22,12 @@ from warehouse import insights as wh_insights
 router = APIRouter(tags=["recommendations"], responses=error_responses(401, 403, 422, 503))
 
 
-def _read(client: Any, org_id: str, w: Window, prev: Window) -> tuple[list, list]:
-    return wh_insights.usage(client, org_id, w), wh_insights.usage(client, org_id, prev)
+def _read(client: Any, org_id: str, w: Window, prev: Window) -> tuple[list, list, Routing]:
+    return (
+        wh_insights.usage(client, org_id, w),
+        wh_insights.usage(client, org_id, prev),
+        wh_insights.routing(client, org_id, w),
+    )
 
 
 @router.get("/sustainability", summary="The sustainability score (0–100) and its dimensions")
@@ -32,8 +37,10 @@ async def sustainability(
     w = _window_or_422(ctx, last, start, end)
     prev = Window(w.start - (w.end - w.start), w.start, f"before {w.label}")
     read = getattr(ctx.telemetry, "read", None)
-    usage, before = ([], []) if read is None else await warehouse_call(read, _read, principal.org_id, w, prev)
+    usage, before, routing = (
+        ([], [], None) if read is None else await warehouse_call(read, _read, principal.org_id, w, prev)
+    )
     fs = await run_in_threadpool(_factor_set, ctx)
     price_of = await run_in_threadpool(_price_of, ctx, principal.org_id, fs)
-    out = score(usage, before, price_of)
+    out = score(usage, before, price_of, routing)
     return {"window": {"start": w.start, "end": w.end, "label": w.label}, **out}

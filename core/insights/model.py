@@ -86,6 +86,17 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """The window's requests carrying the gateway's routing labels (the score's routing and waste
+    dimensions): how many, how many asked for model "auto", the upstream attempts that failed before one
+    served them."""
+
+    requests: int = 0
+    auto: int = 0
+    failed_attempts: int = 0
+
+
+@dataclass(frozen=True)
 class Finding:
     type: str
     scope: Scope

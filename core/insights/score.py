@@ -7,6 +7,8 @@ drove it. Pure; over the `Usage` groups of a window (and of the window before it
     grid_carbon        100 × (1 − energy-weighted grid intensity ÷ 700 g/kWh), floored at 0
     intensity_trend    50 + 50 × (previous − current) ÷ previous g CO2e per 1M tokens, clamped to 0–100
     data_quality       100 × (1 − estimated events ÷ events)
+    routing            100 × requests that asked for model "auto" ÷ requests carrying the gateway's routing label
+    waste              100 × (1 − failed upstream attempts ÷ all upstream attempts of those requests)
 
 A dimension without data (no low-tier traffic, no cache-capable model, no previous period) is left out and
 the weights of the others are scaled up to sum to 1. No usage at all: no score (None).
@@ -23,16 +25,19 @@ from core.insights.model import (
     REASONING_TIERS,
     SHORT_OUTPUT_TOKENS,
     PriceOf,
+    Routing,
     Usage,
 )
 from core.methodology import J_PER_KWH
 
 WEIGHTS: dict[str, float] = {
-    "model_efficiency": 0.25,
+    "model_efficiency": 0.20,
     "cache_efficiency": 0.15,
-    "grid_carbon": 0.25,
+    "grid_carbon": 0.20,
     "intensity_trend": 0.10,
-    "data_quality": 0.25,
+    "data_quality": 0.20,
+    "routing": 0.10,
+    "waste": 0.05,
 }
 DIRTY_GRID_G_PER_KWH = 700.0  # scores 0 (coal-heavy grids: India, Hong Kong ~670–680 in v2.0)
 
@@ -50,7 +55,9 @@ def _per_1m(usage: list[Usage]) -> float | None:
     return None if tokens == 0 else sum(u.co2_g for u in usage) / tokens * 1e6
 
 
-def dimensions(usage: list[Usage], previous: list[Usage], price_of: PriceOf) -> dict[str, dict[str, Any]]:
+def dimensions(
+    usage: list[Usage], previous: list[Usage], price_of: PriceOf, routing: Routing | None = None
+) -> dict[str, dict[str, Any]]:
     """Each dimension with data: {score, drivers}."""
     out: dict[str, dict[str, Any]] = {}
     low = [
@@ -97,12 +104,24 @@ def dimensions(usage: list[Usage], previous: list[Usage], price_of: PriceOf) -> 
             "score": 100.0 * (1.0 - estimated / events),
             "drivers": {"events": events, "estimated_events": estimated},
         }
+    if routing is not None and routing.requests > 0:
+        out["routing"] = {
+            "score": _clamp(100.0 * routing.auto / routing.requests),
+            "drivers": {"labelled_requests": routing.requests, "auto_requests": routing.auto},
+        }
+        attempts = routing.requests + routing.failed_attempts
+        out["waste"] = {
+            "score": _clamp(100.0 * (1.0 - routing.failed_attempts / attempts)),
+            "drivers": {"upstream_attempts": attempts, "failed_attempts": routing.failed_attempts},
+        }
     return out
 
 
-def score(usage: list[Usage], previous: list[Usage], price_of: PriceOf) -> dict[str, Any]:
+def score(
+    usage: list[Usage], previous: list[Usage], price_of: PriceOf, routing: Routing | None = None
+) -> dict[str, Any]:
     """{overall_score, dimension_scores, weights}: the weighted mean of the dimensions with data."""
-    dims = dimensions(usage, previous, price_of)
+    dims = dimensions(usage, previous, price_of, routing)
     total = sum(WEIGHTS[k] for k in dims)
     weights = {k: WEIGHTS[k] / total for k in dims}
     overall = sum(dims[k]["score"] * w for k, w in weights.items()) if dims else None

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.factor_resolver import FACTORS_VERSION_LABEL
-from core.contracts import RoutingTier, Source, UsageEvent
+from core.contracts import FAILED_ATTEMPTS_LABEL, ROUTING_LABEL, RoutingTier, Source, UsageEvent
 from core.methodology import J_PER_KWH, FactorSet, Footprint, Prices, compute_footprint
 from core.pricing import price_micros
 from core.receipts import utc_timestamp
@@ -26,7 +26,7 @@ from pipelines.gateway.auth import Caller
 from pipelines.gateway.budgets import Prepaid, RateLimiter, Reservation
 from pipelines.gateway.publisher import UsagePublisher
 from pipelines.gateway.receipts import ReceiptWriter
-from pipelines.gateway.routing import Candidate
+from pipelines.gateway.routing import AUTO, Candidate
 from pipelines.gateway.upstream import Attempt
 
 RECEIPT_SCHEMA = "joulestream.gateway-receipt.v1"
@@ -206,6 +206,9 @@ class Books:
                 "endpoint": ENDPOINT_NAMES[ctx.endpoint],
                 "api_key_id": ctx.caller.key_id,
                 "tokens_estimated": "true" if t.estimated else "false",
+                # the sustainability score's routing and waste dimensions (core/insights/score.py)
+                ROUTING_LABEL: "auto" if ctx.body.get("model") == AUTO else "pinned",
+                FAILED_ATTEMPTS_LABEL: str(len(ctx.attempts)),
                 FACTORS_VERSION_LABEL: fp.factors_version,
             },
         )

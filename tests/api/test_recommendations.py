@@ -41,7 +41,7 @@ def close(a: float | None, b: float) -> bool:
 
 def ev(org: str, project: str, model: str, *, tier: str | None, uncached: int, output: int, cached: int = 0,
        provider: str = "openai", region: str | None = "us", days_ago: int = 2, source: str = "gateway",
-       workload: str | None = None, requests: int = 1) -> UsageEvent:  # fmt: skip
+       workload: str | None = None, requests: int = 1, labels: dict | None = None) -> UsageEvent:  # fmt: skip
     t = (datetime.now(UTC) - timedelta(days=days_ago)).replace(microsecond=0)
     return UsageEvent(
         event_id=str(uuid.uuid4()),
@@ -60,6 +60,7 @@ def ev(org: str, project: str, model: str, *, tier: str | None, uncached: int, o
         input_tokens_cached=cached,
         output_tokens=output,
         request_count=requests,
+        labels=labels or {},
     )
 
 
@@ -345,10 +346,16 @@ async def test_sustainability_score_by_hand(c, wh, org, project):
     o = org.org.id
     empty = (await c.get("/api/v1/sustainability", headers=org.h)).json()
     assert empty["overall_score"] is None and empty["dimension_scores"] == {}
-    push(wh, [ev(o, project, "gpt-4o", tier="L0", uncached=500, output=100) for _ in range(20)])
+    # 20 requests pinned to gpt-4o, 2 of them after a failed upstream attempt; 10 through model "auto"
+    pinned = [{"routing": "pinned", "failed_attempts": "1" if i < 2 else "0"} for i in range(20)]
+    push(wh, [ev(o, project, "gpt-4o", tier="L0", uncached=500, output=100, labels=lb) for lb in pinned])
+    auto = {"routing": "auto", "failed_attempts": "0"}
     push(
         wh,
-        [ev(o, project, "gpt-4o-mini", tier="L0", uncached=400, cached=100, output=100) for _ in range(10)],
+        [
+            ev(o, project, "gpt-4o-mini", tier="L0", uncached=400, cached=100, output=100, labels=auto)
+            for _ in range(10)
+        ],
     )
     push(wh, [ev(o, project, "gpt-4o", tier="L2", uncached=500, output=100, days_ago=40) for _ in range(10)])
     r = await c.get("/api/v1/sustainability", params={"last": "30d"}, headers=org.h)
@@ -364,17 +371,33 @@ async def test_sustainability_score_by_hand(c, wh, org, project):
     )
     before_per_1m = grams(500 * 0.5 + 100 * 3.0) / 600 * 1e6
     trend = 50 + 50 * (before_per_1m - now_per_1m) / before_per_1m
+    routing = 100 * 10 / 30  # 10 of the 30 labelled requests asked for "auto"
+    waste = 100 * (1 - 2 / 32)  # 2 failed attempts of 32
     assert close(d["model_efficiency"]["score"], model)
     assert close(d["cache_efficiency"]["score"], cache)
     assert math.isclose(d["grid_carbon"]["score"], grid, rel_tol=1e-9)
     assert math.isclose(d["intensity_trend"]["score"], trend, rel_tol=1e-9)
     assert d["data_quality"]["score"] == 100
-    overall = 0.25 * model + 0.15 * cache + 0.25 * grid + 0.10 * trend + 0.25 * 100
+    assert close(d["routing"]["score"], routing) and close(d["waste"]["score"], waste)
+    assert d["routing"]["drivers"] == {"labelled_requests": 30, "auto_requests": 10}
+    assert d["waste"]["drivers"] == {"upstream_attempts": 32, "failed_attempts": 2}
+    overall = (
+        0.20 * model + 0.15 * cache + 0.20 * grid + 0.10 * trend + 0.20 * 100 + 0.10 * routing + 0.05 * waste
+    )
     assert math.isclose(body["overall_score"], overall, rel_tol=1e-9) and 0 < overall < 100
     assert d["model_efficiency"]["drivers"] == {
         "low_tier_tokens": 18_000,
         "on_large_or_reasoning_models": 12_000,
     }
+    # the earlier window's requests carry no labels: no routing or waste dimension, weights scaled to sum to 1
+    before = await c.get("/api/v1/sustainability", params={"start": _day(45), "end": _day(31)}, headers=org.h)
+    dims = before.json()["dimension_scores"]
+    assert "routing" not in dims and "waste" not in dims
+    assert math.isclose(sum(x["weight"] for x in dims.values()), 1.0)
+
+
+def _day(days_ago: int) -> str:
+    return (datetime.now(UTC) - timedelta(days=days_ago)).date().isoformat()
 
 
 async def test_the_demo_traffic_gets_three_kinds_and_a_middling_score(c, wh, org, project):

@@ -485,6 +485,7 @@ def test_one_usage_event_per_request_on_kafka(gateway, stack):
         assert e["event_id"][14] == "7"  # UUIDv7
         assert e["org_id"] == gateway.tenants.org_a.id and e["routing_tier"] == "L0"
         assert e["input_tokens_uncached"] > 0 and e["output_tokens"] > 0
+        assert e["labels"]["routing"] == "auto" and e["labels"]["failed_attempts"] == "0"
     health = gateway.http("GET", "/health").json()
     assert health["spool"]["depth"] == 0 and health["kafka"]["kafka"] == "connected"
 
