@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.deps import AppContext
+from api.savings import record_due
 from controlplane.kpi_cache import KpiCache
 from core.windows import WINDOW_SLUGS, last_window
 from warehouse import reporting
@@ -116,6 +117,7 @@ class KpiRefresher:
             await asyncio.sleep(self.interval_s)
             try:
                 await refresh_all(self.ctx)
+                await record_due(self.ctx)  # the measured savings ledger's due days (api/savings.py)
                 self.runs += 1
             except Exception as exc:  # the control plane is down: try again next time
                 log.warning("KPI refresh failed: %s", exc, exc_info=True)

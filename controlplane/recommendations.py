@@ -16,15 +16,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.schema import recommendation_history as history
+from controlplane.schema import recommendation_savings as ledger
 from controlplane.schema import recommendations as recs
 from core.insights import Finding
 
@@ -268,3 +269,95 @@ def _log(
             note=note,
         )
     )
+
+
+# ------------------------------------------------------------------------------------- measured savings ledger
+
+
+@dataclass(frozen=True)
+class SavingsDay:
+    """What an applied recommendation measurably saved on one UTC day (`core.insights.measured`)."""
+
+    recommendation_id: str
+    day: date
+    org_id: str
+    type: str
+    co2e_grams: float  # signed
+    cost: float | None
+    events: int
+    requests: int
+    factors_version: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class LedgerSum:
+    days: int
+    first_day: date
+    last_day: date
+    co2e_grams: float
+    cost: float | None  # None when a day had no price
+
+
+class SavingsLedger:
+    """The measured savings ledger (table `recommendation_savings`): one row per applied recommendation and
+    complete UTC day, written once — a recorded day is never rewritten (the figure a counter was raised by
+    stays the figure on record)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def applied(self) -> list[Recommendation]:
+        """Every org's applied recommendations (the recorder's worklist), oldest change first."""
+        q = select(recs).where(recs.c.status == "applied").order_by(recs.c.status_changed_at, recs.c.id)
+        with self.engine.connect() as conn:
+            return [_rec(r) for r in conn.execute(q)]
+
+    def last_days(self) -> dict[str, date]:
+        """recommendation id → the last day on record."""
+        q = select(ledger.c.recommendation_id, func.max(ledger.c.day)).group_by(ledger.c.recommendation_id)
+        with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(q)}
+
+    def record(self, days: Sequence[SavingsDay]) -> list[SavingsDay]:
+        """Write the days not on record yet; returns those written (a day another process wrote first is
+        skipped)."""
+        written = []
+        for d in days:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(ledger).values(**d.__dict__))
+                written.append(d)
+            except IntegrityError:
+                continue
+        return written
+
+    def sums(self, org_id: str) -> dict[str, LedgerSum]:
+        """recommendation id → its days on record, summed."""
+        q = (
+            select(
+                ledger.c.recommendation_id,
+                func.count(),
+                func.min(ledger.c.day),
+                func.max(ledger.c.day),
+                func.sum(ledger.c.co2e_grams),
+                func.sum(ledger.c.cost),
+                func.count(ledger.c.cost),
+            )
+            .where(ledger.c.org_id == org_id)
+            .group_by(ledger.c.recommendation_id)
+        )
+        with self.engine.connect() as conn:
+            return {
+                r[0]: LedgerSum(int(r[1]), r[2], r[3], float(r[4]), float(r[5]) if r[6] == r[1] else None)
+                for r in conn.execute(q)
+            }
+
+    def days(self, org_id: str, rec_id: str) -> list[SavingsDay]:
+        q = (
+            select(ledger)
+            .where(ledger.c.org_id == org_id, ledger.c.recommendation_id == rec_id)
+            .order_by(ledger.c.day)
+        )
+        with self.engine.connect() as conn:
+            return [SavingsDay(**dict(r._mapping)) for r in conn.execute(q)]

@@ -21,6 +21,8 @@ Tables by migration:
 - `0060_recommendations`: `recommendations` — one row per (org, identity = type|scope|subject) the insights
   engine proposed, its state (`active`, `applied`, `ignored`, `stale`) and who changed it when;
   `recommendation_history` — every state change (see `controlplane.recommendations`).
+- `0065_recommendation_savings`: `recommendation_savings` — the measured savings ledger: one row per applied
+  recommendation and complete UTC day, written once (`controlplane.recommendations.SavingsLedger`).
 
 Timestamps are timezone-aware UTC in Python on every backend (`UTCDateTime`): PostgreSQL stores
 `timestamptz`, SQLite stores naive UTC text (fixed-width, so it sorts chronologically).
@@ -464,4 +466,25 @@ recommendation_history = Table(
     Column("to_status", String(10), nullable=False),
     Column("note", String(500), nullable=True),
     Index("ix_recommendation_history_org_id_at", "org_id", "at"),
+)
+
+recommendation_savings = Table(
+    "recommendation_savings",
+    metadata,
+    Column(
+        "recommendation_id",
+        String(36),
+        ForeignKey("recommendations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("day", Date(), primary_key=True),  # the UTC day measured (the applied day: from the applied hour)
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("co2e_grams", Float(), nullable=False),  # signed: negative when the change made things worse
+    Column("cost", Float(), nullable=True),  # USD; None without prices
+    Column("events", BigInteger(), nullable=False),  # the affected traffic the figure is computed over
+    Column("requests", BigInteger(), nullable=False),
+    Column("factors_version", String(40), nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    Index("ix_recommendation_savings_org_id_day", "org_id", "day"),
 )

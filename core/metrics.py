@@ -153,6 +153,21 @@ class Metrics:
             ["org_id"],
             registry=r,
         )
+        # --- insights (api/savings.py): the measured savings ledger, as days are recorded; label type = the
+        # recommendation type (six values). A day that made things worse raises the second counter, so the net
+        # measured saving is attributed − reversed and both stay counters.
+        self.savings_attributed_g = Counter(
+            "joulestream_co2e_savings_attributed_grams",
+            "Measured CO2e saved by applied recommendations, grams (days recorded in the savings ledger)",
+            ["type"],
+            registry=r,
+        )
+        self.savings_reversed_g = Counter(
+            "joulestream_co2e_savings_reversed_grams",
+            "Measured CO2e added by applied recommendations on days they made things worse, grams",
+            ["type"],
+            registry=r,
+        )
         # --- gateway (pipelines/gateway)
         self.gateway_requests = Counter(
             "joulestream_gateway_requests",

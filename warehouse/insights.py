@@ -3,6 +3,7 @@ region × routing tier × workload × source, summed from the rollups (`warehous
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from clickhouse_connect.driver import Client
@@ -25,32 +26,40 @@ GROUP_BY = (
 )
 
 
+def _usage(r: dict[str, Any]) -> Usage:
+    return Usage(
+        project_id=r["project_id"],
+        provider=r["provider"],
+        model=r["model"],
+        model_tier=r["model_tier"],
+        region=r["region"],
+        routing_tier=r["routing_tier"],
+        workload_id=r["workload_id"],
+        source=r["source"],
+        events=int(r["events"]),
+        requests=int(r["request_count"]),
+        uncached=int(r["input_tokens_uncached"]),
+        cached=int(r["input_tokens_cached"]),
+        cache_creation=int(r["input_tokens_cache_creation"]),
+        output=int(r["output_tokens"]),
+        co2_g=float(r["co2_kg"]) * 1000.0,
+        cost_usd=float(r["cost_usd"]) if int(r["events_cost"]) else None,
+        estimated_events=int(r["events_estimated"]),
+        energy_j=float(r["energy_j"]),
+    )
+
+
 def usage(client: Client, org_id: str, window: Window) -> list[Usage]:
     """The window's usage groups with live events (ordered by the keys)."""
-    rows = reporting.sums(client, Query(org_id, window, None, GROUP_BY))
-    return [
-        Usage(
-            project_id=r["project_id"],
-            provider=r["provider"],
-            model=r["model"],
-            model_tier=r["model_tier"],
-            region=r["region"],
-            routing_tier=r["routing_tier"],
-            workload_id=r["workload_id"],
-            source=r["source"],
-            events=int(r["events"]),
-            requests=int(r["request_count"]),
-            uncached=int(r["input_tokens_uncached"]),
-            cached=int(r["input_tokens_cached"]),
-            cache_creation=int(r["input_tokens_cache_creation"]),
-            output=int(r["output_tokens"]),
-            co2_g=float(r["co2_kg"]) * 1000.0,
-            cost_usd=float(r["cost_usd"]) if int(r["events_cost"]) else None,
-            estimated_events=int(r["events_estimated"]),
-            energy_j=float(r["energy_j"]),
-        )
-        for r in rows
-    ]
+    return [_usage(r) for r in reporting.sums(client, Query(org_id, window, None, GROUP_BY))]
+
+
+def usage_by_day(client: Client, org_id: str, window: Window) -> dict[date, list[Usage]]:
+    """The window's usage groups per UTC day (days without usage are absent)."""
+    out: dict[date, list[Usage]] = {}
+    for r in reporting.sums(client, Query(org_id, window, "day", GROUP_BY)):
+        out.setdefault(r["bucket"].date(), []).append(_usage(r))
+    return out
 
 
 def reasons(client: Client, org_id: str, window: Window) -> list[dict[str, Any]]:

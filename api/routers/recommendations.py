@@ -23,11 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from api.deps import AdminPrincipal, AppContext, Ctx, Principal, ReadPrincipal
 from api.errors import error_responses, validation_error
 from api.routers.telemetry import warehouse_call
-from controlplane.prices import PriceLookup, as_prices
-from controlplane.recommendations import Change, Recommendation, Recommendations
+from api.savings import factor_set, price_of, record_due
+from controlplane.recommendations import Change, Recommendation, Recommendations, SavingsLedger
 from core import insights
 from core.insights import Usage, measured
-from core.methodology import FactorSet, Prices, load_factor_set, price_for
 from core.windows import Window, WindowError, floor, window
 from warehouse import insights as wh_insights
 
@@ -102,30 +101,15 @@ def _window_or_422(ctx: AppContext, last: str | None, start: str | None, end: st
         ) from None
 
 
-def _factor_set(ctx: AppContext) -> FactorSet:
-    current = ctx.factor_versions.current()
-    return current.factor_set if current is not None else load_factor_set()
-
-
-def _price_of(ctx: AppContext, org_id: str, fs: FactorSet) -> insights.PriceOf:
-    lookup = PriceLookup(ctx.engine)
-
-    def price_of(provider: str, model: str) -> Prices | None:
-        o = lookup.find(org_id, provider, model)
-        return as_prices(o) if o is not None else price_for(fs, provider, model)
-
-    return price_of
-
-
 async def _run(ctx: AppContext, org_id: str, w: Window) -> list[Recommendation]:
     """Read the window, run the rules, record the run."""
     read = getattr(ctx.telemetry, "read", None)
     usage, reasons = ([], []) if read is None else await warehouse_call(read, wh_insights.read, org_id, w)
-    fs = await run_in_threadpool(_factor_set, ctx)
-    price_of = await run_in_threadpool(_price_of, ctx, org_id, fs)
+    fs = await run_in_threadpool(factor_set, ctx)
+    prices = await run_in_threadpool(price_of, ctx, org_id, fs)
     days = (w.end - w.start).total_seconds() / 86400.0
     win = {"start": w.start.isoformat(), "end": w.end.isoformat(), "label": w.label, "days": days}
-    findings = insights.run(fs, usage, win, days, price_of, reasons)
+    findings = insights.run(fs, usage, win, days, prices, reasons)
     return await run_in_threadpool(Recommendations(ctx.engine).sync, org_id, findings, now())
 
 
@@ -221,7 +205,7 @@ def _measure(client: Any, org_id: str, rows: list[Recommendation], at: datetime)
 
 
 _SUMS = ("applied", "claimed_co2e_grams_per_year", "claimed_cost_per_year", "reported_co2e_grams",
-         "reported_cost", "measured_co2e_grams", "measured_cost")  # fmt: skip
+         "reported_cost", "measured_co2e_grams", "measured_cost", "ledger_co2e_grams", "ledger_cost")  # fmt: skip
 
 
 @router.get(
@@ -234,16 +218,15 @@ async def savings(ctx: Ctx, principal: ReadPrincipal) -> dict[str, Any]:
     usage: dict[str, list[Usage]] = {}
     if read is not None and rows:
         usage = await warehouse_call(read, _measure, principal.org_id, rows, at)
-    fs = await run_in_threadpool(_factor_set, ctx)
-    price_of = await run_in_threadpool(_price_of, ctx, principal.org_id, fs)
+    fs = await run_in_threadpool(factor_set, ctx)
+    prices = await run_in_threadpool(price_of, ctx, principal.org_id, fs)
+    book = await run_in_threadpool(SavingsLedger(ctx.engine).sums, principal.org_id)
     items: list[dict[str, Any]] = []
     by: dict[str, dict[str, Any]] = {}
     for r in rows:
         m = None
         if r.id in usage:
-            m = measured.measured_savings(
-                fs, r.type, r.project_id, r.model, r.evidence, usage[r.id], price_of
-            )
+            m = measured.measured_savings(fs, r.type, r.project_id, r.model, r.evidence, usage[r.id], prices)
         items.append(
             {
                 "id": r.id,
@@ -254,6 +237,7 @@ async def savings(ctx: Ctx, principal: ReadPrincipal) -> dict[str, Any]:
                 "reported_co2e_grams": r.realized_savings_co2e_grams,
                 "reported_cost": r.realized_savings_cost,
                 "measured": None if m is None else {**m._asdict(), "since": _since(r, at).start, "until": at},
+                "ledger": None if (b := book.get(r.id)) is None else b.__dict__,
             }
         )
         s = by.setdefault(r.type, {"type": r.type, **{k: 0 if k == "applied" else 0.0 for k in _SUMS}})
@@ -264,8 +248,19 @@ async def savings(ctx: Ctx, principal: ReadPrincipal) -> dict[str, Any]:
         s["reported_cost"] += r.realized_savings_cost or 0.0
         s["measured_co2e_grams"] += 0.0 if m is None else m.co2e_grams
         s["measured_cost"] += 0.0 if m is None or m.cost is None else m.cost
+        s["ledger_co2e_grams"] += 0.0 if b is None else b.co2e_grams
+        s["ledger_cost"] += 0.0 if b is None or b.cost is None else b.cost
     types = [by[t] for t in sorted(by)]
     return {"by_type": types, "total": {k: sum(t[k] for t in types) for k in _SUMS}, "recommendations": items}
+
+
+@router.post(
+    "/savings/record",
+    status_code=200,
+    summary="Record the measured savings of the days due now (the schedule does it after each KPI refresh)",
+)
+async def record_savings(ctx: Ctx, principal: AdminPrincipal) -> dict[str, Any]:
+    return {"recorded_days": len(await record_due(ctx, org_id=principal.org_id))}
 
 
 _CHANGE = error_responses(404, 409)

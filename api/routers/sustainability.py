@@ -12,8 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Ctx, ReadPrincipal
 from api.errors import error_responses
-from api.routers.recommendations import End, Last, Start, _factor_set, _price_of, _window_or_422
+from api.routers.recommendations import End, Last, Start, _window_or_422
 from api.routers.telemetry import warehouse_call
+from api.savings import factor_set, price_of
 from core.insights import Routing
 from core.insights.score import score
 from core.windows import Window
@@ -40,7 +41,7 @@ async def sustainability(
     usage, before, routing = (
         ([], [], None) if read is None else await warehouse_call(read, _read, principal.org_id, w, prev)
     )
-    fs = await run_in_threadpool(_factor_set, ctx)
-    price_of = await run_in_threadpool(_price_of, ctx, principal.org_id, fs)
-    out = score(usage, before, price_of, routing)
+    fs = await run_in_threadpool(factor_set, ctx)
+    prices = await run_in_threadpool(price_of, ctx, principal.org_id, fs)
+    out = score(usage, before, prices, routing)
     return {"window": {"start": w.start, "end": w.end, "label": w.label}, **out}

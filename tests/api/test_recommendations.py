@@ -11,8 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from api.savings import SETTLE, record_due
 from controlplane.recommendations import Recommendations
 from core.contracts import UsageEvent
+from core.metrics import exposition
+from tests import prom
 from tests.api.telemetry_data import push
 from tests.fixtures_api import bearer, client_for
 
@@ -310,7 +313,7 @@ async def test_bad_parameters_are_422(c, org):
     assert empty["recommendations"] == []
 
 
-async def test_measured_savings_move_when_the_traffic_changes(c, wh, org, project):
+async def test_measured_savings_move_when_the_traffic_changes(c, wh, org, project, tapp):
     o = org.org.id
     push(wh, [ev(o, project, "gpt-4o", tier="L0", uncached=500, output=100) for _ in range(20)])
     push(wh, [ev(o, project, "gpt-4o-mini", tier="L2", uncached=500, output=400) for _ in range(10)])
@@ -340,6 +343,29 @@ async def test_measured_savings_move_when_the_traffic_changes(c, wh, org, projec
     assert close(m["co2e_grams"], g) and close(m["cost"], usd)
     [t] = after["by_type"]
     assert close(t["measured_co2e_grams"], g) and close(after["total"]["measured_cost"], usd)
+    assert after["recommendations"][0]["ledger"] is None and t["ledger_co2e_grams"] == 0
+
+    # the daily ledger: today is recorded once it is over (and settled), with the same figures, once
+    ledger = tapp.state.ctx
+    counter = "joulestream_co2e_savings_attributed_grams_total"
+    attributed = prom.value(prom.parse(exposition()[0].decode()), counter, type="MODEL_RIGHTSIZING")
+    today = datetime.now(UTC).date()
+    assert await record_due(ledger, datetime.now(UTC)) == []  # today is not over
+    tomorrow = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    [day] = await record_due(ledger, tomorrow + SETTLE)
+    assert day.day == today and day.events == 10 and day.requests == 10
+    assert close(day.co2e_grams, g) and close(day.cost, usd) and day.factors_version == "v2.0"
+    assert await record_due(ledger, tomorrow + timedelta(days=1, hours=3)) != []  # the next day: 0, recorded
+    assert await record_due(ledger, tomorrow + timedelta(days=1, hours=3)) == []  # written once
+    grown = prom.value(prom.parse(exposition()[0].decode()), counter, type="MODEL_RIGHTSIZING")
+    assert close(grown - attributed, g)
+    body = (await c.get(f"{R}/savings", headers=org.h)).json()
+    book = body["recommendations"][0]["ledger"]
+    assert book["days"] == 2 and book["first_day"] == today.isoformat() and close(book["co2e_grams"], g)
+    assert close(body["total"]["ledger_co2e_grams"], g) and close(body["total"]["ledger_cost"], usd)
+    # on request (admin): nothing is due now
+    r = await c.post(f"{R}/savings/record", headers=org.h)
+    assert r.status_code == 200 and r.json() == {"recorded_days": 0}
 
 
 async def test_sustainability_score_by_hand(c, wh, org, project):
