@@ -112,6 +112,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("GET", "/api/v1/recommendations/applied"): (ORG_LIST, None),
     ("GET", "/api/v1/recommendations/history"): (ORG_LIST, None),
     ("GET", "/api/v1/recommendations/savings"): (ORG_LIST, None),
+    ("POST", "/api/v1/recommendations/savings/record"): (ORG_SELF, None),
     ("PATCH", "/api/v1/recommendations/{rec_id}/apply"): (ORG_ITEM, None),
     ("PATCH", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
     ("DELETE", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
