@@ -47,7 +47,8 @@ def _schema(client, database: str) -> str:
     return hashlib.sha256(repr((tables, versions)).encode()).hexdigest()
 
 
-def _empty(client, database: str) -> None:
+def empty_database(client, database: str) -> None:
+    """TRUNCATE every table of `database` but schema_migrations (the views stay)."""
     for (name,) in client.query(
         "SELECT name FROM system.tables WHERE database = {db:String} AND engine NOT IN ('View', "
         "'MaterializedView') AND name != 'schema_migrations'",
@@ -65,7 +66,7 @@ def warehouse(warehouse_dsn: str) -> Iterator[tuple[object, str]]:
 
     if _POOL:
         client, database, schema = _POOL.pop()
-        _empty(client, database)
+        empty_database(client, database)
     else:
         database = f"test_{uuid.uuid4().hex}"
         client = get_client(load_settings().replace(clickhouse=warehouse_dsn), database=database)
