@@ -28,6 +28,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_METRICS_OPEN                 | metrics_open            | false (true: /prometheus/metrics unauthenticated) |
 | JOULESTREAM_METRICS_PER_ORG              | metrics_per_org         | false (true: per-org energy/CO2e series)  |
 | JOULESTREAM_METRICS_DIR                  | metrics_dir             | `home/metrics` (multiprocess metric files) |
+| JOULESTREAM_FACTORS_REFRESH_S            | factors_refresh_s       | 10 (how often the worker re-reads the current factor set) |
 | JOULESTREAM_INSIGHTS_WINDOW              | insights_window         | 30d (the recommendations' and score's default window) |
 | JOULESTREAM_API_MAX_BODY_BYTES           | api_max_body_bytes      | 1048576 (1 MiB; larger API bodies → 413)  |
 | JOULESTREAM_FORWARDED_ALLOW_IPS          | forwarded_allow_ips     | none: X-Forwarded-* headers are ignored   |
@@ -125,6 +126,8 @@ class Settings(BaseSettings):
     # Reporting: the dashboard KPI cache is recomputed every kpi_refresh_s by each API process (0: never on a
     # schedule, only on POST /metrics/dashboard-summary/refresh and on a first read)
     kpi_refresh_s: float = Field(default=60.0, ge=0)
+    # Methodology: how often the stream worker re-reads the control plane's current factor set (seconds)
+    factors_refresh_s: float = Field(default=10.0, gt=0, le=3600)
     # Insights: the window recommendations and the score look at when a request names none (core.windows `last`)
     insights_window: str = Field(default="30d", pattern=r"^(ytd|[1-9][0-9]{0,5}[hdwy])$")
     # Operations: /prometheus/metrics (core/metrics.py, docs/operations.md)

@@ -62,7 +62,7 @@ class Pipeline:
         self.settings = settings
         if with_enrich and factors is None:
             engine = get_engine(settings.database)
-            resolver = worker_factors(engine)
+            resolver = worker_factors(engine, self.settings.factors_refresh_s)
             # cost_usd / price_source: the org's price override (re-read every 10 s), else the price book
             prices = PriceLookup(engine).prices()
             self.enricher = Enricher(resolver, versions=resolver.version, prices=prices)

@@ -99,10 +99,14 @@ def one_request(gw: GatewayHandle, i: int) -> dict[str, Any]:
     return {"rid": raw.headers["x-receipt-id"], "headers": dict(raw.headers)}
 
 
+REREAD_S = 3  # the worker's factor re-read interval in this test (JOULESTREAM_FACTORS_REFRESH_S; default 10)
+
+
 def test_receipts_and_ledger_agree_across_factor_publications(
     make_gateway: GatewayFactory, tenants: Tenants, stack: Stack, worker: WorkerProcess
 ) -> None:
     stack.env["JOULESTREAM_DATABASE"] = str(tenants.engine.url)  # the worker reads the same control plane
+    stack.env["JOULESTREAM_FACTORS_REFRESH_S"] = str(REREAD_S)
     worker.start()
     resolver = FactorResolver(tenants.engine, ttl_s=3600)  # the test decides when the gateway re-reads
     gw = make_gateway(factors=resolver)
@@ -131,12 +135,12 @@ def test_receipts_and_ledger_agree_across_factor_publications(
     try:
         phase("v2.0")  # the seeded current set (methodology v2: market, embodied, water, cost)
         factor_versions.publish(new_version("v2.1", "2026-12-04", pue=1.5))
-        # past the worker's 10 s re-read: its current set is v2.1 while the gateway still serves v2.0
-        time.sleep(11)
+        # past the worker's re-read: its current set is v2.1 while the gateway still serves v2.0
+        time.sleep(REREAD_S + 1)
         phase("v2.0, worker on v2.1")
         resolver.refresh()
         phase("v2.1")
-        # the gateway re-reads at once, the worker (re-read within the last 10 s) still has v2.1
+        # the gateway re-reads at once; the worker still has v2.1 until its next re-read (REREAD_S)
         factor_versions.publish(new_version("v2.2", "2026-12-05", pue=1.3))
         resolver.refresh()
         phase("v2.2, worker on v2.1")
