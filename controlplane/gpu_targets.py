@@ -60,6 +60,11 @@ class GpuTargetIn(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> GpuTargetIn:
+        for u in [self.dcgm_url, self.prometheus_url, *self.server_urls]:
+            if u is not None and (u.username or u.password):
+                raise ValueError(
+                    "URLs must not carry credentials (user:password@): they would be stored in clear"
+                )
         if self.prometheus_url is not None:
             if self.dcgm_url is not None or self.server_urls:
                 raise ValueError("give either prometheus_url or dcgm_url + server_urls, not both")

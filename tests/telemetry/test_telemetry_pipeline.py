@@ -13,13 +13,13 @@ from datetime import UTC
 import pytest
 from sqlalchemy import delete
 
-from controlplane import Orgs, dispose_engine, get_engine, upgrade
 from controlplane.factor_resolver import FactorResolver
 from controlplane.gpu_targets import GpuTargetIn, GpuTargets
 from controlplane.schema import gpu_buckets
 from core.kafka import ensure_topics, producer
 from core.methodology import load_factor_set
 from pipelines.telemetry.scheduler import TelemetryScraper
+from tests.fixtures_api import client_for
 from tests.stack import Stack, WorkerProcess
 from tests.telemetry.scenario import A, H, M, base_hour, expected, script
 from warehouse.calibration import calibration, measured_hours
@@ -28,11 +28,11 @@ from warehouse.client import close_clients, get_client
 pytestmark = pytest.mark.slow
 
 
-def test_measured_joules_per_model_and_hour_land_exactly(stack: Stack, worker: WorkerProcess, stub, tmp_path):
-    url = f"sqlite:///{tmp_path / 'scraper.db'}"
-    engine = get_engine(url)
-    upgrade(engine)
-    org = Orgs(engine).create("gpu-org")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the scraper's and the API's control plane
+def test_measured_joules_per_model_and_hour_land_exactly(
+    stack: Stack, worker: WorkerProcess, stub, engine, tenants, make_app
+):
+    org = tenants[0].org
     GpuTargets(engine).create(
         org.id,
         GpuTargetIn(
@@ -80,7 +80,6 @@ def test_measured_joules_per_model_and_hour_land_exactly(stack: Stack, worker: W
         what="measured events in the warehouse",
     )
     assert worker.stop() == 0, worker.log_tail()
-    dispose_engine(url)
 
     fs = load_factor_set()
     host, pue = fs.measurement.gpu_host_factor.point, fs.pue["aws"]
@@ -109,5 +108,18 @@ def test_measured_joules_per_model_and_hour_land_exactly(stack: Stack, worker: W
         tokens = [(p, g) for (_, m), (_, p, g) in want.items() if m == llama.model]
         est = sum(p * 0.05 + g * 0.3 for p, g in tokens)  # the small tier's point J/token (v2.0)
         assert math.isclose(llama.estimated_it_j, est) and math.isclose(llama.ratio, gpu_j * host / est)
+        body = asyncio.run(_calibration_api(make_app(warehouse_client_factory=lambda: client), tenants, t0))
+        assert [r["model"] for r in body["data"]] == sorted(cal)
+        assert body["data"][0] == {**cal[body["data"][0]["model"]]._asdict()}
     finally:
         close_clients()
+
+
+async def _calibration_api(app, tenants, t0) -> dict:
+    params = {"start": t0.isoformat(), "end": (t0 + 5 * H).isoformat()}
+    async with client_for(app) as c:
+        other = await c.get("/api/v1/calibration", params=params, headers=tenants[1].h)
+        assert other.status_code == 200 and other.json()["data"] == []  # another org sees nothing
+        r = await c.get("/api/v1/calibration", params=params, headers=tenants[0].h)
+        assert r.status_code == 200, r.text
+        return r.json()
