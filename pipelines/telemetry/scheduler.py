@@ -43,7 +43,7 @@ from core.kafka import OutRecord, send_many
 from core.methodology import FactorSet
 from core.methodology.measured import HOUR, Tokens, attribute, hour_of, phase_weights
 from core.settings import Settings
-from pipelines.telemetry.sources import ScrapeError, query_prometheus, scrape_endpoints
+from pipelines.telemetry.sources import Round, ScrapeError, query_prometheus, scrape_endpoints
 from providers.base import next_revision
 
 log = logging.getLogger("joulestream.telemetry")
@@ -146,9 +146,12 @@ class TelemetryScraper:
     async def run_once(self, now: datetime | None = None) -> list[ScrapeResult]:
         now = now or datetime.now(UTC)
         targets = await asyncio.to_thread(self.repo.list)
-        return [await self.scrape_target(t, now) for t in targets]
+        round_ = Round(self.http)  # an exporter shared by several targets is read once
+        return [await self.scrape_target(t, now, round_) for t in targets]
 
-    async def scrape_target(self, target: GpuTarget, now: datetime) -> ScrapeResult:
+    async def scrape_target(
+        self, target: GpuTarget, now: datetime, round_: Round | None = None
+    ) -> ScrapeResult:
         ctx = {"target_id": target.id, "org_id": target.org_id}
         try:
             if target.prometheus_url is not None:
@@ -156,7 +159,7 @@ class TelemetryScraper:
                 start = max(since or now - self.lookback, now - self.lookback)
                 samples = await query_prometheus(target, self.http, start, now, self.interval)
             else:
-                samples = await scrape_endpoints(target, self.http, now)
+                samples = await scrape_endpoints(target, round_ or Round(self.http), now)
         except ScrapeError as exc:
             await asyncio.to_thread(self.repo.record_error, target.id, str(exc))
             log.warning("telemetry scrape failed", extra={**ctx, "error": str(exc)})

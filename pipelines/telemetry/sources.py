@@ -18,9 +18,11 @@ generation tokens processed", label model_name).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,59 +76,92 @@ def token_sample(
     return Sample(_token_key(TOKEN_METRICS[name], model, origin, labels), at, value)
 
 
-def parse_dcgm(target: GpuTarget, text: str, at: datetime) -> list[Sample]:
-    """The selected GPUs' energy counters in a DCGM exporter's exposition text."""
-    out = []
+class Raw(NamedTuple):
+    """A sample of a metric the scraper reads, as the exposition text gave it."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+WANTED = ENERGY_SAMPLES | TOKEN_METRICS.keys()
+
+
+def parse_text(text: str, what: str) -> list[Raw]:
+    """The samples of the metrics we read (energy, tokens) in exposition text, parsed by prometheus_client."""
     try:
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name in ENERGY_SAMPLES:
-                    sample = energy_sample(target, s.labels, at, s.value)
-                    if sample is not None:
-                        out.append(sample)
+        return [
+            Raw(s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name in WANTED
+        ]
     except ValueError as exc:
-        raise ScrapeError(f"DCGM exporter: unreadable exposition text ({str(exc)[:100]})") from None
+        raise ScrapeError(f"{what}: unreadable exposition text ({str(exc)[:100]})") from None
+
+
+def dcgm_samples(target: GpuTarget, raws: list[Raw], at: datetime) -> list[Sample]:
+    """The selected GPUs' energy counters of a DCGM exporter."""
+    out = [
+        s
+        for r in raws
+        if r.name in ENERGY_SAMPLES and (s := energy_sample(target, r.labels, at, r.value)) is not None
+    ]
     if not out:
         raise ScrapeError(f"DCGM exporter: no {ENERGY} series for the target's GPUs")
     return out
 
 
-def parse_server(origin: str, text: str, at: datetime) -> list[Sample]:
-    """The token counters in a vLLM server's exposition text."""
-    out = []
-    try:
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name in TOKEN_METRICS:
-                    sample = token_sample(s.name, origin, s.labels, at, s.value)
-                    if sample is not None:
-                        out.append(sample)
-    except ValueError as exc:
-        raise ScrapeError(f"model server: unreadable exposition text ({str(exc)[:100]})") from None
-    return out
+def server_samples(origin: str, raws: list[Raw], at: datetime) -> list[Sample]:
+    """The token counters of a vLLM server."""
+    return [
+        s
+        for r in raws
+        if r.name in TOKEN_METRICS and (s := token_sample(r.name, origin, r.labels, at, r.value)) is not None
+    ]
 
 
-async def _get_text(http: httpx.AsyncClient, url: str, what: str) -> str:
-    try:
-        r = await http.get(url, headers={"Accept": "text/plain;version=0.0.4"})
-    except httpx.HTTPError as exc:
-        raise ScrapeError(f"{what} unreachable: {type(exc).__name__}") from None
-    if r.status_code != 200:
-        raise ScrapeError(f"{what} answered {r.status_code}")
-    if len(r.content) > MAX_BODY:
-        raise ScrapeError(f"{what}: response over {MAX_BODY} bytes")
-    return r.text
+class Round:
+    """One scrape round: every URL is fetched and parsed at most once, however many targets read it (one
+    DCGM exporter per node serves every target on that node's GPUs)."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self._cache: dict[str, asyncio.Task[list[Raw]]] = {}
+
+    def read(self, url: str, what: str) -> asyncio.Task[list[Raw]]:
+        if url not in self._cache:
+            self._cache[url] = asyncio.ensure_future(self._read(url, what))
+        return self._cache[url]
+
+    async def _read(self, url: str, what: str) -> list[Raw]:
+        try:
+            r = await self.http.get(url, headers={"Accept": "text/plain;version=0.0.4"})
+        except httpx.HTTPError as exc:
+            raise ScrapeError(f"{what} unreachable: {type(exc).__name__}") from None
+        if r.status_code != 200:
+            raise ScrapeError(f"{what} answered {r.status_code}")
+        if len(r.content) > MAX_BODY:
+            raise ScrapeError(f"{what}: response over {MAX_BODY} bytes")
+        return parse_text(r.text, what)
 
 
-async def scrape_endpoints(target: GpuTarget, http: httpx.AsyncClient, at: datetime) -> list[Sample]:
-    """One scrape of the target's DCGM exporter and model servers, all stamped `at`; all or nothing."""
+async def scrape_endpoints(target: GpuTarget, round_: Round, at: datetime) -> list[Sample]:
+    """One scrape of the target's DCGM exporter and model servers (concurrently), all stamped `at`; all or
+    nothing."""
     assert target.dcgm_url is not None
-    texts = [await _get_text(http, target.dcgm_url, "DCGM exporter")]
-    for url in target.server_urls:
-        texts.append(await _get_text(http, url, "model server"))
-    samples = parse_dcgm(target, texts[0], at)
-    for url, text in zip(target.server_urls, texts[1:], strict=True):
-        samples += parse_server(url, text, at)
+    reads = [round_.read(target.dcgm_url, "DCGM exporter")]
+    reads += [round_.read(url, "model server") for url in target.server_urls]
+    results = await asyncio.gather(*reads, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            if isinstance(r, ScrapeError):
+                raise r
+            raise ScrapeError(f"endpoint read failed: {type(r).__name__}") from None
+    raws = [r for r in results if not isinstance(r, BaseException)]
+    samples = dcgm_samples(target, raws[0], at)
+    for url, server in zip(target.server_urls, raws[1:], strict=True):
+        samples += server_samples(url, server, at)
     return samples
 
 
