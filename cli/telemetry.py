@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging.config
-import signal
-import sys
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -103,47 +101,31 @@ def targets_delete(
 
 def scrape(settings: Settings, *, once: bool, loglevel: str = "INFO") -> int:
     """Run the scraper until SIGINT/SIGTERM, or one round with `once` (exit 1 when a target failed)."""
-    from aiokafka.errors import KafkaError
-
-    from core.kafka import ensure_topics, producer
+    from cli.poll import stop_on_signals, with_producer
     from pipelines.telemetry.scheduler import TelemetryScraper, run_telemetry
 
     logging.config.dictConfig(logging_config(loglevel.upper()))
     engine = _engine()
 
-    async def main() -> int:
-        try:
-            await ensure_topics(settings)
-        except KafkaError as exc:
-            print(f"joulestream scrape: Kafka at {settings.kafka} is unreachable ({exc})", file=sys.stderr)
-            return 1
-        prod = producer(settings)
-        await prod.start()
-        try:
-            if once:
-                s = TelemetryScraper(settings, engine, prod)
-                try:
-                    results = await s.run_once()
-                finally:
-                    await s.aclose()
-                for r in results:
-                    print(
-                        f"{r.target_id}  {r.outcome:<9} samples={r.samples} resets={r.resets} "
-                        f"published={r.published} unchanged={r.unchanged}"
-                        + (f" unattributed_j={r.unattributed_j:g}" if r.unattributed_j else "")
-                        + (f"  error={r.error}" if r.error else "")
-                    )
-                return 1 if any(r.outcome != "ok" for r in results) else 0
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await run_telemetry(settings, engine, prod, stop)
+    async def main(prod) -> int:
+        if not once:
+            await run_telemetry(settings, engine, prod, stop_on_signals())
             return 0
+        s = TelemetryScraper(settings, engine, prod)
+        try:
+            results = await s.run_once()
         finally:
-            await prod.stop()
+            await s.aclose()
+        for r in results:
+            print(
+                f"{r.target_id}  {r.outcome:<9} samples={r.samples} resets={r.resets} "
+                f"published={r.published} unchanged={r.unchanged}"
+                + (f" unattributed_j={r.unattributed_j:g}" if r.unattributed_j else "")
+                + (f"  error={r.error}" if r.error else "")
+            )
+        return 1 if any(r.outcome != "ok" for r in results) else 0
 
-    return asyncio.run(main())
+    return asyncio.run(with_producer(settings, "scrape", main))
 
 
 def _calibration_rows(settings: Settings, org_id: str, start: datetime, end: datetime) -> list[dict]:

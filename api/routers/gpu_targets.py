@@ -13,36 +13,22 @@ GPUs, or a Prometheus server), the project their usage is booked to and where th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 
 from api.deps import AdminPrincipal, Ctx, ReadPrincipal
-from api.errors import error_responses
+from api.errors import error_responses, validation_errors_route
 from controlplane import NotFound
 from controlplane.gpu_targets import GpuTarget, GpuTargetIn, GpuTargets
 
 
-class NoEchoRoute(APIRoute):
-    """422 bodies here do not echo the input: a refused URL may hold credentials (user:password@)."""
+def _no_input(err: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in err.items() if k not in ("input", "ctx")}
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
 
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                errors = [
-                    {k: v for k, v in dict(e).items() if k not in ("input", "ctx")} for e in exc.errors()
-                ]
-                raise RequestValidationError(errors) from None
-
-        return route
+NoEchoRoute = validation_errors_route(_no_input)  # a refused URL may hold credentials: not echoed
 
 
 router = APIRouter(

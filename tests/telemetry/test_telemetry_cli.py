@@ -19,9 +19,8 @@ from controlplane.gpu_targets import GpuTargets
 from controlplane.schema import gpu_buckets
 from core.contracts import UsageEvent
 from core.methodology import enrich, load_factor_set
-from tests.pollers.conftest import FakeProducer
-from tests.telemetry.scenario import A, H, M, base_hour, expected, script
-from tests.telemetry.test_telemetry_scraper import scraper
+from tests.telemetry.scenario import A, H, M, base_hour, expected
+from tests.telemetry.test_telemetry_scraper import scrape_scenario
 from warehouse.ledger import write_enriched
 
 
@@ -49,12 +48,8 @@ def test_targets_and_calibration_commands(engine, stub, warehouse, monkeypatch, 
     assert listed["id"] == target_id and listed["gpus"] == [A, "1"]
 
     # the scenario, scraped into a recording producer, then enriched and written as the worker would
-    prod = FakeProducer()
-    s = scraper(engine, prod)
     t0 = base_hour()
-    for at, fail in script(stub, t0):
-        stub.fail = {"/dcgm/metrics"} if fail else set()
-        asyncio.run(s.run_once(at))
+    prod, s, _ = scrape_scenario(engine, stub, t0)
     with engine.begin() as conn:
         conn.execute(delete(gpu_buckets))
     asyncio.run(s.run_once(t0 + 4 * H + 10 * M))

@@ -71,6 +71,17 @@ def test_formula_pieces() -> None:
     assert attribute(10.0, {}, w) == {}
 
 
+def scrape_scenario(engine, stub, t0: datetime) -> tuple[FakeProducer, TelemetryScraper, list]:
+    """A target on the stub, scraped through the whole scenario into a recording producer."""
+    prod = FakeProducer()
+    s = scraper(engine, prod)
+    results = []
+    for at, fail in script(stub, t0):
+        stub.fail = {"/dcgm/metrics"} if fail else set()
+        results += asyncio.run(s.run_once(at))
+    return prod, s, results
+
+
 def _target(engine, stub, **kw):
     org = Orgs(engine).create("gpu-org")
     spec = {
@@ -87,13 +98,8 @@ def _target(engine, stub, **kw):
 
 def test_scrapes_attribute_exact_joules_per_model_and_hour(engine, stub) -> None:
     target = _target(engine, stub)
-    prod = FakeProducer()
-    s = scraper(engine, prod)
     t0 = base_hour()
-    results = []
-    for at, fail in script(stub, t0):
-        stub.fail = {"/dcgm/metrics"} if fail else set()
-        results += asyncio.run(s.run_once(at))
+    prod, s, results = scrape_scenario(engine, stub, t0)
     outcomes = [r.outcome for r in results]
     assert outcomes == ["ok"] * 4 + ["failed"] + ["ok"] * 4
     assert "503" in (results[4].error or "")
@@ -158,12 +164,8 @@ def test_a_changed_hour_replaces_its_event_with_a_higher_revision(engine, stub) 
     from tests.fixtures_controlplane import tiny_factors
 
     _target(engine, stub)
-    prod = FakeProducer()
-    s = scraper(engine, prod)
     t0 = base_hour()
-    for at, fail in script(stub, t0):
-        stub.fail = {"/dcgm/metrics"} if fail else set()
-        asyncio.run(s.run_once(at))
+    prod, _, _ = scrape_scenario(engine, stub, t0)
     before = live(prod)
 
     class Tiny:  # llama and qwen both fall back to "large" here: equal per-phase weights 0.5 / 3.0
