@@ -216,3 +216,33 @@ def test_bad_configuration_is_refused(engine) -> None:
     ):
         with pytest.raises(ValidationError):
             GpuTargetIn.model_validate(bad)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_unreadable_endpoints_fail_the_target_not_the_round(engine, stub) -> None:
+    """A 404, a body that is not exposition text, an exporter without the target's GPUs, a Prometheus error:
+    each fails its own target with a reason (stored as last_error); the other targets are scraped."""
+    good = _target(engine, stub)
+    org_id = good.org_id
+    targets = GpuTargets(engine)
+    specs = {
+        "404": {"server_urls": [f"{stub.url}/vllm/nope/metrics"]},
+        "unreadable": {"dcgm_url": f"{stub.url}/prom/api/v1/query_range?query=x&start=0&end=1&step=1"},
+        "no series": {"gpus": ["GPU-not-here"]},
+        "prometheus": {"dcgm_url": None, "server_urls": [], "prometheus_url": f"{stub.url}/nothing"},
+    }
+    base = good.model_dump(include={"dcgm_url", "server_urls", "gpus", "provider"})
+    ids = {
+        name: targets.create(org_id, GpuTargetIn.model_validate({**base, "name": name, **spec})).id
+        for name, spec in specs.items()
+    }
+    results = {r.target_id: r for r in asyncio.run(scraper(engine, FakeProducer()).run_once(base_hour()))}
+    assert results[good.id].outcome == "ok"
+    for name, tid in ids.items():
+        r = results[tid]
+        assert r.outcome == "failed" and r.error, name
+        assert targets.get(org_id, tid).last_error == r.error
+    assert "404" in results[ids["404"]].error
+    assert "unreadable exposition text" in results[ids["unreadable"]].error
+    assert "no DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION series" in results[ids["no series"]].error
+    assert "Prometheus" in results[ids["prometheus"]].error
