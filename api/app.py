@@ -23,9 +23,11 @@ from api.errors import install_error_handlers
 from api.routers import (
     audit,
     billing,
+    calibration,
     carbon_factors,
     connections,
     export,
+    gpu_targets,
     health,
     methodology,
     metrics,
@@ -142,6 +144,8 @@ def create_app(
     app.include_router(recommendations.router, prefix=API_PREFIX)
     app.include_router(sustainability.router, prefix=API_PREFIX)
     app.include_router(connections.router, prefix=API_PREFIX)
+    app.include_router(gpu_targets.router, prefix=API_PREFIX)
+    app.include_router(calibration.router, prefix=API_PREFIX)
     app.include_router(billing.router, prefix=API_PREFIX)
     app.include_router(receipts.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)

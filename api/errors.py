@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -26,9 +27,11 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.bodylimit import BodyLimitMiddleware
@@ -116,6 +119,25 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"detail": _jsonable_errors(list(exc.errors()))}, status_code=422)
+
+
+def validation_errors_route(transform: Callable[[dict[str, Any]], dict[str, Any]]) -> type[APIRoute]:
+    """A route class whose 422s pass each field error (a copy) through `transform` first — to mask or drop
+    echoed input that may hold a secret (a provider key, a URL with credentials)."""
+
+    class Route(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def route(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except RequestValidationError as exc:
+                    raise RequestValidationError([transform(dict(e)) for e in exc.errors()]) from None
+
+            return route
+
+    return Route
 
 
 def _rule_error(status: int):

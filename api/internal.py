@@ -8,12 +8,13 @@ it, and show live pipeline counters. Every call needs the runtime token of runti
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal
 
 from clickhouse_connect.driver import Client
 from fastapi import APIRouter, Depends, Header, HTTPException
 
-from warehouse import queries
+from warehouse import calibration, queries
 from warehouse.aio import AsyncWarehouse
 from warehouse.runtime import TOKEN_HEADER, token_matches
 
@@ -63,4 +64,13 @@ def internal_router(
     async def get_totals(by: TotalsBy = "none") -> dict[str, Any]:
         return await held(warehouse).run(totals_payload, by)
 
+    @router.get("/calibration")
+    async def get_calibration(org_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        return await held(warehouse).run(calibration_payload, org_id, start, end)
+
     return router
+
+
+def calibration_payload(client: Client, org_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """What `joulestream calibration` shows (warehouse/calibration.py)."""
+    return [r._asdict() for r in calibration.calibration(client, org_id, start, end)]

@@ -114,7 +114,8 @@ def _mount_gateway(api: FastAPI, settings: Settings, engine: Any, routes: Path) 
 
 
 class Pollers(Service):
-    """The provider usage poll scheduler (pipelines/pollers), in the runtime's process."""
+    """The provider usage poll scheduler (pipelines/pollers) and the GPU telemetry scraper (pipelines/telemetry),
+    in the runtime's process."""
 
     def __init__(self, settings: Settings, pipeline: Pipeline, **kw: Any) -> None:
         super().__init__(**kw)
@@ -127,9 +128,13 @@ class Pollers(Service):
 
         while self.pipeline.producer is None:
             await asyncio.sleep(0.1)
+        from pipelines.telemetry.scheduler import run_telemetry  # the GPU telemetry scraper, alongside
+
+        engine, producer = get_engine(self.settings.database), self.pipeline.producer
         try:
-            await run_scheduler(
-                self.settings, get_engine(self.settings.database), self.pipeline.producer, self._stop
+            await asyncio.gather(
+                run_scheduler(self.settings, engine, producer, self._stop),
+                run_telemetry(self.settings, engine, producer, self._stop),
             )
         except Exception as exc:
             raise ServiceFailed(f"the provider pollers stopped: {type(exc).__name__}: {exc}") from exc

@@ -471,3 +471,7 @@ def _progress() -> Progress:
 from cli.close import register_close_commands  # noqa: E402 — close-month, credits
 
 register_close_commands(app)
+
+from cli.telemetry import register_telemetry_commands  # noqa: E402 — gpu-targets, scrape, calibration
+
+register_telemetry_commands(app)

@@ -11,7 +11,9 @@ import logging
 import logging.config
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from core.files import private_home
 from core.logs import logging_config
@@ -32,10 +34,7 @@ def poll(
     """Poll until SIGINT/SIGTERM (or one round with `once`). Refuses to start without a usable secret store
     (a master key outside the embedded demo): exit status 2. Returns 0 on a clean stop. With `metrics_port`,
     serves /prometheus/metrics (api/routers/ops.py) on `metrics_host:metrics_port` while it runs."""
-    from aiokafka.errors import KafkaError
-
     from controlplane import get_engine
-    from core.kafka import ensure_topics, producer
     from core.metrics import use_directory
     from core.secrets import SecretStoreError, SecretStores
     from pipelines.pollers.scheduler import PollerConfig, PollScheduler, run_scheduler
@@ -52,44 +51,60 @@ def poll(
     config = PollerConfig.from_settings(settings, **overrides)
     engine = get_engine(settings.database)  # migrated by the `poll` command before this runs
 
-    async def main() -> int:
-        try:
-            await ensure_topics(settings)
-        except KafkaError as exc:
-            print(f"joulestream poll: Kafka at {settings.kafka} is unreachable ({exc})", file=sys.stderr)
-            return 1
-        prod = producer(settings)
-        await prod.start()
-        try:
-            if once:
-                sched = PollScheduler(settings, engine, prod, secrets=secrets, config=config)
-                try:
-                    results = await sched.run_once()
-                finally:
-                    await sched.aclose()
-                for r in results:
-                    print(
-                        f"{r.provider:<10} {r.connection_id}  {r.outcome:<9} published={r.published} "
-                        f"unchanged={r.unchanged}" + (f"  error={r.error}" if r.error else "")
-                    )
-                return 1 if any(r.outcome == "failed" for r in results) else 0
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            server = _metrics_server(settings, metrics_host, metrics_port) if metrics_port else None
-            serving = asyncio.create_task(server.serve()) if server else None
+    async def main(prod) -> int:
+        if once:
+            sched = PollScheduler(settings, engine, prod, secrets=secrets, config=config)
             try:
-                await run_scheduler(settings, engine, prod, stop, secrets=secrets, config=config)
+                results = await sched.run_once()
             finally:
-                if server is not None and serving is not None:
-                    server.should_exit = True
-                    await serving
-            return 0
+                await sched.aclose()
+            for r in results:
+                print(
+                    f"{r.provider:<10} {r.connection_id}  {r.outcome:<9} published={r.published} "
+                    f"unchanged={r.unchanged}" + (f"  error={r.error}" if r.error else "")
+                )
+            return 1 if any(r.outcome == "failed" for r in results) else 0
+        stop = stop_on_signals()
+        server = _metrics_server(settings, metrics_host, metrics_port) if metrics_port else None
+        serving = asyncio.create_task(server.serve()) if server else None
+        try:
+            await run_scheduler(settings, engine, prod, stop, secrets=secrets, config=config)
         finally:
-            await prod.stop()
+            if server is not None and serving is not None:
+                server.should_exit = True
+                await serving
+        return 0
 
-    return asyncio.run(main())
+    return asyncio.run(with_producer(settings, "poll", main))
+
+
+async def with_producer(settings: Settings, command: str, body: Callable[[Any], Awaitable[int]]) -> int:
+    """`body(producer)` with the topics ensured and a started aiokafka producer (stopped afterwards); 1 with a
+    message when Kafka is unreachable. Shared by `joulestream poll` and `joulestream scrape`."""
+    from aiokafka.errors import KafkaError
+
+    from core.kafka import ensure_topics, producer
+
+    try:
+        await ensure_topics(settings)
+    except KafkaError as exc:
+        print(f"joulestream {command}: Kafka at {settings.kafka} is unreachable ({exc})", file=sys.stderr)
+        return 1
+    prod = producer(settings)
+    await prod.start()
+    try:
+        return await body(prod)
+    finally:
+        await prod.stop()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (in the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def _metrics_server(settings: Settings, host: str, port: int):

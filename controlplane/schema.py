@@ -23,6 +23,9 @@ Tables by migration:
   `recommendation_history` — every state change (see `controlplane.recommendations`).
 - `0065_recommendation_savings`: `recommendation_savings` — the measured savings ledger: one row per applied
   recommendation and complete UTC day, written once (`controlplane.recommendations.SavingsLedger`).
+- `0090_gpu_targets`: `gpu_targets` — DCGM / model-server / Prometheus endpoints an org's GPUs are scraped
+  from, with their project and hosting provider; `gpu_series` (each counter's last sample), `gpu_hours` (its
+  increase per hour), `gpu_buckets` (what was published per hour and model) — see `controlplane.gpu_targets`.
 
 Timestamps are timezone-aware UTC in Python on every backend (`UTCDateTime`): PostgreSQL stores
 `timestamptz`, SQLite stores naive UTC text (fixed-width, so it sorts chronologically).
@@ -487,4 +490,61 @@ recommendation_savings = Table(
     Column("factors_version", String(40), nullable=False),
     Column("recorded_at", UTCDateTime(), nullable=False),
     Index("ix_recommendation_savings_org_id_day", "org_id", "day"),
+)
+
+
+# --------------------------------------------------------------------------------------------- GPU telemetry (0090)
+
+gpu_targets = Table(
+    "gpu_targets",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("project_id", String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("dcgm_url", String(2000), nullable=True),  # a DCGM exporter's /metrics
+    Column("server_urls", Text(), nullable=False),  # JSON list: the model servers' /metrics
+    Column("prometheus_url", String(2000), nullable=True),  # instead of the two above: a Prometheus server
+    Column("gpus", Text(), nullable=False),  # JSON list of GPU UUIDs or indices; [] = every GPU
+    Column("hostname", String(255), nullable=True),  # only series with this Hostname label
+    Column("provider", String(200), nullable=False),  # where the GPUs run (PUE, grid): aws, azure, google, …
+    Column("region", String(200), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime(), nullable=True),
+    Column("last_scrape_at", UTCDateTime(), nullable=True),  # last successful scrape
+    Column("last_error", String(LAST_ERROR_MAX), nullable=True),
+)
+
+gpu_series = Table(  # the last sample of every counter series a target reads
+    "gpu_series",
+    metadata,
+    Column("target_id", String(36), ForeignKey("gpu_targets.id", ondelete="CASCADE"), primary_key=True),
+    Column("series", String(500), primary_key=True),  # energy|<gpu> or prompt|<model> or generation|<model>
+    Column("value", Float(), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+)
+
+gpu_hours = Table(  # each series' increase per hour (core.methodology.measured.spread)
+    "gpu_hours",
+    metadata,
+    Column("target_id", String(36), ForeignKey("gpu_targets.id", ondelete="CASCADE"), primary_key=True),
+    Column("hour", UTCDateTime(), primary_key=True),
+    Column("series", String(500), primary_key=True),
+    Column("amount", Float(), nullable=False),
+    Column("resets", Integer(), nullable=False, server_default=text("0")),
+)
+
+gpu_buckets = Table(  # what the scraper last published per (target, hour, model): revisions
+    "gpu_buckets",
+    metadata,
+    Column("target_id", String(36), ForeignKey("gpu_targets.id", ondelete="CASCADE"), primary_key=True),
+    Column("event_id", String(200), primary_key=True),
+    Column("hour", UTCDateTime(), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("revision", BigInteger(), nullable=False),
+    Column("event", Text(), nullable=False),
+    Index("ix_gpu_buckets_target_id_hour", "target_id", "hour"),
 )

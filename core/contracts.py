@@ -41,6 +41,7 @@ class Source(StrEnum):
     poller = "poller"
     import_ = "import"
     simulated = "simulated"
+    telemetry = "telemetry"  # measured GPU energy (pipelines/telemetry)
 
 
 class EnergySource(StrEnum):

@@ -20,6 +20,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_ARTIFACTS, _ARTIFACTS_ENDPOINT | artifacts, artifacts_endpoint | `home/artifacts`                    |
 | JOULESTREAM_JWT_JWKS_URL, _ISSUER, _AUDIENCE, _ORG_CLAIM, _MEMBERSHIPS_CLAIM | jwt_* | API keys only   |
 | JOULESTREAM_POLL_INTERVAL_S, _LOOKBACK_H, _BACKFILL_DAYS, _MAX_FAILURES, _TICK_S | poll_* | 3600, 48, 7, 5, 15 |
+| JOULESTREAM_TELEMETRY_SCRAPE_S, _TIMEOUT_S, _LOOKBACK_H | telemetry_* | 60, 10, 48 (GPU telemetry scraper) |
 | JOULESTREAM_{OPENAI,ANTHROPIC,OPENROUTER}_BASE_URL | openai_base_url, … | the providers' public APIs      |
 | STRIPE_API_KEY, STRIPE_API_BASE, STRIPE_WEBHOOK_SECRET | stripe_api_key, stripe_api_base, stripe_webhook_secret | Stripe off |
 | JOULESTREAM_STRIPE_PRICES                | stripe_prices           | `price_joulestream_<plan>`                |
@@ -110,6 +111,12 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     anthropic_base_url: str | None = None
     openrouter_base_url: str | None = None
+
+    # GPU telemetry (pipelines/telemetry, docs/measured-energy.md): scrape interval, per-request timeout, and how
+    # far back closed hours are recomputed (and state kept)
+    telemetry_scrape_s: PositiveFloat = 60
+    telemetry_timeout_s: PositiveFloat = 10
+    telemetry_lookback_h: PositiveFloat = 48
 
     # Stripe (billing)
     stripe_api_key: SecretStr | None = Field(

@@ -25,18 +25,15 @@ public APIs), `provider_http` (an httpx.AsyncClient for key validation).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from api.deps import AdminPrincipal, AppContext, Ctx, ReadPrincipal
-from api.errors import error_responses
+from api.errors import error_responses, validation_errors_route
 from controlplane import Conflict, NotFound
 from controlplane.connections import Connection, Connections, SyncRateLimited, new_connection_id
 from core.secrets import LOCAL_PREFIX, SecretStore, SecretStoreError, SecretStores, redact
@@ -62,26 +59,14 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return value
 
 
-class ScrubbedRoute(APIRoute):
-    """422 bodies echo the offending input; here the key is masked in every error."""
+def _scrub_error(err: dict[str, Any]) -> dict[str, Any]:
+    loc = tuple(err.get("loc") or ())
+    if "input" in err:
+        err["input"] = MASK if SECRET_FIELDS & set(map(str, loc)) else _scrub(err["input"])
+    return err
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
 
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                errors = []
-                for err in exc.errors():
-                    err = dict(err)
-                    loc = tuple(err.get("loc") or ())
-                    if "input" in err:
-                        err["input"] = MASK if SECRET_FIELDS & set(map(str, loc)) else _scrub(err["input"])
-                    errors.append(err)
-                raise RequestValidationError(errors) from None
-
-        return route
+ScrubbedRoute = validation_errors_route(_scrub_error)  # 422 bodies echo the input: the key is masked
 
 
 router = APIRouter(

@@ -25,6 +25,7 @@ except ImportError:  # older FastAPI: app.routes is already flat
 from controlplane import ApiKeys, Orgs, Projects, Workloads
 from controlplane.billing import Credits, Receipts
 from controlplane.connections import Connections
+from controlplane.gpu_targets import GpuTargetIn, GpuTargets
 from controlplane.prices import PriceOverrides
 from controlplane.recommendations import Recommendations
 from core.insights import Finding
@@ -117,6 +118,14 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("PATCH", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
     ("DELETE", "/api/v1/recommendations/{rec_id}/ignore"): (ORG_ITEM, None),
     ("GET", "/api/v1/sustainability"): (ORG_LIST, None),
+    ("GET", "/api/v1/calibration"): (ORG_LIST, None),
+    ("GET", "/api/v1/gpu-targets"): (ORG_LIST, None),
+    ("POST", "/api/v1/gpu-targets"): (
+        ORG_CREATE,
+        {"name": "B's node", "prometheus_url": "http://127.0.0.1:9/prom", "provider": "aws"},
+    ),
+    ("GET", "/api/v1/gpu-targets/{target_id}"): (ORG_ITEM, None),
+    ("DELETE", "/api/v1/gpu-targets/{target_id}"): (ORG_ITEM, None),
     ("GET", "/api/v1/version"): (GLOBAL, None),
     ("GET", "/api/v1/config"): (GLOBAL, None),
     ("GET", "/prometheus/metrics"): (OPERATOR, None),
@@ -138,6 +147,7 @@ class OrgA:
     audit_pack_month: tuple[int, int]
     price_override_id: str
     recommendation_id: str
+    gpu_target_id: str = ""
 
     def markers(self) -> list[str]:
         return [
@@ -152,6 +162,7 @@ class OrgA:
             self.receipt_serial,
             self.price_override_id,
             self.recommendation_id,
+            self.gpu_target_id,
         ]
 
 
@@ -180,6 +191,7 @@ def _path_value(name: str, a: OrgA) -> str:
         "override_id": a.price_override_id,
         "window_slug": "1y",
         "rec_id": a.recommendation_id,
+        "target_id": a.gpu_target_id,
     }
     assert name in values, f"path parameter {{{name}}} has no tenancy value: add it to _path_value"
     return values[name]
@@ -278,6 +290,12 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         (2026, 9),
         override.id,
         rec.id,
+        GpuTargets(engine)
+        .create(
+            a_t.org.id,
+            GpuTargetIn(name="secret-a-node", prometheus_url="http://127.0.0.1:9/prom", provider="aws"),
+        )
+        .id,
     )
     # B's most privileged key: read + admin + billing
     b_headers = bearer(ApiKeys(engine).create(b_t.org.id, ["read", "admin", "billing"], name="b-all")[1])
