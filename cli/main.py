@@ -132,7 +132,7 @@ def migrate() -> None:
     console.print(
         f"control plane: at revision {after}" + (f" (was {before or 'empty'})" if before != after else "")
     )
-    applied = run_migrations(get_client(s), s.ch_database)
+    applied = run_migrations(get_client(s), s.ch_database, cluster=s.ch_cluster or None)
     console.print(
         f"warehouse {s.ch_database}: {len(applied)} migration(s) applied"
         + (f": {', '.join(applied)}" if applied else "")
@@ -153,11 +153,25 @@ def worker(
         int | None,
         typer.Option(help="Without --http-port: serve /prometheus/metrics alone on 127.0.0.1:PORT"),
     ] = None,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="all | enrich | sink: both agents, or one (enrich workers hold no warehouse; docs/deployment.md)"
+        ),
+    ] = "all",
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate the control plane first")
+    ] = True,
 ) -> None:
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
+    if stage not in ("all", "enrich", "sink"):
+        raise typer.BadParameter(f"--stage must be all, enrich or sink, not {stage!r}")
+    if stage == "enrich" and http_port is not None:
+        raise typer.BadParameter("--http-port serves the warehouse: not with --stage enrich")
     s = _settings()
     _preflight("worker", s, ports={"--http-port": http_port} if http_port else None)
-    _migrate_controlplane(s)
+    if migrate:
+        _migrate_controlplane(s)
     _run_stack(
         "worker",
         settings=s,
@@ -165,7 +179,47 @@ def worker(
         loglevel=loglevel.upper(),
         split=split,
         metrics_port=metrics_port,
+        stage=stage,
     )
+
+
+@app.command()
+def topics(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker")] = 60.0,
+) -> None:
+    """Create the pipeline topics (JOULESTREAM_KAFKA_PARTITIONS partitions, JOULESTREAM_KAFKA_REPLICATION
+    replicas) if missing: the topic-creation step of a deployment (docker-compose's `kafka-init`)."""
+    import asyncio
+
+    from core.kafka import ensure_topics, topic_names
+
+    s = _settings()
+    created = asyncio.run(ensure_topics(s, timeout_s=timeout))
+    for t in topic_names(s):
+        state = "created" if t in created else "exists"
+        console.print(
+            f"{t}: {state}"
+            + (f" ({s.kafka_partitions} partitions, replication {s.kafka_replication})" if t in created else "")
+        )
+
+
+@app.command()
+def api(
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate the control plane first")
+    ] = True,
+) -> None:
+    """Serve the dashboard API (/api/v1, /health, /prometheus/metrics) alone, over a ClickHouse server
+    (server mode). With the embedded warehouse, `joulestream worker --http-port` serves the API instead."""
+    from cli.api import serve_api
+
+    s = _settings()
+    _preflight("api", s, ports={"--port": port}, host=host)
+    if migrate:
+        _migrate_controlplane(s)
+    raise typer.Exit(serve_api(s, host, port))
 
 
 @app.command()
