@@ -321,7 +321,10 @@ def run_worker(
             "pid": child.proc.pid,
             "restarts": child.restarts,
         }
-    app = build_app(settings, pipeline, app_id="joulestream" if stage == "all" else f"joulestream-{stage}")
+    # the Faust app's own consumer group (named after the app id): one per stage and topic prefix, and never
+    # the name of an agent's group (streams/worker.py) — two protocols in one group fail to join it
+    app_id = "joulestream" if stage == "all" else f"{settings.topic_prefix}joulestream-{stage}-app"
+    app = build_app(settings, pipeline, app_id=app_id)
     runtime: RuntimeInfo | None = None
     if http_port is not None:
         runtime = publish_runtime(settings, f"http://127.0.0.1:{http_port}")

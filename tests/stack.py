@@ -68,10 +68,10 @@ def stack(kafka: str, tmp_path: Path) -> Stack:
 
 
 class WorkerProcess:
-    """`joulestream worker --http-port P` as a subprocess that a test can kill."""
+    """`joulestream worker --http-port P [args]` as a subprocess that a test can kill."""
 
-    def __init__(self, stack: Stack, log_path: Path) -> None:
-        self.stack, self.log_path = stack, log_path
+    def __init__(self, stack: Stack, log_path: Path, args: tuple[str, ...] = ()) -> None:
+        self.stack, self.log_path, self.args = stack, log_path, args
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.runtime: RuntimeInfo | None = None
@@ -80,7 +80,7 @@ class WorkerProcess:
         self.runtime = None
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli", "worker", "--http-port", str(self.port)],
+                [sys.executable, "-m", "cli", "worker", "--http-port", str(self.port), *self.args],
                 cwd=REPO,
                 env=self.stack.env,
                 stdout=out,
