@@ -289,6 +289,7 @@ def run_worker(
     metrics_port: int | None = None,
     children: dict[str, subprocess.Popen[bytes]] | None = None,
     stage: str = "all",
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
     child process (streams/split.py) so the two stages use two cores. The control-plane database must be
@@ -340,7 +341,7 @@ def run_worker(
     elif metrics_port is not None:  # no runtime HTTP server: /prometheus/metrics alone
         from api.routers.ops import prometheus_app
 
-        serve_http(app, prometheus_app(settings), host="127.0.0.1", port=metrics_port, log_level="warning")
+        serve_http(app, prometheus_app(settings), host=metrics_host, port=metrics_port, log_level="warning")
         app.conf.web_enabled = True
     if child is not None:
         app.add_dependency(EnrichSupervisor(child, loop=app.loop, beacon=app.beacon))

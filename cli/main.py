@@ -162,6 +162,9 @@ def worker(
     migrate: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Migrate the control plane first")
     ] = True,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the --metrics-port server (0.0.0.0 in a container)")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
     if stage not in ("all", "enrich", "sink"):
@@ -180,6 +183,7 @@ def worker(
         split=split,
         metrics_port=metrics_port,
         stage=stage,
+        metrics_host=metrics_host,
     )
 
 
