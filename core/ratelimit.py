@@ -102,7 +102,9 @@ class Limiter:
         now = time.monotonic()
         if now - self._logged_at > 10:
             self._logged_at = now
-            log.warning("rate-limit store %s failed on %s (%s); letting requests through", self.uri, what, exc)
+            log.warning(
+                "rate-limit store %s failed on %s (%s); letting requests through", self.uri, what, exc
+            )
         return 0.0
 
     @staticmethod

@@ -7,6 +7,7 @@ without seeing each other's messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -169,6 +170,22 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[WorkerProcess]:
     if w.proc is not None and w.proc.poll() is None:
         w.proc.kill()
         w.proc.wait()
+
+
+def last_assignment(log: Path, agent: str) -> list[int] | None:
+    """The partitions the `agent` of a worker was last assigned, from its JSON log (streams/agents.py logs each
+    assignment); None before the first."""
+    last = None
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        if line.startswith("{") and '"partitions assigned"' in line:
+            rec = json.loads(line)
+            if rec.get("agent") == agent:
+                last = rec["partitions"]
+    return last
 
 
 def publish(stack: Stack, messages: list) -> int:

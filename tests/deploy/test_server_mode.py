@@ -12,7 +12,6 @@ reads the same warehouse.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -33,7 +32,7 @@ from cli.broker import port_open
 from controlplane import dispose_engine
 from pipelines.simulate import generate
 from tests.e2e.expectations import FLOAT_FIELDS, TOKEN_FIELDS, expected
-from tests.stack import REPO, Stack, WorkerProcess, free_port, publish
+from tests.stack import REPO, Stack, WorkerProcess, free_port, last_assignment, publish
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -85,13 +84,7 @@ class Procs:
 
     def assignment(self, name: str) -> list[int] | None:
         """The partitions the enrich agent of `name` was last assigned (its log), None before the first."""
-        last = None
-        for line in self.log(name).read_text(errors="replace").splitlines():
-            if line.startswith("{") and '"partitions assigned"' in line:
-                rec = json.loads(line)
-                if rec.get("agent") == "enrich":
-                    last = rec["partitions"]
-        return last
+        return last_assignment(self.log(name), "enrich")
 
     def stop_all(self, graceful: tuple[str, ...]) -> dict[str, int | None]:
         """SIGTERM to the `graceful` ones (their clean stop is checked), SIGKILL to the rest (quicker)."""
