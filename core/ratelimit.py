@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import math
 import time
+from urllib.parse import urlsplit
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.errors import StorageError
@@ -86,6 +87,8 @@ class Limiter:
 
     def __init__(self, storage: str = "memory://") -> None:
         self.uri = storage
+        parsed = urlsplit(storage)
+        self.label = f"{parsed.scheme}://{parsed.hostname or ''}{f':{parsed.port}' if parsed.port else ''}"  # no password
         self.network = not storage.startswith("memory://")
         self.storage = open_storage(storage)
         self.moving = MovingWindowRateLimiter(self.storage)
@@ -103,7 +106,10 @@ class Limiter:
         if now - self._logged_at > 10:
             self._logged_at = now
             log.warning(
-                "rate-limit store %s failed on %s (%s); letting requests through", self.uri, what, exc
+                "rate-limit store %s failed on %s (%s); letting requests through",
+                self.label,
+                what,
+                type(exc).__name__,
             )
         return 0.0
 

@@ -87,11 +87,12 @@ def test_memory_store_is_per_process():
     assert _admitted([b], caller, 2) == [True, True]
 
 
-def test_a_store_that_is_down_fails_open():
-    lim = Limiter("redis://127.0.0.1:1/0")  # nothing listens on port 1
+def test_a_store_that_is_down_fails_open_and_logs_no_password(caplog):
+    lim = Limiter("redis://:hunter2@127.0.0.1:1/0")  # nothing listens on port 1
     item = rate_item(1)
     assert [lim.take(item, "x") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert lim.spent(item, "x") == 0.0 and lim.errors >= 4
+    assert "127.0.0.1:1" in caplog.text and "hunter2" not in caplog.text
 
 
 def test_rate_item_windows():
