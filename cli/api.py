@@ -19,8 +19,9 @@ from core.metrics import use_directory
 from core.settings import Settings
 
 
-def serve_api(settings: Settings, host: str, port: int) -> int:
-    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 when the embedded warehouse is held elsewhere."""
+def serve_api(settings: Settings, host: str, port: int, migrate_warehouse: bool = True) -> int:
+    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 when the embedded warehouse is held elsewhere. The
+    warehouse is migrated first unless `migrate_warehouse` is off (a deployment's `migrate` step did it)."""
     import uvicorn
 
     from api.app import create_app
@@ -37,7 +38,8 @@ def serve_api(settings: Settings, host: str, port: int) -> int:
     except WarehouseLocked as exc:
         print(f"joulestream api: {exc}", file=sys.stderr)
         return 2
-    migrate(client, settings.ch_database, cluster=settings.ch_cluster or None)
+    if migrate_warehouse:
+        migrate(client, settings.ch_database, cluster=settings.ch_cluster or None)
     engine = get_engine(settings.database)
     app = create_app(
         settings,

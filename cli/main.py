@@ -212,7 +212,7 @@ def api(
     host: str = "127.0.0.1",
     port: int = 8787,
     migrate: Annotated[
-        bool, typer.Option("--migrate/--no-migrate", help="Migrate the control plane first")
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate the control plane and warehouse first")
     ] = True,
 ) -> None:
     """Serve the dashboard API (/api/v1, /health, /prometheus/metrics) alone, over a ClickHouse server
@@ -223,7 +223,7 @@ def api(
     _preflight("api", s, ports={"--port": port}, host=host)
     if migrate:
         _migrate_controlplane(s)
-    raise typer.Exit(serve_api(s, host, port))
+    raise typer.Exit(serve_api(s, host, port, migrate_warehouse=migrate))
 
 
 @app.command()
