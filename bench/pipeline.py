@@ -103,6 +103,33 @@ def reference_loop_s() -> float:
     return best
 
 
+def wait_runtime(home: Path, holder: subprocess.Popen, procs: list[subprocess.Popen]) -> RuntimeInfo:
+    """The runtime address of `holder` (the process holding the warehouse) once it has published it."""
+    while True:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a worker exited; logs in {home}")
+        time.sleep(0.2)
+        try:
+            info = RuntimeInfo.model_validate_json((home / "runtime.json").read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        if info.pid == holder.pid:
+            return info
+
+
+def warm_up(settings, live_events) -> None:
+    """One event through, so the consumer groups have joined before the clock starts."""
+    warm = generate(1, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=999)
+    asyncio.run(produce(settings, warm.messages, settings.raw_topic))
+    while True:
+        try:
+            if live_events() >= 1:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+
+
 def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_pid: int) -> dict:
     env = {
         **os.environ,
@@ -123,13 +150,7 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_p
         stderr=subprocess.STDOUT,
     )
     try:
-        info = None
-        while info is None or info.pid != proc.pid:
-            time.sleep(0.2)
-            try:
-                info = RuntimeInfo.model_validate_json((home / "runtime.json").read_text())
-            except (FileNotFoundError, ValueError):
-                pass
+        info = wait_runtime(home, proc, [proc])
         # one client for every poll: a new httpx.Client per call builds an SSL context each time, which
         # cost the measuring process a quarter of a core — taken from the worker it measures
         http = httpx.Client(base_url=info.url, headers={TOKEN_HEADER: info.token}, timeout=30)
@@ -140,16 +161,7 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_p
         def live_events() -> int:
             return http.get("/internal/v1/totals").json()["totals"]["events"]
 
-        # warm-up: one event through, so consumer groups have joined before the clock starts
-        warm = generate(1, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=999)
-        asyncio.run(produce(settings, warm.messages, settings.raw_topic))
-        while True:
-            try:
-                if live_events() >= 1:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        warm_up(settings, live_events)
         n = len(messages)
         pids = {"worker (sink, HTTP)": proc.pid, "broker (Tansu)": broker_pid}
         for child in _children(
@@ -336,15 +348,7 @@ def run_scaled(
     ]
     procs = [sink, *enrich]
     try:
-        info = None
-        while info is None or info.pid != sink.pid:
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a worker exited; logs in {home}")
-            time.sleep(0.2)
-            try:
-                info = RuntimeInfo.model_validate_json((home / "runtime.json").read_text())
-            except (FileNotFoundError, ValueError):
-                pass
+        info = wait_runtime(home, sink, procs)
         http = httpx.Client(base_url=info.url, headers={TOKEN_HEADER: info.token}, timeout=30)
 
         def live_events() -> int:
@@ -356,15 +360,7 @@ def run_scaled(
 
         while not shared():  # every worker has its partitions before the clock starts
             time.sleep(0.2)
-        warm = generate(1, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=999)
-        asyncio.run(produce(settings, warm.messages, settings.raw_topic))
-        while True:
-            try:
-                if live_events() >= 1:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        warm_up(settings, live_events)
         pids = {"sink": sink.pid, "broker (Tansu)": broker_pid} | {
             f"enrich{i}": p.pid for i, p in enumerate(enrich)
         }

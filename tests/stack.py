@@ -29,6 +29,15 @@ from warehouse.runtime import TOKEN_HEADER, RuntimeInfo
 REPO = Path(__file__).resolve().parents[1]
 
 
+def redis_up(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    """A Redis answers at host:port (the shared rate-limit store of server mode)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,38 +15,26 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from cli.broker import port_open
-from controlplane import dispose_engine
 from pipelines.simulate import generate
 from tests.e2e.expectations import FLOAT_FIELDS, TOKEN_FIELDS, expected
-from tests.stack import REPO, Stack, WorkerProcess, free_port, last_assignment, publish
+from tests.fixtures_controlplane import pg_schema_url
+from tests.stack import REPO, Stack, WorkerProcess, free_port, last_assignment, publish, redis_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PARTITIONS = 4
 ENRICH_WORKERS = 3
 GATEWAY_REQUESTS = 5
-
-
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class Procs:
@@ -119,23 +107,8 @@ def wait(pred, what: str, procs: Procs, names: list[str], timeout_s: float = 90)
 
 @pytest.fixture
 def pg_url(pg_admin) -> Iterator[str]:
-    """A fresh PostgreSQL schema for this test's control plane (tests/fixtures_controlplane.py's way)."""
-    if pg_admin is None:
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (database test)")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = (
-        make_url(pg_admin.url.render_as_string(hide_password=False))
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-    try:
-        yield url
-    finally:
-        dispose_engine(url)
-        with pg_admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    """A fresh PostgreSQL schema for this test's control plane."""
+    yield from pg_schema_url(pg_admin)
 
 
 def test_server_mode_workers_share_partitions_and_a_sigkill_changes_no_total(
@@ -153,7 +126,7 @@ def test_server_mode_workers_share_partitions_and_a_sigkill_changes_no_total(
         "JOULESTREAM_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
         "JOULESTREAM_DEMO_UPSTREAM_KEY": "sk-demo",
     }
-    if _redis_up():  # the shared rate-limit store of server mode
+    if redis_up():  # the shared rate-limit store of server mode
         env["JOULESTREAM_RATE_LIMIT_STORAGE"] = "redis://127.0.0.1:6379/0"
     stack = Stack(env)
     s = stack.settings

@@ -3,7 +3,6 @@ budget; two on `memory://` (the embedded default) each keep their own. Real Redi
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -13,19 +12,12 @@ from pipelines.gateway.auth import Caller
 from pipelines.gateway.budgets import RateLimiter
 from pipelines.gateway.config import Budget, Budgets
 from pipelines.gateway.errors import GatewayError
+from tests.stack import redis_up
 
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
+needs_redis = pytest.mark.skipif(not redis_up(), reason="no Redis at 127.0.0.1:6379")
 
 
 def _caller() -> Caller:
