@@ -1,7 +1,7 @@
 # joulestream: one image for every service (api, gateway, worker, poll, the one-shot migrate/topics steps and
 # the Dagster webserver + daemon). Multi-stage: the build stage installs the package — the same one the README
 # installs, without the dev extras — into a virtualenv; the runtime stage copies only that virtualenv and runs
-# as an unprivileged user. No secret is baked in: every secret comes from the environment at run time
+# as an unprivileged user (uid 10001; the directories named volumes mount on are created here, owned by it). No secret is baked in: every secret comes from the environment at run time
 # (docker-compose.yml reads them from .env; docs/deployment.md).
 # Checked by hadolint in `make test` (tests/deploy/test_compose.py).
 
@@ -38,7 +38,7 @@ RUN groupadd --system --gid 10001 joulestream \
     && useradd --system --uid 10001 --gid joulestream --home-dir /var/lib/joulestream --create-home \
        --shell /usr/sbin/nologin joulestream \
     && install -d -o joulestream -g joulestream -m 0700 /var/lib/joulestream/artifacts \
-       /var/lib/joulestream/gateway/spool /var/lib/joulestream/dagster
+       /var/lib/joulestream/gateway/spool /var/lib/joulestream/dagster/compute_logs
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
