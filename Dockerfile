@@ -1,9 +1,9 @@
 # joulestream: one image for every service (api, gateway, worker, poll, the one-shot migrate/topics steps and
 # the Dagster webserver + daemon). Multi-stage: the build stage installs the package — the same one the README
 # installs, without the dev extras — into a virtualenv; the runtime stage copies only that virtualenv and runs
-# as an unprivileged user (uid 10001; the directories named volumes mount on are created here, owned by it). No secret is baked in: every secret comes from the environment at run time
-# (docker-compose.yml reads them from .env; docs/deployment.md).
-# Checked by hadolint in `make test` (tests/deploy/test_compose.py).
+# as an unprivileged user (uid 10001; the directories named volumes mount on are created here, owned by it).
+# No secret is baked in: every secret comes from the environment at run time (docker-compose.yml reads them
+# from .env; docs/deployment.md). Checked by hadolint in `make test` (tests/deploy/test_compose.py).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
