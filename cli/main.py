@@ -188,45 +188,6 @@ def worker(
 
 
 @app.command()
-def topics(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker")] = 60.0,
-) -> None:
-    """Create the pipeline topics (JOULESTREAM_KAFKA_PARTITIONS partitions, JOULESTREAM_KAFKA_REPLICATION
-    replicas) if missing: the topic-creation step of a deployment (docker-compose's `kafka-init`)."""
-    import asyncio
-
-    from core.kafka import ensure_topics, topic_names
-
-    s = _settings()
-    created = asyncio.run(ensure_topics(s, timeout_s=timeout))
-    for t in topic_names(s):
-        state = "created" if t in created else "exists"
-        console.print(
-            f"{t}: {state}"
-            + (f" ({s.kafka_partitions} partitions, replication {s.kafka_replication})" if t in created else "")
-        )
-
-
-@app.command()
-def api(
-    host: str = "127.0.0.1",
-    port: int = 8787,
-    migrate: Annotated[
-        bool, typer.Option("--migrate/--no-migrate", help="Migrate the control plane and warehouse first")
-    ] = True,
-) -> None:
-    """Serve the dashboard API (/api/v1, /health, /prometheus/metrics) alone, over a ClickHouse server
-    (server mode). With the embedded warehouse, `joulestream worker --http-port` serves the API instead."""
-    from cli.api import serve_api
-
-    s = _settings()
-    _preflight("api", s, ports={"--port": port}, host=host)
-    if migrate:
-        _migrate_controlplane(s)
-    raise typer.Exit(serve_api(s, host, port, migrate_warehouse=migrate))
-
-
-@app.command()
 def gateway(
     host: str = "127.0.0.1",
     port: int = 8788,
@@ -527,5 +488,7 @@ def _progress() -> Progress:
 
 
 from cli.close import register_close_commands  # noqa: E402 — close-month, credits
+from cli.server import register_server_commands  # noqa: E402 — topics, api
 
 register_close_commands(app)
+register_server_commands(app, _settings, _preflight, _migrate_controlplane)
