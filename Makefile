@@ -15,11 +15,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/joulestream up
 
-# pdftoppm (poppler-utils) renders receipt PDFs in the tests; installed when missing and we are root.
+# pdftoppm (poppler-utils) renders receipt PDFs in the tests; docker-compose (Debian's, needs no daemon)
+# validates docker-compose.yml (tests/deploy/test_compose.py). Installed when missing and we are root.
 tools:
 	@command -v pdftoppm >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && apt-get install -y -qq poppler-utils >/dev/null) || \
 		echo "pdftoppm not available: the PDF render test will skip"; }
+	@{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; } || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null) || \
+		echo "no compose implementation: the compose validation test will skip"; }
 
 test: $(STAMP) tools
 	$(BIN)/ruff check .

@@ -323,6 +323,19 @@ def main() -> None:
             print(f"OPTIMIZE {table} FINAL: {time.perf_counter() - t:.1f}s")
     for table in ("usage_events", "usage_hourly", "usage_daily"):
         print(f"  {table}: {client.command(f'SELECT count() FROM {table}'):,} rows")
+    # disk per event (docs/deployment.md's sizing): compressed bytes of the active parts of every table
+    rows = client.query(
+        "SELECT table, sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts "
+        "WHERE database = {d:String} AND active GROUP BY table ORDER BY table",
+        parameters={"d": args.database},
+    ).result_rows
+    total = sum(int(r[1]) for r in rows)
+    for table, disk, raw in rows:
+        print(f"  {table}: {int(disk) / 2**20:,.1f} MiB on disk ({int(raw) / 2**20:,.1f} MiB uncompressed)")
+    print(
+        f"disk: {total / 2**20:,.1f} MiB in all, {total / res['events']:.1f} bytes/event, "
+        f"{total * 10_000_000 / res['events'] / 2**30:.2f} GiB per 10M events"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@ Runs, in one go, on a fresh embedded broker:
   2. baseline: a plain aiokafka consumer in a subprocess that inserts the same events into a
      ClickHouse table with clickhouse-connect — no Faust, no validation, no enrichment, no ledger.
 Prints events/s for both and the ratio. Nothing here is asserted: numbers only.
+
+    .venv/bin/python bench/pipeline.py --workers 1,2,4 [--partitions 4] [--events 100000]
+
+Scale-out (docs/deployment.md): for each N, on fresh 4-partition topics, N enrich workers
+(`joulestream worker --stage enrich`, one consumer group) and the one sink worker that holds the embedded
+warehouse (`--stage sink`); prints events/s end to end and CPU µs per event of each kind of process. On a
+machine with fewer cores than processes the events/s curve flattens; CPU per event is what carries over to
+bigger machines. (With a ClickHouse server the sink stage scales the same way; not measurable here.)
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from cli.broker import EmbeddedBroker  # noqa: E402
 from core.kafka import OutRecord, ensure_topics, producer, send_many  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from pipelines.simulate import generate  # noqa: E402
-from tests.stack import free_port  # noqa: E402
+from tests.stack import free_port, last_assignment  # noqa: E402
 from warehouse.runtime import TOKEN_HEADER, RuntimeInfo  # noqa: E402
 
 
@@ -95,6 +103,33 @@ def reference_loop_s() -> float:
     return best
 
 
+def wait_runtime(home: Path, holder: subprocess.Popen, procs: list[subprocess.Popen]) -> RuntimeInfo:
+    """The runtime address of `holder` (the process holding the warehouse) once it has published it."""
+    while True:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a worker exited; logs in {home}")
+        time.sleep(0.2)
+        try:
+            info = RuntimeInfo.model_validate_json((home / "runtime.json").read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        if info.pid == holder.pid:
+            return info
+
+
+def warm_up(settings, live_events) -> None:
+    """One event through, so the consumer groups have joined before the clock starts."""
+    warm = generate(1, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=999)
+    asyncio.run(produce(settings, warm.messages, settings.raw_topic))
+    while True:
+        try:
+            if live_events() >= 1:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+
+
 def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_pid: int) -> dict:
     env = {
         **os.environ,
@@ -115,13 +150,7 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_p
         stderr=subprocess.STDOUT,
     )
     try:
-        info = None
-        while info is None or info.pid != proc.pid:
-            time.sleep(0.2)
-            try:
-                info = RuntimeInfo.model_validate_json((home / "runtime.json").read_text())
-            except (FileNotFoundError, ValueError):
-                pass
+        info = wait_runtime(home, proc, [proc])
         # one client for every poll: a new httpx.Client per call builds an SSL context each time, which
         # cost the measuring process a quarter of a core — taken from the worker it measures
         http = httpx.Client(base_url=info.url, headers={TOKEN_HEADER: info.token}, timeout=30)
@@ -132,16 +161,7 @@ def run_pipeline(bootstrap: str, messages: list[OutRecord], home: Path, broker_p
         def live_events() -> int:
             return http.get("/internal/v1/totals").json()["totals"]["events"]
 
-        # warm-up: one event through, so consumer groups have joined before the clock starts
-        warm = generate(1, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=999)
-        asyncio.run(produce(settings, warm.messages, settings.raw_topic))
-        while True:
-            try:
-                if live_events() >= 1:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        warm_up(settings, live_events)
         n = len(messages)
         pids = {"worker (sink, HTTP)": proc.pid, "broker (Tansu)": broker_pid}
         for child in _children(
@@ -295,11 +315,127 @@ def run_baseline(bootstrap: str, messages: list[OutRecord], home: Path) -> dict:
     return {"elapsed_s": elapsed, "produce_s": produce_s, "events_per_s": len(messages) / elapsed}
 
 
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def run_scaled(
+    bootstrap: str, messages: list[OutRecord], home: Path, broker_pid: int, workers: int, partitions: int
+) -> dict:
+    """N enrich workers + the sink worker on `partitions`-partition topics: events/s and CPU per event."""
+    env = {
+        **os.environ,
+        "JOULESTREAM_HOME": str(home),
+        "JOULESTREAM_KAFKA": bootstrap,
+        "JOULESTREAM_TOPIC_PREFIX": f"scale{workers}.",
+        "JOULESTREAM_KAFKA_PARTITIONS": str(partitions),
+    }
+    env.pop("JOULESTREAM_CLICKHOUSE", None)
+    settings = load_settings(env)
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    sink = _spawn(
+        ["worker", "--stage", "sink", "--http-port", str(port), "--loglevel", "WARNING"],
+        env,
+        home / "sink.log",
+    )
+    enrich = [
+        _spawn(["worker", "--stage", "enrich", "--no-migrate"], env, home / f"enrich{i}.log")
+        for i in range(workers)
+    ]
+    procs = [sink, *enrich]
+    try:
+        info = wait_runtime(home, sink, procs)
+        http = httpx.Client(base_url=info.url, headers={TOKEN_HEADER: info.token}, timeout=30)
+
+        def live_events() -> int:
+            return http.get("/internal/v1/totals").json()["totals"]["events"]
+
+        def shared() -> bool:
+            parts = [last_assignment(home / f"enrich{i}.log", "enrich") for i in range(workers)]
+            return all(parts) and sorted(p for ps in parts if ps for p in ps) == list(range(partitions))
+
+        while not shared():  # every worker has its partitions before the clock starts
+            time.sleep(0.2)
+        warm_up(settings, live_events)
+        pids = {"sink": sink.pid, "broker (Tansu)": broker_pid} | {
+            f"enrich{i}": p.pid for i, p in enumerate(enrich)
+        }
+        cpu0 = _cpu_snapshot(pids)
+        t0 = time.perf_counter()
+        asyncio.run(produce(settings, messages, settings.raw_topic))
+        n = len(messages)
+        while live_events() < n + 1:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        cpu1 = _cpu_snapshot(pids)
+        cpu = {name: cpu1[name] - cpu0[name] for name in cpu1}
+        enrich_rss = [_rss_mb(p.pid) for p in enrich]
+        return {
+            "workers": workers,
+            "events_per_s": n / elapsed,
+            "elapsed_s": elapsed,
+            "enrich_us": 1e6 * sum(v for k, v in cpu.items() if k.startswith("enrich")) / n,
+            "sink_us": 1e6 * cpu["sink"] / n,
+            "broker_us": 1e6 * cpu["broker (Tansu)"] / n,
+            "total_us": 1e6 * sum(cpu.values()) / n,
+            "enrich_rss_mb": max(enrich_rss),
+            "sink_rss_mb": _rss_mb(sink.pid),
+        }
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main_scaled(args: argparse.Namespace) -> None:
+    counts = [int(x) for x in args.workers.split(",")]
+    print(f"generating {args.events:,} events …", flush=True)
+    traffic = generate(args.events, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=1)
+    rows = []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(free_port(), log_path=Path(tmp) / "tansu.log") as b,
+    ):
+        for n in counts:
+            print(f"{n} enrich worker(s) + 1 sink on {args.partitions} partitions …", flush=True)
+            rows.append(
+                run_scaled(b.bootstrap, traffic.messages, Path(tmp) / f"w{n}", b.proc.pid, n, args.partitions)
+            )
+    print(f"\n{os.cpu_count()} cores; CPU µs per event (all processes of that kind together)")
+    print(
+        f"{'enrich workers':>15}{'events/s':>10}{'vs 1':>7}{'enrich µs':>11}{'sink µs':>9}{'broker µs':>11}"
+        f"{'total µs':>10}{'enrich RSS MB':>15}{'sink RSS MB':>13}"
+    )
+    base = rows[0]["events_per_s"]
+    for r in rows:
+        print(
+            f"{r['workers']:>15}{r['events_per_s']:>10,.0f}{r['events_per_s'] / base:>7.2f}{r['enrich_us']:>11.1f}"
+            f"{r['sink_us']:>9.1f}{r['broker_us']:>11.1f}{r['total_us']:>10.1f}{r['enrich_rss_mb']:>15.0f}"
+            f"{r['sink_rss_mb']:>13.0f}"
+        )
+    print(
+        f"machine reference: pure-Python loop of 10M additions {reference_loop_s():.2f} s (lower is faster)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--timeline", action="store_true", help="print enrich/sink progress every second")
+    ap.add_argument("--workers", help="scale-out: comma-separated enrich worker counts, e.g. 1,2,4")
+    ap.add_argument("--partitions", type=int, default=4, help="partitions of the topics (with --workers)")
     args = ap.parse_args()
+    if args.workers:
+        main_scaled(args)
+        return
     print(f"generating {args.events:,} events …", flush=True)
     traffic = generate(args.events, duplicate_rate=0, revision_rate=0, invalid_rate=0, seed=1)
     with (

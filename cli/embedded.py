@@ -293,6 +293,8 @@ def run_worker(
     split: bool = True,
     metrics_port: int | None = None,
     children: dict[str, subprocess.Popen[bytes]] | None = None,
+    stage: str = "all",
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run the stream worker until SIGINT/SIGTERM. Blocks. With `split`, the enrich agent runs in a
     child process (streams/split.py) so the two stages use two cores. The control-plane database must be
@@ -302,6 +304,9 @@ def run_worker(
     Raises StackCrashed when a part crashed (a service, a watched child, the HTTP server): the worker
     stops as a whole and the caller reports the reason.
 
+    `stage` (docs/deployment.md): `all` runs both agents; `enrich` only the enrich agent (no warehouse: any
+    number of them share the raw topic's partitions in one consumer group); `sink` only the sink agent.
+
     Metrics (core/metrics.py): this process and its enrich child record into one multiprocess directory;
     the runtime HTTP server (`http_port`) — or, without one, a server of /prometheus/metrics alone
     (`metrics_port`) — answers for both."""
@@ -309,15 +314,23 @@ def run_worker(
     use_directory(settings.metrics_path)  # before the enrich child starts: it inherits the directory
     engine = get_engine(settings.database)
     FactorVersions(engine).ensure_seeded()
+    if stage == "enrich" and http_port is not None:
+        raise ValueError("an enrich-only worker holds no warehouse: it serves no runtime HTTP API")
+    split = split and stage == "all"
     child = EnrichProcess(settings, loglevel, logfile).start() if split else None
-    pipeline = Pipeline(settings, with_enrich=not split)
+    pipeline = Pipeline(
+        settings, with_enrich=stage == "enrich" or (stage == "all" and not split), with_sink=stage != "enrich"
+    )
     if child is not None:
         pipeline.external_stats = lambda: {
             **child.stats.read(),
             "pid": child.proc.pid,
             "restarts": child.restarts,
         }
-    app = build_app(settings, pipeline)
+    # the Faust app's own consumer group (named after the app id): one per stage and topic prefix, and never
+    # the name of an agent's group (streams/worker.py) — two protocols in one group fail to join it
+    app_id = "joulestream" if stage == "all" else f"{settings.topic_prefix}joulestream-{stage}-app"
+    app = build_app(settings, pipeline, app_id=app_id)
     runtime: RuntimeInfo | None = None
     if http_port is not None:
         runtime = publish_runtime(settings, f"http://127.0.0.1:{http_port}")
@@ -333,7 +346,7 @@ def run_worker(
     elif metrics_port is not None:  # no runtime HTTP server: /prometheus/metrics alone
         from api.routers.ops import prometheus_app
 
-        serve_http(app, prometheus_app(settings), host="127.0.0.1", port=metrics_port, log_level="warning")
+        serve_http(app, prometheus_app(settings), host=metrics_host, port=metrics_port, log_level="warning")
         app.conf.web_enabled = True
     if child is not None:
         app.add_dependency(EnrichSupervisor(child, loop=app.loop, beacon=app.beacon))

@@ -132,7 +132,7 @@ def migrate() -> None:
     console.print(
         f"control plane: at revision {after}" + (f" (was {before or 'empty'})" if before != after else "")
     )
-    applied = run_migrations(get_client(s), s.ch_database)
+    applied = run_migrations(get_client(s), s.ch_database, cluster=s.ch_cluster or None)
     console.print(
         f"warehouse {s.ch_database}: {len(applied)} migration(s) applied"
         + (f": {', '.join(applied)}" if applied else "")
@@ -153,11 +153,28 @@ def worker(
         int | None,
         typer.Option(help="Without --http-port: serve /prometheus/metrics alone on 127.0.0.1:PORT"),
     ] = None,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="all | enrich | sink: both agents, or one (enrich workers hold no warehouse; docs/deployment.md)"
+        ),
+    ] = "all",
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate the control plane first")
+    ] = True,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the --metrics-port server (0.0.0.0 in a container)")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the stream worker: enrich (raw → enriched) and sink (enriched → ClickHouse) agents."""
+    if stage not in ("all", "enrich", "sink"):
+        raise typer.BadParameter(f"--stage must be all, enrich or sink, not {stage!r}")
+    if stage == "enrich" and http_port is not None:
+        raise typer.BadParameter("--http-port serves the warehouse: not with --stage enrich")
     s = _settings()
     _preflight("worker", s, ports={"--http-port": http_port} if http_port else None)
-    _migrate_controlplane(s)
+    if migrate:
+        _migrate_controlplane(s)
     _run_stack(
         "worker",
         settings=s,
@@ -165,6 +182,8 @@ def worker(
         loglevel=loglevel.upper(),
         split=split,
         metrics_port=metrics_port,
+        stage=stage,
+        metrics_host=metrics_host,
     )
 
 
@@ -469,9 +488,11 @@ def _progress() -> Progress:
 
 
 from cli.close import register_close_commands  # noqa: E402 — close-month, credits
+from cli.server import register_server_commands  # noqa: E402 — topics, api
 
 register_close_commands(app)
 
 from cli.telemetry import register_telemetry_commands  # noqa: E402 — gpu-targets, scrape, calibration
 
 register_telemetry_commands(app)
+register_server_commands(app, _settings, _preflight, _migrate_controlplane)

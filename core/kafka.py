@@ -20,7 +20,7 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARTITIONS = 4
+DEFAULT_PARTITIONS = 4  # settings.kafka_partitions' default
 # Consumer-group timing tuned for Tansu, which holds each JoinGroup for half the session timeout:
 # a 6 s session gives a first assignment in ~3 s instead of ~30 s with the 60 s default.
 SESSION_TIMEOUT_MS = 6_000
@@ -53,9 +53,13 @@ def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
 
 
 async def ensure_topics(
-    settings: Settings, partitions: int = DEFAULT_PARTITIONS, timeout_s: float = 30
-) -> None:
-    """Create the three pipeline topics if they do not exist. Retries until the broker answers."""
+    settings: Settings, partitions: int | None = None, timeout_s: float = 30
+) -> list[str]:
+    """Create the three pipeline topics if they do not exist, with `settings.kafka_partitions` partitions
+    (unless `partitions` is given) and `settings.kafka_replication` replicas. Retries until the broker answers.
+    Returns the topics this call created. An existing topic is left as it is (Kafka can add partitions, not
+    remove them: `kafka-topics.sh --alter --partitions N`; keys then move to other partitions)."""
+    partitions = partitions or settings.kafka_partitions
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, request_timeout_ms=5_000)
@@ -65,10 +69,12 @@ async def ensure_topics(
             missing = [t for t in topic_names(settings) if t not in existing]
             if missing:
                 try:
-                    await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                    await admin.create_topics(
+                        [NewTopic(t, partitions, settings.kafka_replication) for t in missing]
+                    )
                 except TopicAlreadyExistsError:
                     pass
-            return
+            return missing
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
                 raise

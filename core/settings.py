@@ -36,6 +36,9 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_PUBLIC_RATE_LIMIT            | public_rate_limit       | 60/minute per client IP (unauthenticated routes) |
 | JOULESTREAM_RATE_LIMIT_STORAGE           | rate_limit_storage      | memory:// (per process; redis://… shared) |
 | JOULESTREAM_HEALTH_DETAILS               | health_details          | false: unauthenticated /health = status only |
+| JOULESTREAM_KAFKA_PARTITIONS             | kafka_partitions        | 4 (partitions of each topic created; ≥ the number of workers) |
+| JOULESTREAM_KAFKA_REPLICATION            | kafka_replication       | 1 (replication factor of each topic created; 3 on a real cluster) |
+| JOULESTREAM_CH_CLUSTER                   | ch_cluster              | none: one ClickHouse server; a name: ON CLUSTER DDL, Replicated engines |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -150,6 +153,11 @@ class Settings(BaseSettings):
     public_rate_limit: str = "60/minute"  # `limits` notation, per client IP, for the unauthenticated routes
     rate_limit_storage: str = "memory://"  # `limits` storage URI: memory:// per process, redis://host shared
     health_details: bool = False  # unauthenticated /health shows versions, checks and latencies too
+
+    # Distributed deployment (docs/deployment.md): topics the `topics` step creates, and the ClickHouse cluster
+    kafka_partitions: int = Field(default=4, ge=1, le=10_000)  # the most stream workers that share the work
+    kafka_replication: int = Field(default=1, ge=1, le=16)  # replication factor of new topics
+    ch_cluster: str = Field(default="", pattern=r"^[A-Za-z0-9_]{0,64}$")  # a name → ON CLUSTER + Replicated*
 
     @field_validator("public_rate_limit")
     @classmethod

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
@@ -50,6 +50,21 @@ class AgentStats:
 
     def add(self, name: str, n: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+
+class _LogAssignment(ConsumerRebalanceListener):
+    """Logs each (re)assignment of this agent's partitions: with several workers in one consumer group, the log
+    shows who owns what, and when a dead member's partitions were taken over (docs/deployment.md)."""
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        parts = sorted(tp.partition for tp in assigned)
+        log.info("partitions assigned", extra={"agent": self.agent, "partitions": parts})
 
 
 class BatchAgent(Service):
@@ -100,7 +115,6 @@ class BatchAgent(Service):
 
     async def on_start(self) -> None:
         self.consumer = AIOKafkaConsumer(
-            self.topic,
             bootstrap_servers=self.settings.kafka,
             group_id=self.group_id,
             client_id=f"joulestream-{self.agent_name}",
@@ -116,6 +130,7 @@ class BatchAgent(Service):
             # checksums the transport, and every payload is parsed and validated by the stage anyway.
             check_crcs=False,
         )
+        self.consumer.subscribe([self.topic], listener=_LogAssignment(self.agent_name))
         await self.consumer.start()
         log.info(
             "agent started", extra={"agent": self.agent_name, "topic": self.topic, "group": self.group_id}

@@ -62,7 +62,9 @@ def _child_main(settings: Settings, array: Any, loglevel: str, logfile: str | No
     from streams.worker import Pipeline, build_app
 
     pipeline = Pipeline(settings, with_sink=False)
-    app = build_app(settings, pipeline, app_id="joulestream-enrich")
+    # not "joulestream-enrich": the Faust app's consumer group is named after its id, and that is the enrich
+    # agent's group (streams/worker.py) when there is no topic prefix — two protocols in one group fail to join
+    app = build_app(settings, pipeline, app_id=f"{settings.topic_prefix}joulestream-enrich-app")
     app.add_dependency(_Exporter(pipeline, array, loop=app.loop, beacon=app.beacon))
     worker = faust.Worker(
         app,

@@ -93,7 +93,7 @@ class Pipeline:
         """Open (and migrate) the warehouse now: the embedded runtime shares it with its HTTP API."""
         if self.warehouse is None:
             client = get_client(self.settings)
-            migrate(client, self.settings.ch_database)
+            migrate(client, self.settings.ch_database, cluster=self.settings.ch_cluster or None)
             self.warehouse = AsyncWarehouse(client)
         return self.warehouse
 

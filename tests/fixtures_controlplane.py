@@ -80,7 +80,11 @@ def db_url(request, tmp_path) -> Iterator[str]:
         yield url
         dispose_engine(url)
         return
-    admin: Engine | None = request.getfixturevalue("pg_admin")
+    yield from pg_schema_url(request.getfixturevalue("pg_admin"))
+
+
+def pg_schema_url(admin: Engine | None) -> Iterator[str]:
+    """A URL on the test PostgreSQL whose search_path is a fresh schema, dropped afterwards (a fixture body)."""
     if admin is None:
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (database test)")
     schema = f"t_{uuid.uuid4().hex[:16]}"

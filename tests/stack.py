@@ -7,6 +7,7 @@ without seeing each other's messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,15 @@ from core.settings import Settings, load_settings
 from warehouse.runtime import TOKEN_HEADER, RuntimeInfo
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def redis_up(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    """A Redis answers at host:port (the shared rate-limit store of server mode)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -68,10 +78,10 @@ def stack(kafka: str, tmp_path: Path) -> Stack:
 
 
 class WorkerProcess:
-    """`joulestream worker --http-port P` as a subprocess that a test can kill."""
+    """`joulestream worker --http-port P [args]` as a subprocess that a test can kill."""
 
-    def __init__(self, stack: Stack, log_path: Path) -> None:
-        self.stack, self.log_path = stack, log_path
+    def __init__(self, stack: Stack, log_path: Path, args: tuple[str, ...] = ()) -> None:
+        self.stack, self.log_path, self.args = stack, log_path, args
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.runtime: RuntimeInfo | None = None
@@ -80,7 +90,7 @@ class WorkerProcess:
         self.runtime = None
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli", "worker", "--http-port", str(self.port)],
+                [sys.executable, "-m", "cli", "worker", "--http-port", str(self.port), *self.args],
                 cwd=REPO,
                 env=self.stack.env,
                 stdout=out,
@@ -169,6 +179,22 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[WorkerProcess]:
     if w.proc is not None and w.proc.poll() is None:
         w.proc.kill()
         w.proc.wait()
+
+
+def last_assignment(log: Path, agent: str) -> list[int] | None:
+    """The partitions the `agent` of a worker was last assigned, from its JSON log (streams/agents.py logs each
+    assignment); None before the first."""
+    last = None
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        if line.startswith("{") and '"partitions assigned"' in line:
+            rec = json.loads(line)
+            if rec.get("agent") == agent:
+                last = rec["partitions"]
+    return last
 
 
 def publish(stack: Stack, messages: list) -> int:

@@ -7,6 +7,11 @@
   error (`MigrationError`) — write a new migration instead of editing an applied one.
 * ClickHouse DDL is not transactional: a version is recorded after all its statements ran, so statements must
   be idempotent (`IF NOT EXISTS`, …) for an interrupted migration to be re-runnable.
+* The cluster variant (`settings.ch_cluster`, docs/deployment.md): the same files, rewritten by `on_cluster`
+  for a replicated cluster (one shard, N replicas) — every DDL statement gets `ON CLUSTER <name>` and every
+  *MergeTree engine becomes its Replicated* twin with the path `/clickhouse/tables/{uuid}/{shard}` and the
+  replica `{replica}` (the server's macros; {uuid} needs the default Atomic database engine). Data
+  statements (INSERT … SELECT) run once on the replica the client talks to and replicate from there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ from warehouse.client import WarehouseError, ensure_database
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _FILE_RE = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
+# the DDL heads that take ON CLUSTER right after the object's name
+_DDL_HEAD = re.compile(
+    r"^(\s*(?:CREATE\s+(?:TABLE|MATERIALIZED\s+VIEW|VIEW|DICTIONARY|DATABASE)(?:\s+IF\s+NOT\s+EXISTS)?"
+    r"|DROP\s+(?:TABLE|VIEW|DICTIONARY|DATABASE)(?:\s+IF\s+EXISTS)?"
+    r"|ALTER\s+TABLE|TRUNCATE\s+TABLE(?:\s+IF\s+EXISTS)?|RENAME\s+TABLE\s+\S+\s+TO)\s+)(\S+)",
+    re.IGNORECASE,
+)
+_ENGINE = re.compile(
+    r"\bENGINE\s*=\s*(MergeTree|SummingMergeTree|ReplacingMergeTree|AggregatingMergeTree|CollapsingMergeTree"
+    r"|VersionedCollapsingMergeTree)\b(\s*\(([^()]*)\))?",
+    re.IGNORECASE,
+)
+REPLICA_PATH = "'/clickhouse/tables/{uuid}/{shard}', '{replica}'"
 
 
 class MigrationError(WarehouseError):
@@ -48,6 +66,18 @@ class Migration:
         return [s.strip() for s in _STATEMENT_END.split(body) if s.strip()]
 
 
+def on_cluster(statement: str, cluster: str) -> str:
+    """`statement` for a replicated cluster: ON CLUSTER after a DDL statement's object name, Replicated* engines."""
+    name = quote_identifier(cluster)
+    out = _DDL_HEAD.sub(lambda m: f"{m.group(1)}{m.group(2)} ON CLUSTER {name}", statement, count=1)
+
+    def engine(m: re.Match[str]) -> str:
+        args = (m.group(3) or "").strip()
+        return f"ENGINE = Replicated{m.group(1)}({REPLICA_PATH}{', ' + args if args else ''})"
+
+    return _ENGINE.sub(engine, out)
+
+
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     out: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
@@ -61,11 +91,22 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return out
 
 
-def migrate(client: Client, database: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply pending migrations to `database`; returns the names (`NNNN_name`) applied by this call."""
+def migrate(
+    client: Client, database: str, directory: Path = MIGRATIONS_DIR, cluster: str | None = None
+) -> list[str]:
+    """Apply pending migrations to `database`; returns the names (`NNNN_name`) applied by this call. With
+    `cluster`, the statements are run `on_cluster` (run the migration from one place, once, before the
+    services start: docs/deployment.md)."""
     db = quote_identifier(database)
-    ensure_database(client, database)
-    client.command(
+
+    def run(statement: str) -> None:
+        client.command(on_cluster(statement, cluster) if cluster else statement)
+
+    if cluster:
+        run(f"CREATE DATABASE IF NOT EXISTS {db}")
+    else:
+        ensure_database(client, database)
+    run(
         f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, checksum String, "
         "applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version"
     )
@@ -83,7 +124,7 @@ def migrate(client: Client, database: str, directory: Path = MIGRATIONS_DIR) -> 
                 )
             continue
         for statement in mig.statements(database):
-            client.command(statement)
+            run(statement)
         client.insert(
             f"{db}.schema_migrations",
             [[mig.version, mig.name, mig.checksum, datetime.now(UTC)]],

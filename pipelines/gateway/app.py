@@ -162,7 +162,7 @@ def create_gateway_app(
             orjson.dumps({"object": "list", "data": gw.router.model_list()}), media_type="application/json"
         )
 
-    public_limit = PublicRateLimit.from_settings(settings)
+    public_limit = PublicRateLimit(settings.public_rate_limit, gw.limiter.limiter)  # the budgets' store
     limit_off_loop = not settings.rate_limit_storage.startswith("memory://")  # a network store
 
     @app.get(

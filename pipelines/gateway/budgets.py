@@ -1,9 +1,10 @@
 """Per-org budgets (429) and prepaid balances (402).
 
-Rate and token budgets are in-memory token buckets per org and per gateway process (documented in
-docs/gateway.md): a request takes one request token up front; the token budget must be positive to start a
-request and is charged the request's actual tokens when it finishes (one request can overdraw it; the next
-waits until it refills). With N gateway processes an org gets up to N× its budget.
+Rate and token budgets are per org, on the one limiter of core/ratelimit.py (`limits`; documented in
+docs/gateway.md): a request takes one unit of the request budget's moving window up front; the token budget
+must not be spent to start a request and is charged the request's actual tokens when it finishes (one request
+can overdraw it; the next waits until its window resets). The store is `settings.rate_limit_storage`:
+per process by default, shared by every gateway replica with `redis://…` (docs/deployment.md).
 
 Prepaid balances live in the control plane (`controlplane.gateway.Balances`, micro-USD). Before a
 request is forwarded, its maximum price at the first-choice upstream (estimated input tokens + max_tokens,
@@ -23,9 +24,11 @@ import math
 import time
 from dataclasses import dataclass
 
+from limits import RateLimitItem
 from sqlalchemy import Engine
 
 from controlplane.gateway import Balances
+from core.ratelimit import Limiter, rate_item
 from pipelines.gateway.auth import Caller
 from pipelines.gateway.config import Billing, Budget, Budgets
 from pipelines.gateway.errors import GatewayError
@@ -34,43 +37,10 @@ log = logging.getLogger("joulestream.gateway.budgets")
 ACCOUNT_CACHE_S = 5.0
 
 
-class TokenBucket:
-    __slots__ = ("burst", "level", "rate", "stamp")
-
-    def __init__(self, per_minute: float, burst: float | None) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = burst if burst is not None else per_minute
-        self.level = self.burst
-        self.stamp = time.monotonic()
-
-    def _refill(self, now: float) -> None:
-        self.level = min(self.burst, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def take(self, n: float = 1.0) -> float:
-        """Take `n` if available: 0.0; else the seconds until it would be (nothing taken)."""
-        now = time.monotonic()
-        self._refill(now)
-        if self.level >= n:
-            self.level -= n
-            return 0.0
-        return (n - self.level) / self.rate
-
-    def positive(self) -> float:
-        """0.0 when the level is above zero, else the seconds until it is."""
-        now = time.monotonic()
-        self._refill(now)
-        return 0.0 if self.level > 0 else (-self.level + 1e-9) / self.rate
-
-    def charge(self, n: float) -> None:
-        self._refill(time.monotonic())
-        self.level -= n
-
-
-@dataclass
-class _OrgBuckets:
-    requests: TokenBucket | None
-    tokens: TokenBucket | None
+@dataclass(frozen=True)
+class _OrgLimits:
+    requests: RateLimitItem | None
+    tokens: RateLimitItem | None
 
 
 def _retry_after(seconds: float) -> str:
@@ -78,9 +48,13 @@ def _retry_after(seconds: float) -> str:
 
 
 class RateLimiter:
-    def __init__(self, budgets: Budgets) -> None:
+    """The org budgets over the one limiter (core/ratelimit.py): in its shared store (Redis) every gateway
+    replica draws from the same budget."""
+
+    def __init__(self, budgets: Budgets, limiter: Limiter | None = None) -> None:
         self.budgets = budgets
-        self._orgs: dict[str, _OrgBuckets] = {}
+        self.limiter = limiter or Limiter()
+        self._orgs: dict[str, _OrgLimits] = {}
 
     def budget_for(self, caller: Caller) -> Budget:
         b = self.budgets
@@ -91,22 +65,22 @@ class RateLimiter:
             or b.default
         )
 
-    def _buckets(self, caller: Caller) -> _OrgBuckets:
-        ob = self._orgs.get(caller.org_id)
-        if ob is None:
+    def _limits(self, caller: Caller) -> _OrgLimits:
+        ol = self._orgs.get(caller.org_id)
+        if ol is None:
             b = self.budget_for(caller)
-            ob = _OrgBuckets(
-                TokenBucket(b.requests_per_minute, b.request_burst) if b.requests_per_minute else None,
-                TokenBucket(b.tokens_per_minute, b.token_burst) if b.tokens_per_minute else None,
+            ol = _OrgLimits(
+                rate_item(b.requests_per_minute, b.request_burst) if b.requests_per_minute else None,
+                rate_item(b.tokens_per_minute, b.token_burst) if b.tokens_per_minute else None,
             )
-            self._orgs[caller.org_id] = ob
-        return ob
+            self._orgs[caller.org_id] = ol
+        return ol
 
     def admit(self, caller: Caller) -> None:
         """Take one request from the org's budget, or raise 429 with Retry-After."""
-        ob = self._buckets(caller)
-        if ob.tokens is not None:
-            wait = ob.tokens.positive()
+        ol = self._limits(caller)
+        if ol.tokens is not None:
+            wait = self.limiter.spent(ol.tokens, "gw-tokens", caller.org_id)
             if wait:
                 raise GatewayError(
                     429,
@@ -115,8 +89,8 @@ class RateLimiter:
                     code="token_budget_exceeded",
                     headers={"Retry-After": _retry_after(wait)},
                 )
-        if ob.requests is not None:
-            wait = ob.requests.take(1)
+        if ol.requests is not None:
+            wait = self.limiter.take(ol.requests, "gw-requests", caller.org_id)
             if wait:
                 raise GatewayError(
                     429,
@@ -127,9 +101,9 @@ class RateLimiter:
                 )
 
     def charge_tokens(self, caller: Caller, tokens: int) -> None:
-        ob = self._orgs.get(caller.org_id)
-        if ob is not None and ob.tokens is not None and tokens:
-            ob.tokens.charge(tokens)
+        ol = self._orgs.get(caller.org_id)
+        if ol is not None and ol.tokens is not None and tokens:
+            self.limiter.charge(ol.tokens, "gw-tokens", caller.org_id, cost=tokens)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from controlplane.factor_resolver import FactorResolver
 from controlplane.prices import PriceLookup
 from core.metrics import record_gateway_request
 from core.pricing import price_micros
+from core.ratelimit import Limiter
 from core.receipts import Keyring
 from core.settings import Settings
 from pipelines.gateway import classify as cls
@@ -84,7 +85,7 @@ class Gateway:
         )
         self.router = Router(config, lambda: factors.cached)
         self.auth = Authenticator(engine, config.auth_cache_ttl_s)
-        self.limiter = RateLimiter(config.budgets)
+        self.limiter = RateLimiter(config.budgets, Limiter.from_settings(settings))
         self.prepaid = Prepaid(engine, config.billing)
         self.receipts = ReceiptWriter(engine, keyring)
         # the orgs' price overrides: read at start and with every factor re-read, off the event loop
