@@ -21,6 +21,8 @@ Tables by migration:
 - `0060_recommendations`: `recommendations` — one row per (org, identity = type|scope|subject) the insights
   engine proposed, its state (`active`, `applied`, `ignored`, `stale`) and who changed it when;
   `recommendation_history` — every state change (see `controlplane.recommendations`).
+- `0075_signin_links`: `signin_links` — one-time, short-lived dashboard sign-in links (the token's hash, the
+  org, the scopes of the session they open; see `controlplane.signin_links`).
 
 Timestamps are timezone-aware UTC in Python on every backend (`UTCDateTime`): PostgreSQL stores
 `timestamptz`, SQLite stores naive UTC text (fixed-width, so it sorts chronologically).
@@ -464,4 +466,18 @@ recommendation_history = Table(
     Column("to_status", String(10), nullable=False),
     Column("note", String(500), nullable=True),
     Index("ix_recommendation_history_org_id_at", "org_id", "at"),
+)
+
+
+# --------------------------------------------------------------------------------------------- dashboard (0075)
+
+signin_links = Table(
+    "signin_links",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # SHA-256 hex of the link's token; never the token
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("scopes", String(100), nullable=False),  # of the session key the exchange issues
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime(), nullable=True),  # set once, by the one exchange that wins
 )
