@@ -67,11 +67,11 @@ const Charts = (() => {
     for (let i = ys.length - 1; i >= 0; i--) {
       const c = PALETTE[i % PALETTE.length];
       data.push(cum[i]);
-      sers.push({ label: names[i], stroke: c, fill: c + "cc", width: 1, value: (u, v, si, di) => fmt(ys[i][di]) });
+      sers.push({ label: names[i], stroke: c, fill: c + "cc", width: 1, points: { show: false }, value: (u, v, si, di) => fmt(ys[i][di]) });
     }
     data.push(lo, hi);
-    sers.push({ label: "total low", stroke: "#333", dash: [4, 4], width: 1 });
-    sers.push({ label: "total high", stroke: "#333", dash: [4, 4], width: 1 });
+    sers.push({ label: "total low", stroke: "#333", dash: [4, 4], width: 1, points: { show: false } });
+    sers.push({ label: "total high", stroke: "#333", dash: [4, 4], width: 1, points: { show: false } });
     const width = () => Math.max(280, plot.clientWidth || el.clientWidth || 600);
     const u = new uPlot({
       width: width(),
