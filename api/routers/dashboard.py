@@ -101,7 +101,10 @@ Authenticated = Annotated[Principal, Depends(get_principal)]
 
 
 @router.get(
-    "/session", response_model=SessionOut, summary="Who this credential is", responses=error_responses(401, 403)
+    "/session",
+    response_model=SessionOut,
+    summary="Who this credential is",
+    responses=error_responses(401, 403),
 )
 def session(ctx: Ctx, principal: Authenticated) -> SessionOut:
     org = ctx.orgs.get(principal.org_id)
