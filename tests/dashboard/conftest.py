@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.stack import REPO, Stack, WorkerProcess, free_port, publish
+from tests.stack import REPO, WorkerProcess, free_port, new_stack, publish
 
 ARTIFACTS = REPO / "tests" / "artifacts" / "dashboard"
 CHROMIUM = "/usr/bin/chromium"
@@ -78,17 +77,7 @@ def dashboard(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     if not (REPO / "api" / "dashboard" / "static" / "vendor" / "uPlot.iife.min.js").exists():
         subprocess.run(["make", "dashboard"], cwd=REPO, check=True, capture_output=True, timeout=300)
     tmp = tmp_path_factory.mktemp("dashboard")
-    tag = uuid.uuid4().hex[:10]
-    env = {
-        **os.environ,
-        "JOULESTREAM_HOME": str(tmp / "home"),
-        "JOULESTREAM_KAFKA": kafka,
-        "JOULESTREAM_TOPIC_PREFIX": f"t{tag}.",
-        "JOULESTREAM_CH_DATABASE": f"dash_{tag}",
-        "JOULESTREAM_KPI_REFRESH_S": "0",
-    }
-    env.pop("JOULESTREAM_CLICKHOUSE", None)  # the worker's own chdb path under its data dir
-    stack = Stack(env)
+    stack = new_stack(kafka, tmp, JOULESTREAM_KPI_REFRESH_S="0")
     settings = stack.settings
     (settings.home / "logs").mkdir(parents=True, exist_ok=True)
     engine = get_engine(settings.database)

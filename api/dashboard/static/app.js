@@ -307,18 +307,18 @@ function recRow(r) {
     : r.status === "ignored" ? [h("button", { type: "button", onclick: () => act("restore") }, "Restore")] : [];
   return h("tr", { dataset: { recId: r.id, status: r.status } },
     h("td", {}, h("strong", {}, r.type.replaceAll("_", " ").toLowerCase()), h("div", {}, r.description)),
-    h("td", {}, r.priority),
-    h("td", { class: "num" }, fmt(r.potential_savings_co2e_grams / 1000)),
-    h("td", { class: "num" }, r.potential_savings_cost === null ? "–" : fmt(r.potential_savings_cost)),
-    h("td", { class: "status" }, r.status),
-    r.status === "applied" ? h("td", { class: "num" },
+    h("td", { dataset: { label: "priority" } }, r.priority),
+    h("td", { class: "num", dataset: { label: "kg CO2e / year" } }, fmt(r.potential_savings_co2e_grams / 1000)),
+    h("td", { class: "num", dataset: { label: "USD / year" } }, r.potential_savings_cost === null ? "–" : fmt(r.potential_savings_cost)),
+    h("td", { class: "status", dataset: { label: "status" } }, r.status),
+    r.status === "applied" ? h("td", { class: "num", dataset: { label: "measured kg CO2e" } },
       r.realized_savings_co2e_grams === null ? "not reported" : fmt(r.realized_savings_co2e_grams / 1000)) : null,
     h("td", {}, h("div", { class: "actions" }, buttons)));
 }
 
 function recTable(rows, id, applied) {
   if (!rows.length) return h("p", { class: "muted", id }, "None.");
-  return h("div", { class: "table-wrap" }, h("table", { id },
+  return h("div", { class: "table-wrap" }, h("table", { id, class: "cards" },
     h("thead", {}, h("tr", {}, ["recommendation", "priority", "kg CO2e / year", "USD / year", "status",
       applied ? "measured kg CO2e" : null, ""].filter((x) => x !== null).map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, rows.map(recRow))));
@@ -339,6 +339,16 @@ async function recommendations(page) {
     h("h2", {}, `Ignored (${ignored.recommendations.length})`), recTable(ignored.recommendations, "recs-ignored"));
 }
 
+function drivers(obj, prefix = "") {
+  // {drivers: {grid_g_per_kwh: 370.5}} → "grid g per kwh: 370.5"
+  return Object.entries(obj || {}).map(([k, v]) => {
+    const name = (k === "drivers" ? "" : k.replaceAll("_", " "));
+    const label = prefix && name ? `${prefix} ${name}` : prefix || name;
+    if (v && typeof v === "object" && !Array.isArray(v)) return drivers(v, label);
+    return `${label}: ${typeof v === "number" ? fmt(v) : Array.isArray(v) ? v.join(", ") : v}`;
+  }).filter(Boolean).join(" · ");
+}
+
 async function sustainability(page) {
   const body = h("div", {});
   page.append(h("h1", {}, "Sustainability"), windowControls(() => route(), { granularity: false }), body);
@@ -351,8 +361,7 @@ async function sustainability(page) {
       h("tbody", {}, dims.map(([k, d]) => h("tr", {},
         h("td", {}, k.replaceAll("_", " ")), h("td", { class: "num" }, fmt(d.score)),
         h("td", { class: "num" }, fmt(100 * d.weight) + "%"),
-        h("td", {}, Object.entries(d).filter(([n]) => n !== "score" && n !== "weight")
-          .map(([n, v]) => `${n.replaceAll("_", " ")}: ${typeof v === "number" ? fmt(v) : JSON.stringify(v)}`).join(" · "))))))));
+        h("td", {}, drivers(Object.fromEntries(Object.entries(d).filter(([n]) => n !== "score" && n !== "weight"))))))))));
 }
 
 async function totalsBy(group, last) {
