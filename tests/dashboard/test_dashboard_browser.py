@@ -26,7 +26,7 @@ TILES = ("energy_kwh", "co2e_grams", "co2e_market_grams", "embodied_co2e_grams",
 
 def _number(text: str) -> float:
     """A tile's displayed value ("1,234 kWh", "2.35M g", "0.1234 USD") as a number."""
-    m = re.match(r"^(-?[\d,]*\.?\d+(?:e[-+]?\d+)?)(M?)\s", text.strip())
+    m = re.match(r"^(-?[\d,]*\.?\d+(?:e[-+]?\d+)?)(M?)(?:\s|$)", text.strip())
     assert m, text
     return float(m.group(1).replace(",", "")) * (1e6 if m.group(2) else 1)
 
@@ -122,6 +122,10 @@ def test_applying_ignoring_and_restoring_a_recommendation(page, dashboard: Dashb
     page.wait_for_selector(f"#recs-applied tr[data-rec-id='{first}'][data-status='applied']")
     applied = dashboard.api("/api/v1/recommendations/applied")["recommendations"]
     assert first in {r["id"] for r in applied}
+    claimed = page.locator(f"#recs-applied tr[data-rec-id='{first}'] td").nth(2).inner_text()
+    rec = next(r for r in applied if r["id"] == first)
+    assert _number(claimed) == pytest.approx(rec["potential_savings_co2e_grams"] / 1000, rel=1e-3)
+    assert page.locator(f"#recs-applied tr[data-rec-id='{first}'] td.measured").count() == 1
     page.locator(f"tr[data-rec-id='{second}'] button", has_text="Ignore").click()
     page.wait_for_selector(f"#recs-ignored tr[data-rec-id='{second}']")
     assert second in {r["id"] for r in dashboard.api("/api/v1/recommendations/ignored")["recommendations"]}

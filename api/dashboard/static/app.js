@@ -290,7 +290,7 @@ async function breakdown(page) {
     sortable([["model", "model"], ...FIG_COLUMNS, ["provider", "provider"]], models.models, { id: "top-models" }));
 }
 
-function recRow(r) {
+function recRow(r, saved) {
   const act = async (how) => {
     const path = `${API}/recommendations/${encodeURIComponent(r.id)}/` + (how === "restore" ? "ignore" : how);
     try {
@@ -311,31 +311,38 @@ function recRow(r) {
     h("td", { class: "num", dataset: { label: "kg CO2e / year" } }, fmt(r.potential_savings_co2e_grams / 1000)),
     h("td", { class: "num", dataset: { label: "USD / year" } }, r.potential_savings_cost === null ? "–" : fmt(r.potential_savings_cost)),
     h("td", { class: "status", dataset: { label: "status" } }, r.status),
-    r.status === "applied" ? h("td", { class: "num", dataset: { label: "measured kg CO2e" } },
+    r.status === "applied" ? h("td", { class: "num", dataset: { label: "reported kg CO2e" } },
       r.realized_savings_co2e_grams === null ? "not reported" : fmt(r.realized_savings_co2e_grams / 1000)) : null,
+    r.status === "applied" ? h("td", { class: "num measured", dataset: { label: "measured kg CO2e since applied" } },
+      saved && saved.measured ? fmt(saved.measured.co2e_grams / 1000) : "not measured yet") : null,
     h("td", {}, h("div", { class: "actions" }, buttons)));
 }
 
-function recTable(rows, id, applied) {
+function recTable(rows, id, savings) {
   if (!rows.length) return h("p", { class: "muted", id }, "None.");
+  const applied = savings !== undefined;
   return h("div", { class: "table-wrap" }, h("table", { id, class: "cards" },
-    h("thead", {}, h("tr", {}, ["recommendation", "priority", "kg CO2e / year", "USD / year", "status",
-      applied ? "measured kg CO2e" : null, ""].filter((x) => x !== null).map((c) => h("th", { scope: "col" }, c)))),
-    h("tbody", {}, rows.map(recRow))));
+    h("thead", {}, h("tr", {}, ["recommendation", "priority", applied ? "claimed kg CO2e / year" : "kg CO2e / year",
+      "USD / year", "status", applied ? "reported kg CO2e" : null, applied ? "measured kg CO2e since applied" : null, ""]
+      .filter((x) => x !== null).map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, rows.map((r) => recRow(r, applied ? savings[r.id] : null)))));
 }
 
 async function recommendations(page) {
   page.append(h("h1", {}, "Recommendations"));
-  const [active, ignored, applied] = await Promise.all([
+  const [active, ignored, applied, savings] = await Promise.all([
     call(API + "/recommendations"),
     call(API + "/recommendations/ignored"),
     call(API + "/recommendations/applied"),
+    call(API + "/recommendations/savings"),
   ]);
+  const saved = Object.fromEntries(savings.recommendations.map((x) => [x.id, x]));
   const act = active.recommendations.filter((r) => r.status === "active");
   page.append(
-    h("p", { class: "muted" }, "Savings are per year, location-based CO2e; applying needs the admin scope."),
+    h("p", { class: "muted" }, "Savings are per year, location-based CO2e; applying needs the admin scope. " +
+      "Applied ones show the claimed saving, the one reported when applying, and the one measured since then."),
     h("h2", {}, `Active (${act.length})`), recTable(act, "recs-active"),
-    h("h2", {}, `Applied (${applied.recommendations.length})`), recTable(applied.recommendations, "recs-applied", true),
+    h("h2", {}, `Applied (${applied.recommendations.length})`), recTable(applied.recommendations, "recs-applied", saved),
     h("h2", {}, `Ignored (${ignored.recommendations.length})`), recTable(ignored.recommendations, "recs-ignored"));
 }
 
