@@ -26,6 +26,7 @@ from api.routers import (
     calibration,
     carbon_factors,
     connections,
+    dashboard,
     export,
     gpu_targets,
     health,
@@ -152,4 +153,7 @@ def create_app(
     app.include_router(public.router)  # /public/receipts/verify/{serial}: no auth
     app.include_router(ops.router, prefix=API_PREFIX)  # /version, /config
     app.include_router(ops.prometheus_router)  # /prometheus/metrics: the operator token (docs/operations.md)
+    dashboard.install(
+        app, API_PREFIX
+    )  # / → /app/ (the web dashboard), /api/v1/dashboard/* (docs/dashboard.md)
     return app

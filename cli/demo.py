@@ -3,7 +3,10 @@ the simulated traffic shows up in the API exactly as a customer's would."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from controlplane import ApiKeys, Orgs, Projects, get_engine
+from controlplane.signin_links import SignInLinks
 from core.settings import Settings
 from pipelines.simulate import Tenants
 
@@ -27,3 +30,13 @@ def ensure_demo_tenant(settings: Settings) -> tuple[Tenants, str]:
             keys.revoke(key.id, org.id)
     _, plaintext = keys.create(org.id, ["read", "ingest"], name=DEMO_KEY_NAME)
     return {org.id: ids}, plaintext
+
+
+DEMO_SIGNIN_SCOPES = ("read", "admin", "billing")
+
+
+def demo_signin_link(settings: Settings, org_id: str) -> str:
+    """A one-time dashboard sign-in link token for the demo org (read, admin, billing; docs/dashboard.md)."""
+    return SignInLinks(get_engine(settings.database)).create(
+        org_id, DEMO_SIGNIN_SCOPES, timedelta(seconds=settings.dashboard_signin_link_s)
+    )

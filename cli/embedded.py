@@ -271,7 +271,7 @@ class LiveConsole(Service):
     async def _show(self) -> None:
         console = Console()
         for line in self.banner:
-            console.print(line)
+            console.print(line, soft_wrap=True)  # URLs stay whole, whatever the width
         with Live(self._table(), console=console, refresh_per_second=2) as live:
             while not self.should_stop:
                 live.update(self._table())

@@ -277,6 +277,10 @@ def up(
         Path | None, typer.Option(help="Gateway routing file (default: a local demo upstream)")
     ] = None,
     upstream_port: Annotated[int, typer.Option(help="Port of the local demo upstream")] = 8790,
+    dagster: Annotated[
+        bool, typer.Option("--dagster", help="Also run the Dagster webserver + daemon (the monthly close UI)")
+    ] = False,
+    dagster_port: Annotated[int, typer.Option(help="Port of the Dagster UI (with --dagster)")] = 3000,
 ) -> None:
     """Start the embedded stack: broker, worker, runtime HTTP, and labelled synthetic traffic. Ends with
     status 2 on a configuration problem (all of them named, before anything starts) and with status 1 when
@@ -285,16 +289,23 @@ def up(
     ports = {"--http-port": http_port}
     if gateway_routes is None:
         ports["--upstream-port (the demo upstream)"] = upstream_port
+    if dagster:
+        ports["--dagster-port (the Dagster UI)"] = dagster_port
     if s.kafka_embedded:
         ports["the embedded broker (JOULESTREAM_KAFKA unset)"] = _kafka_port(s)
     _preflight("up", s, needs_secrets=True, routes=gateway_routes, ports=ports)
     _migrate_controlplane(s)
     log_dir = private_dir(s.home / "logs")
-    from cli.demo import ensure_demo_tenant
+    from cli.dagster_ui import DagsterUI
+    from cli.demo import demo_signin_link, ensure_demo_tenant
     from cli.demo_gateway import DemoUpstream
 
     tenants, demo_key = ensure_demo_tenant(s)
+    signin = demo_signin_link(s, next(iter(tenants)))
     s, metrics_token = _demo_metrics_token(s)
+    ui = DagsterUI(dagster_port, s.home) if dagster else None
+    if ui is not None:
+        s = s.replace(dagster_url=ui.url)  # the dashboard links admins to it
     b = upstream = None
     children = {}
     try:
@@ -305,11 +316,18 @@ def up(
             upstream = DemoUpstream(upstream_port, s.home)
             gateway_routes = upstream.start()
             children["the demo upstream"] = upstream.proc
+        if ui is not None:
+            children["the Dagster UI (dagster dev)"] = ui.start()
         banner = [
             "[bold green]joulestream is up[/]",
             f"  Kafka        {s.kafka} ({'embedded Tansu' if b else 'external'}); topics {s.raw_topic}, "
             f"{s.enriched_topic}, {s.dlq_topic}",
             f"  Warehouse    {s.clickhouse} (database {s.ch_database})",
+            f"  Dashboard    http://127.0.0.1:{http_port}/  — sign in once with [bold]http://127.0.0.1:{http_port}/app/"
+            f"#signin={signin}[/] (demo org, {s.dashboard_signin_link_s // 60} min), or with the demo key",
+            f"  Dagster UI   {ui.url}  (the monthly close; starting, ~10 s)"
+            if ui
+            else "  Dagster UI   not started: [bold]joulestream up --dagster[/] runs it beside the stack",
             f"  API          http://127.0.0.1:{http_port}/api/v1/docs  (health: http://127.0.0.1:{http_port}/health)",
             f"  Demo key     {demo_key}  (org 'demo', scopes read+ingest; shown once)",
             f"  Try          curl -H 'Authorization: Bearer {demo_key}' "
@@ -334,6 +352,8 @@ def up(
             logfile=str(log_dir / "worker.log"),
         )
     finally:
+        if ui:
+            ui.stop()
         if upstream:
             upstream.stop()
         if b:

@@ -23,6 +23,8 @@ Tables by migration:
   `recommendation_history` — every state change (see `controlplane.recommendations`).
 - `0065_recommendation_savings`: `recommendation_savings` — the measured savings ledger: one row per applied
   recommendation and complete UTC day, written once (`controlplane.recommendations.SavingsLedger`).
+- `0075_signin_links`: `signin_links` — one-time, short-lived dashboard sign-in links (the token's hash, the
+  org, the scopes of the session they open; see `controlplane.signin_links`).
 - `0090_gpu_targets`: `gpu_targets` — DCGM / model-server / Prometheus endpoints an org's GPUs are scraped
   from, with their project and hosting provider; `gpu_series` (each counter's last sample), `gpu_hours` (its
   increase per hour), `gpu_buckets` (what was published per hour and model) — see `controlplane.gpu_targets`.
@@ -547,4 +549,18 @@ gpu_buckets = Table(  # what the scraper last published per (target, hour, model
     Column("revision", BigInteger(), nullable=False),
     Column("event", Text(), nullable=False),
     Index("ix_gpu_buckets_target_id_hour", "target_id", "hour"),
+)
+
+
+# --------------------------------------------------------------------------------------------- dashboard (0075)
+
+signin_links = Table(
+    "signin_links",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # SHA-256 hex of the link's token; never the token
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("scopes", String(100), nullable=False),  # of the session key the exchange issues
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime(), nullable=True),  # set once, by the one exchange that wins
 )

@@ -39,6 +39,8 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_KAFKA_PARTITIONS             | kafka_partitions        | 4 (partitions of each topic created; ≥ the number of workers) |
 | JOULESTREAM_KAFKA_REPLICATION            | kafka_replication       | 1 (replication factor of each topic created; 3 on a real cluster) |
 | JOULESTREAM_CH_CLUSTER                   | ch_cluster              | none: one ClickHouse server; a name: ON CLUSTER DDL, Replicated engines |
+| JOULESTREAM_DASHBOARD_SESSION_S, _SIGNIN_LINK_S | dashboard_session_s, dashboard_signin_link_s | 43200 (12 h), 600 (10 min) |
+| JOULESTREAM_DAGSTER_URL                  | dagster_url             | none: the dashboard shows no Dagster link (`up --dagster` sets it) |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -145,6 +147,11 @@ class Settings(BaseSettings):
     metrics_open: bool = False
     metrics_per_org: bool = False
     metrics_dir: Path | None = None
+    # The dashboard (docs/dashboard.md): a sign-in link's session key lives dashboard_session_s; a link is
+    # exchangeable for dashboard_signin_link_s; dagster_url is shown to admins (the operators' UI)
+    dashboard_session_s: PositiveInt = 43200
+    dashboard_signin_link_s: PositiveInt = 600
+    dagster_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://")
 
     # HTTP hardening (API and gateway; docs/security.md)
     api_max_body_bytes: PositiveInt = 1 << 20

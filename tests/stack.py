@@ -65,6 +65,11 @@ class Stack:
 
 @pytest.fixture
 def stack(kafka: str, tmp_path: Path) -> Stack:
+    return new_stack(kafka, tmp_path)
+
+
+def new_stack(kafka: str, tmp_path: Path, **extra_env: str) -> Stack:
+    """An isolated pipeline's environment under `tmp_path` (for fixtures of a wider scope than `stack`)."""
     tag = uuid.uuid4().hex[:10]
     env = {
         **os.environ,
@@ -74,7 +79,7 @@ def stack(kafka: str, tmp_path: Path) -> Stack:
         "JOULESTREAM_CH_DATABASE": f"e2e_{tag}",
     }
     env.pop("JOULESTREAM_CLICKHOUSE", None)  # the worker's own chdb path under its data dir
-    return Stack(env)
+    return Stack({**env, **extra_env})
 
 
 class WorkerProcess:
