@@ -53,7 +53,19 @@ SIGNED = "signed"  # no API key, authenticated by a signature over the body (the
 #                    event naming A's Stripe customer is 400 with `detail` and changes nothing of A; a
 #                    correctly signed one is acknowledged (200) without echoing org data
 
+STATIC = "static"  # no auth, the dashboard's own files (no org data): 200, or a redirect to them
+LINK = (
+    "link"  # no API key, a one-time sign-in link token (the dashboard): an unknown one is 401 naming nothing
+)
+
 ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
+    ("GET", "/"): (STATIC, None),
+    ("GET", "/app"): (STATIC, None),
+    ("GET", "/app/"): (STATIC, None),
+    ("*", "/app/static"): (STATIC, None),
+    ("POST", "/api/v1/dashboard/sign-in"): (LINK, {"token": "not-a-link-of-anyone"}),
+    ("GET", "/api/v1/dashboard/session"): (ORG_SELF, None),
+    ("POST", "/api/v1/dashboard/sign-out"): (ORG_SELF, None),
     ("GET", "/health"): (PUBLIC, None),
     ("GET", "/api/v1/health"): (PUBLIC, None),
     ("GET", "/api/v1/openapi.json"): (PUBLIC, None),
@@ -323,8 +335,9 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         assert [r["id"] for r in a_receipts_before] == [a.receipt_id]
 
         for (method, path), (kind, body) in sorted(ROUTES.items()):
-            url = _fill(path, a)
-            headers = {} if kind in (PUBLIC, PUBLIC_ITEM, SIGNED) else b_headers
+            url = _fill(path, a) + ("/app.js" if method == "*" else "")
+            method = "GET" if method == "*" else method
+            headers = {} if kind in (PUBLIC, PUBLIC_ITEM, SIGNED, STATIC, LINK) else b_headers
             where = f"{method} {path} ({kind})"
             if kind == OPERATOR:  # an org's key is no operator credential
                 assert (await c.request(method, url, headers=b_headers)).status_code == 401, where
@@ -350,7 +363,11 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
             elif kind == ORG_CREATE:
                 assert r.status_code == 201, where
             elif kind == ORG_SELF:
-                assert r.status_code in (200, 202), (where, r.text)
+                assert r.status_code in (200, 202, 204), (where, r.text)
+            elif kind == STATIC:
+                assert r.status_code in (200, 307), where
+            elif kind == LINK:
+                assert r.status_code == 401 and r.json()["detail"], where
             else:
                 assert r.status_code == 200, (where, r.text)
             # a public object's own identifier is the one thing it may show
