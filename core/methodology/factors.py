@@ -33,7 +33,9 @@ from core.methodology.sections import (
     CountryFactors,
     EmbodiedFactors,
     MeasurementFactors,
+    ModalityFactors,
     PriceBook,
+    UnitFactors,
 )
 
 FACTORS_DIR = Path(__file__).resolve().parent.parent / "factors"
@@ -150,6 +152,9 @@ class FactorSet(BaseModel):
     )
     default_wue_onsite: float | None = None
     price_book: PriceBook | None = None
+    # ---- v2.0.1 (optional): audio/image tokens and non-token units (docs/methodology.md, "Modalities") ----
+    modalities: ModalityFactors | None = None
+    units: UnitFactors | None = None
     sources: dict[str, str] = Field(description="source key -> citation / URL")
 
     _cache: Any = PrivateAttr(default=None)
@@ -210,6 +215,10 @@ class FactorSet(BaseModel):
                 for src in row.source:
                     if src not in self.sources:
                         problems.append(f"price row {row.pattern!r} cites unknown source {src!r}")
+        for section in (self.modalities, self.units):
+            for src in section.sources if section is not None else ():
+                if src not in self.sources:
+                    problems.append(f"modalities/units cite unknown source {src!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from core.contracts import UsageEvent
+from core.contracts import MODALITY_FIELDS, UNIT_FIELDS, UsageEvent
 from core.methodology import cached_savings, enrich, load_factor_set
 from warehouse.ledger import to_arrow, write_enriched, write_enriched_json
 from warehouse.measures import LEDGER_SCHEMA, MEASURES, ROLLUP_MEASURES, ROLLUPS
@@ -112,7 +112,14 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
         migrate(client, database, only_first)
         events = [make_enriched(f"v{i}", input_tokens_cached=100 * (i + 1)) for i in range(3)]
         old_rows = to_arrow(events).drop_columns(
-            ["energy_cached_savings_j", "co2_cached_savings_kg", "energy_source", *OPTIONAL_FIELDS]
+            [
+                "energy_cached_savings_j",
+                "co2_cached_savings_kg",
+                "energy_source",
+                *OPTIONAL_FIELDS,
+                *MODALITY_FIELDS,
+                *UNIT_FIELDS,
+            ]
         )
         client.insert_arrow("usage_events", old_rows)
         before = client.query(
@@ -123,6 +130,7 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
             "0002_cached_savings",
             "0003_methodology_v2",
             "0004_reporting_dimensions",
+            "0006_modalities",
         ]
         stored = client.query(
             "SELECT energy_cached_savings_j, co2_cached_savings_kg FROM usage_events ORDER BY event_id"
