@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from core.contracts import UsageEvent
-from core.methodology import compute_footprint, load_factor_set
+from core.methodology import compute_footprint, extra_of, load_factor_set
 
 TOKEN_FIELDS = (
     "input_tokens_uncached",
@@ -39,6 +39,7 @@ def expected(events: Iterable[UsageEvent], by: str = "none") -> dict[str, dict[s
             input_tokens_cached=e.input_tokens_cached,
             input_tokens_cache_creation=e.input_tokens_cache_creation,
             output_tokens=e.output_tokens,
+            extra=extra_of(e),  # modality parts, non-token units, a producer's note (issue 21)
         )
         row = out[KEYS[by](e)]
         row["events"] += 1
