@@ -402,6 +402,7 @@ class PollScheduler:
             next_poll_at=now + self.config.interval,
             writes=changes.writes,
             prune_before=fetched.start - width,
+            notes=fetched.notes,
         )
         log.info(
             "polled",

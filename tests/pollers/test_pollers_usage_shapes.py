@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controlplane import Orgs
+from controlplane.connections import Connections
 from core.contracts import UsageEvent
 from core.methodology import enrich, load_factor_set
 from providers import client_for
@@ -253,6 +254,9 @@ async def test_scheduler_applies_byok_and_reports_it_on_the_poll(
     register(engine, secret_store, org.id, "anthropic")
     (r,) = [await make_scheduler().poll_connection(conn.id)]
     assert r.outcome == "ok" and any("BYOK" in n and "anthropic" in n for n in r.notes)
+    # visible on the connection (GET /api/v1/connections/{id} → poll_notes) until the next successful poll
+    stored = Connections(engine).get(org.id, conn.id)
+    assert stored is not None and any("BYOK" in n for n in stored.poll_notes)
     (ev,) = [e for e in events(producer) if e.provider == "openrouter"]
     assert ev.total_tokens == 0 and ev.labels["byok_counted_by"] == "anthropic"
     enriched = enrich(ev, load_factor_set("v2.0.1"), datetime.now(UTC))
