@@ -357,7 +357,9 @@ def totals(
     )
     if data["rows"]:
         table = Table()
-        keys = [k for k in data["rows"][0] if k in ("org_id", "project_id", "provider", "model", "day", "region")]
+        keys = [
+            k for k in data["rows"][0] if k in ("org_id", "project_id", "provider", "model", "day", "region")
+        ]
         for col in [*keys, "events", "total_tokens", "energy_kwh", "co2_kg"]:
             table.add_column(col, justify="left" if col in keys else "right")
         for r in data["rows"]:

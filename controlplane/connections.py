@@ -75,7 +75,9 @@ class Connection(BaseModel):
     workload_id: str | None = None
     project_id: str | None = None
     project_name: str | None = None
-    poll_notes: list[str] = Field(default_factory=list)  # the last successful poll's notes (pollers, issue 21)
+    poll_notes: list[str] = Field(
+        default_factory=list
+    )  # the last successful poll's notes (pollers, issue 21)
     # the secret's reference (never the secret): excluded from dumps and repr
     secret_ref: str | None = Field(default=None, exclude=True, repr=False)
 

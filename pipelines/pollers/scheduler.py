@@ -291,7 +291,9 @@ class PollScheduler:
             buckets = await client.fetch(start, end)
             notes = list(client.notes)
             if conn.provider == "openrouter":  # BYOK tokens another connection of the org already counts
-                buckets, byok_notes = apply_byok(buckets, await asyncio.to_thread(self._polled_upstreams, conn))
+                buckets, byok_notes = apply_byok(
+                    buckets, await asyncio.to_thread(self._polled_upstreams, conn)
+                )
                 notes += byok_notes
             return _Fetched(client, start, end, buckets, client.coverage(start, end), notes)
         except AuthError as exc:
