@@ -44,7 +44,6 @@ groupings were asked for.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime
 
 from providers.base import (
@@ -156,7 +155,7 @@ class OpenAIUsage(ProviderClient):
         for r in bucket.get("results") or []:
             if not isinstance(r, dict):
                 raise ProviderResponseError("openai usage: a result is not an object")
-            figures = MAPPERS[kind](self, r)
+            figures = self._completions(r) if kind == "completions" else self._single(kind, r)
             if not any(figures.values()):
                 continue
             model = str(r.get("model") or "unknown")
@@ -252,45 +251,27 @@ class OpenAIUsage(ProviderClient):
                     room -= parts[x]
         return parts
 
-    def _input_only(self, r: dict) -> dict:
-        return {
-            "input_tokens_uncached": as_int(r.get("input_tokens"), "input_tokens"),
-            "request_count": as_int(r.get("num_model_requests"), "num_model_requests"),
-        }
-
-    def _images(self, r: dict) -> dict:
-        return {
-            "images": as_int(r.get("images"), "images"),
-            "request_count": as_int(r.get("num_model_requests"), "num_model_requests"),
-        }
-
-    def _speeches(self, r: dict) -> dict:
-        return {
-            "audio_characters": as_int(r.get("characters"), "characters"),
-            "request_count": as_int(r.get("num_model_requests"), "num_model_requests"),
-        }
-
-    def _transcriptions(self, r: dict) -> dict:
-        return {
-            "audio_seconds": _float(r.get("seconds"), "seconds"),
-            "request_count": as_int(r.get("num_model_requests"), "num_model_requests"),
-        }
-
-    def _web_searches(self, r: dict) -> dict:
-        # num_model_requests here are completions requests that used the tool: already counted there
-        return {"web_search_calls": as_int(r.get("num_requests"), "num_requests")}
+    def _single(self, kind: str, r: dict) -> dict:
+        """The endpoints with one figure: (documented field → UsageEvent field) in SINGLE_FIGURE. Web-search
+        results also carry num_model_requests: completions requests that used the tool, counted there."""
+        field, target, requests = SINGLE_FIGURE[kind]
+        read = _float if target == "audio_seconds" else as_int
+        out: dict = {target: read(r.get(field), field)}
+        if requests:
+            out["request_count"] = as_int(r.get("num_model_requests"), "num_model_requests")
+        return out
 
     def _note(self, note: str) -> None:
         if note not in self.notes and len(self.notes) < 50:
             self.notes.append(note)
 
 
-MAPPERS: dict[str, Callable[[OpenAIUsage, dict], dict]] = {
-    "completions": OpenAIUsage._completions,
-    "embeddings": OpenAIUsage._input_only,
-    "moderations": OpenAIUsage._input_only,
-    "images": OpenAIUsage._images,
-    "audio_speeches": OpenAIUsage._speeches,
-    "audio_transcriptions": OpenAIUsage._transcriptions,
-    "web_search_calls": OpenAIUsage._web_searches,
+# kind → (documented field, UsageEvent field, whether num_model_requests counts as requests)
+SINGLE_FIGURE: dict[str, tuple[str, str, bool]] = {
+    "embeddings": ("input_tokens", "input_tokens_uncached", True),
+    "moderations": ("input_tokens", "input_tokens_uncached", True),
+    "images": ("images", "images", True),
+    "audio_speeches": ("characters", "audio_characters", True),
+    "audio_transcriptions": ("seconds", "audio_seconds", True),
+    "web_search_calls": ("num_requests", "web_search_calls", False),
 }
