@@ -288,6 +288,10 @@ class PollScheduler:
                 sleep=self._sleep,
             )
             start, end = self.window(conn, client.bucket_width, now)
+            if conn.provider == "openrouter":
+                # BYOK: a connection to the upstream added (or removed) later backfills `initial_backfill`, so
+                # OpenRouter re-reads as far back and corrects those days too (never counted twice)
+                start = min(start, floor_to(now - self.config.initial_backfill, client.bucket_width))
             buckets = await client.fetch(start, end)
             notes = list(client.notes)
             if conn.provider == "openrouter":  # BYOK tokens another connection of the org already counts

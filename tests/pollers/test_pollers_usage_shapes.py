@@ -302,3 +302,25 @@ def test_modality_parts_larger_than_their_total_are_rejected():
         UsageEvent(event_id="e", source="poller", org_id="o", project_id="p", workload_id="w", provider="openai",
                    model="m", bucket_start=now, bucket_end=now + H, event_timestamp=now + H,
                    input_tokens_uncached=10, input_audio_tokens=11)  # fmt: skip
+
+
+async def test_connecting_the_upstream_later_corrects_openrouter_days_in_the_backfill(
+    engine,
+    stubs,
+    secret_store,
+    producer,
+    make_scheduler,  # noqa: F811
+):
+    org = Orgs(engine).create("acme")
+    day = datetime.now(UTC).date() - timedelta(days=4)  # older than the lookback, inside the backfill
+    stubs["openrouter"].put(day, "ep-sonnet", **fx.OPENROUTER_BYOK_ONLY)
+    conn = register(engine, secret_store, org.id, "openrouter")
+    sched = make_scheduler(lookback=timedelta(hours=6), initial_backfill=timedelta(days=7))
+    await sched.poll_connection(conn.id)
+    (first,) = events(producer)
+    assert first.input_tokens_uncached == 20_000  # no Anthropic connection: counted here
+    register(engine, secret_store, org.id, "anthropic")  # now its poller reports these tokens too
+    await sched.poll_connection(conn.id)
+    (second,) = events(producer, 1)
+    assert second.event_id == first.event_id and second.revision > first.revision
+    assert second.total_tokens == 0 and second.labels["byok_counted_by"] == "anthropic"
