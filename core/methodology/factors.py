@@ -354,12 +354,17 @@ def builtin_versions() -> list[str]:
     return sorted(found, key=lambda v: tuple(int(x) for x in v[1:].split(".")))
 
 
-LATEST_VERSION = builtin_versions()[-1]
+# Shipped sets that are not the built-in default (yet): loadable by version and publishable
+# (`joulestream factors publish core/factors/<v>.yaml`), but neither `load_factor_set()`'s default nor seeded into
+# the control plane. v2.0.1 (issue 21: modality and non-token-unit treatments) waits for that decision; promoting
+# it = removing it here and adding it to `controlplane.factors.SEED_VERSIONS`.
+OPT_IN_VERSIONS = frozenset({"v2.0.1"})
+LATEST_VERSION = [v for v in builtin_versions() if v not in OPT_IN_VERSIONS][-1]
 
 
 def load_factor_set(version: str | None = None) -> FactorSet:
     """The published factor set `core/factors/{version}.yaml` (cached: one instance per version); None = the
-    latest built-in (`LATEST_VERSION`, the highest version number shipped)."""
+    built-in default (`LATEST_VERSION`, the highest version number shipped that is not in OPT_IN_VERSIONS)."""
     return _load(LATEST_VERSION if version is None else version)
 
 

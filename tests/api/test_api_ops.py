@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 
-from controlplane.factors import SEED_VERSIONS
 from core.buildinfo import REPO, package_version
 from core.methodology.factors import LATEST_VERSION
 from core.metrics import Footprints, exposition
@@ -45,10 +44,8 @@ async def test_version_names_the_build_and_the_default_factor_version(api, tenan
     assert body["version"] == package_version()
     assert body["python"] == platform.python_version()
     assert body["git_commit"] == _git_head()  # None outside a checkout, on both sides
-    # the app seeds the built-in sets (controlplane.factors.SEED_VERSIONS): the current one is the newest seeded;
-    # v2.0.1 (issue 21) ships unseeded until the lead decides (`joulestream factors publish` applies it)
-    assert body["factors_version"] == SEED_VERSIONS[-1]
-    assert body["factors_builtin_latest"] == LATEST_VERSION
+    # the app seeds the built-in sets: the current one is the newest shipped
+    assert body["factors_version"] == LATEST_VERSION == body["factors_builtin_latest"]
 
 
 @pytest.mark.parametrize("path", ["/api/v1/version", "/api/v1/config"])
@@ -113,7 +110,7 @@ async def test_config_describes_the_deployment_without_a_secret(make_app, settin
         "database": "joulestream_cp",
     }
     assert body["public_url"] == "https://joulestream.example.com"
-    assert body["factors_version"] == SEED_VERSIONS[-1]
+    assert body["factors_version"] == LATEST_VERSION
     f = body["features"]
     assert f["jwt_auth"] and f["stripe_billing"] and f["stripe_webhooks"]
     assert f["master_key_configured"] and f["signing_key_configured"]

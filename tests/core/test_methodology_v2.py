@@ -61,8 +61,7 @@ def fp_of(
 
 
 def test_default_is_v2_and_v1_stays_loadable() -> None:
-    assert load_factor_set().version == "v2.0.1"  # v2.0 + modality/unit sections (issue 21)
-    assert load_factor_set("v2.0").units is None
+    assert load_factor_set().version == "v2.0"
     v1 = load_factor_set("v1.0")
     assert not v1.has_v2 and v1.price_book is None and v1.embodied is None
 
@@ -450,7 +449,7 @@ def test_measured_overrides_and_only_narrows(
 
 
 def test_latest_is_one_cached_instance() -> None:
-    assert load_factor_set() is load_factor_set("v2.0.1")
+    assert load_factor_set() is load_factor_set("v2.0")
     assert load_factor_set("v1.0") is load_factor_set("v1.0")
     with pytest.raises(FactorSetError, match="no factor set 'v9.9'"):
         load_factor_set("v9.9")

@@ -26,8 +26,10 @@ KEYS: dict[str, Callable[[UsageEvent], str]] = {
 }
 
 
-def expected(events: Iterable[UsageEvent], by: str = "none") -> dict[str, dict[str, float]]:
-    fs = load_factor_set()
+def expected(
+    events: Iterable[UsageEvent], by: str = "none", version: str | None = None
+) -> dict[str, dict[str, float]]:
+    fs = load_factor_set(version)  # None: the built-in default
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for e in events:
         fp = compute_footprint(

@@ -93,6 +93,7 @@ def test_documented_usage_shapes_land_with_hand_computed_totals(
     h = harness
     seed(stubs, datetime.now(UTC).date() - timedelta(days=2))
     publish_v201(h.stack)
+    h.factors_version = "v2.0.1"
     org = Orgs(h.engine).create("acme")
     ids = [h.register(org.id, p) for p in ("openai", "anthropic", "openrouter")]
     worker.start()
