@@ -241,6 +241,24 @@ LEDGER_SUMS: dict[str, str] = {m.name: m.ledger_sum() for m in MEASURES}
 MEASURED_PARTS: dict[str, str] = {m.name: m.value for m in MEASURES if m.when == "measured" and m.value}
 
 
+def rollup_view_sql(rollup: Rollup) -> str:
+    """The CREATE statement of `rollup`'s materialized view over the ledger, from this spec (`{db}` as in the
+    migrations). A migration that adds measures re-creates the views with its output (0006 did);
+    tests/warehouse/test_wh_measures.py checks that the last view each migration chain creates equals it."""
+    select = [
+        "    e.org_id AS org_id",
+        f"    {rollup.bucket_sql} AS {rollup.bucket}",
+        *(f"    {rollup_key_sql(k)} AS {k}" for k in rollup.keys[1:]),
+        *(f"    {LEDGER_SUMS[c]} AS {c}" for c in ROLLUP_MEASURES),
+    ]
+    group = ", ".join(["org_id", rollup.bucket, *rollup.keys[1:]])
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{rollup.table}_mv TO {{db}}.{rollup.table} AS\nSELECT\n"
+        + ",\n".join(select)
+        + f"\nFROM {{db}}.usage_events AS e\nGROUP BY {group};"
+    )
+
+
 def columns(reader: Reader, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The measures `reader` shows, in spec order."""
     return tuple(m.name for m in MEASURES if reader in m.readers and m.name not in exclude)

@@ -174,3 +174,21 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
             client.command(f"DROP DATABASE IF EXISTS `{database}`")
         finally:
             close_clients(database)
+
+
+def test_the_last_view_of_each_rollup_equals_the_spec():
+    """The newest CREATE MATERIALIZED VIEW of each rollup across the migrations is `rollup_view_sql` of the spec
+    (a migration adding measures re-creates the views from it)."""
+    from warehouse.measures import ROLLUPS, rollup_view_sql
+    from warehouse.migrate import load_migrations, quote_identifier
+
+    db = quote_identifier("wh")
+    for rollup in ROLLUPS:
+        want = rollup_view_sql(rollup).replace("{db}", db).rstrip(";")
+        head = want.split(" AS\n", 1)[0]
+        last = None
+        for m in load_migrations():
+            for stmt in m.statements("wh"):
+                if stmt.startswith(head):
+                    last = stmt.rstrip(";")
+        assert last == want, rollup.table

@@ -6,11 +6,11 @@
 -- (warehouse/measures.py is the spec; tests/warehouse/test_wh_measures.py checks it against these tables).
 --
 -- Ledger rows written before this migration read 0, which is exact: no producer reported these figures before.
--- Rollup rows read 0 in the new columns for the same reason. The views are re-created with the new sums (their
--- SELECT lists are generated from warehouse.measures.LEDGER_SUMS / ROLLUP_KEYS, so after merging another
--- migration that adds measures, re-generate them the same way). As in 0003, inserts between the DROP and the
--- CREATE would miss the rollups; migrations run before the writers start, and the sink's start-up reconcile
--- closes any such gap.
+-- Rollup rows read 0 in the new columns for the same reason. The views are re-created with the new sums: each
+-- CREATE below is warehouse.measures.rollup_view_sql(rollup), and tests/warehouse/test_wh_measures.py checks that
+-- the last view the migrations create equals it (a later migration adding measures re-creates them the same way).
+-- As in 0003, inserts between the DROP and the CREATE would miss the rollups; migrations run before the writers
+-- start, and the sink's start-up reconcile closes any such gap.
 
 ALTER TABLE {db}.usage_events
     ADD COLUMN IF NOT EXISTS input_audio_tokens UInt64 DEFAULT 0 AFTER request_count,
