@@ -37,7 +37,7 @@ def held(warehouse: Callable[[], AsyncWarehouse | None]) -> AsyncWarehouse:
     return wh
 
 
-TotalsBy = Literal["none", "org", "project", "model", "day"]
+TotalsBy = Literal["none", "org", "project", "model", "day", "region"]
 
 
 def totals_payload(client: Client, by: TotalsBy = "none") -> dict[str, Any]:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from core.contracts import MODALITY_FIELDS, UNIT_FIELDS  # noqa: E402
 from core.methodology import compute_footprint, load_factor_set  # noqa: E402
 from pipelines.simulate import MODELS  # noqa: E402
 from warehouse.measures import LEDGER_SCHEMA  # noqa: E402
@@ -190,6 +191,11 @@ def _day_table(shape: Shape, coefs: list[_ModelCoef], day: date, n: int, first_i
         "input_tokens_cache_creation": pa.array(creation.astype(np.uint64)),
         "output_tokens": pa.array(output.astype(np.uint64)),
         "request_count": pa.array(np.ones(n, dtype=np.uint64)),
+        **{f: pa.array(np.zeros(n, dtype=np.uint64)) for f in MODALITY_FIELDS},  # issue 21: none here
+        **{
+            f: pa.array(np.zeros(n, dtype=np.float64 if f == "audio_seconds" else np.uint64))
+            for f in UNIT_FIELDS
+        },
         "labels": pa.MapArray.from_arrays(
             empty_offsets, pa.array([], pa.string()), pa.array([], pa.string())
         ),

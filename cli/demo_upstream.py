@@ -32,6 +32,10 @@ class StubConfig:
     fail_times: int = -1  # with `fail`: fail this many requests then recover (-1 = always)
     cached_tokens: int = 0  # reported in usage.prompt_tokens_details.cached_tokens (≤ prompt tokens)
     reasoning_tokens: int = 0
+    audio_tokens: int = 0  # usage.prompt_tokens_details.audio_tokens (part of the prompt tokens)
+    output_audio_tokens: int = (
+        0  # usage.completion_tokens_details.audio_tokens (part of the completion tokens)
+    )
     omit_usage: bool = False  # answer without a usage object (the gateway must estimate)
     delay_s: float = 0.0  # before answering
     stream_chunk_delay_s: float = 0.0
@@ -160,11 +164,11 @@ class StubUpstream:
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {
                 "cached_tokens": min(cfg.cached_tokens, prompt_tokens),
-                "audio_tokens": 0,
+                "audio_tokens": min(cfg.audio_tokens, prompt_tokens),
             },
             "completion_tokens_details": {
                 "reasoning_tokens": cfg.reasoning_tokens,
-                "audio_tokens": 0,
+                "audio_tokens": min(cfg.output_audio_tokens, completion_tokens),
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
             },

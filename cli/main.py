@@ -378,12 +378,12 @@ def _demo_metrics_token(s: Settings) -> tuple[Settings, str]:
 
 @app.command()
 def totals(
-    by: Annotated[str, typer.Option(help="none | org | project | model | day")] = "none",
+    by: Annotated[str, typer.Option(help="none | org | project | model | day | region")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Print warehouse totals (asks the running `joulestream up` when it holds the embedded warehouse)."""
-    if by not in ("none", "org", "project", "model", "day"):
-        raise typer.BadParameter(f"--by must be none, org, project, model or day, not {by!r}")
+    if by not in ("none", "org", "project", "model", "day", "region"):
+        raise typer.BadParameter(f"--by must be none, org, project, model, day or region, not {by!r}")
     data = _read_totals(_settings(), by)
     if as_json:
         print(json.dumps(data, indent=2))
@@ -396,7 +396,9 @@ def totals(
     )
     if data["rows"]:
         table = Table()
-        keys = [k for k in data["rows"][0] if k in ("org_id", "project_id", "provider", "model", "day")]
+        keys = [
+            k for k in data["rows"][0] if k in ("org_id", "project_id", "provider", "model", "day", "region")
+        ]
         for col in [*keys, "events", "total_tokens", "energy_kwh", "co2_kg"]:
             table.add_column(col, justify="left" if col in keys else "right")
         for r in data["rows"]:

@@ -13,6 +13,7 @@ syncs. The pollers' side (leases, cursors, bucket states, failures) is `controlp
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -74,6 +75,9 @@ class Connection(BaseModel):
     workload_id: str | None = None
     project_id: str | None = None
     project_name: str | None = None
+    poll_notes: list[str] = Field(
+        default_factory=list
+    )  # the last successful poll's notes (pollers, issue 21)
     # the secret's reference (never the secret): excluded from dumps and repr
     secret_ref: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -102,7 +106,10 @@ IS_LIVE = connections.c.deleted_at.is_(None)
 
 
 def connection_from_row(row) -> Connection:
-    return Connection.model_validate(dict(row))
+    values = dict(row)
+    notes = values.get("poll_notes")
+    values["poll_notes"] = json.loads(notes) if notes else []
+    return Connection.model_validate(values)
 
 
 class Connections:

@@ -14,7 +14,8 @@ revisions keep the workload/project of the first one, so re-mapping a connection
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -149,6 +150,7 @@ class PollState:
         next_poll_at: datetime,
         writes: Iterable[BucketWrite] = (),
         prune_before: datetime | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
         """After the events are acknowledged by Kafka: store the bucket states, advance the cursor, reset
         failures (error → active), clear a sync request served by this poll, release the lease."""
@@ -195,6 +197,7 @@ class PollState:
                     next_poll_at=next_poll_at,
                     consecutive_failures=0,
                     last_error=None,
+                    poll_notes=json.dumps([n[:500] for n in notes[:20]]) if notes else None,
                     updated_at=now,
                 )
             )

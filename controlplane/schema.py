@@ -246,6 +246,8 @@ connections = Table(
     Column("last_sync_request_at", UTCDateTime(), nullable=True),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
+    # what the last successful poll noticed and worked around (JSON list: BYOK overlap, odd buckets); 0100_pollers
+    Column("poll_notes", Text(), nullable=True),
     CheckConstraint(_in("provider", PROVIDERS), name="provider"),
     CheckConstraint(_in("status", CONNECTION_STATUSES), name="status"),
     Index(

@@ -27,6 +27,19 @@ MAX_TOKENS = 10**12  # a per-event ceiling far above any real bucket; larger val
 EARLIEST_EVENT = datetime(2015, 1, 1, tzinfo=UTC)  # before any LLM API existed: an impossible timestamp
 MAX_CLOCK_SKEW = timedelta(days=1)  # an event stamped further in the future than this is rejected
 
+# Issue 21: the modality parts and non-token units on UsageEvent, and the labels enrichment reads
+MODALITY_FIELDS = (
+    "input_audio_tokens",
+    "input_image_tokens",
+    "input_cached_audio_tokens",
+    "input_cached_image_tokens",
+    "output_audio_tokens",
+    "output_image_tokens",
+)
+UNIT_FIELDS = ("images", "audio_seconds", "audio_characters", "web_search_calls")
+IMAGE_SIZE_LABEL = "image_size"  # WxH of the `images` (default 1024x1024)
+USAGE_NOTE_LABEL = "usage_note"  # a producer's note on the figures; enrichment adds it to estimation_reasons
+
 _ZERO = timedelta(0)
 _TIME_FIELDS = ("bucket_start", "bucket_end", "event_timestamp")
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
@@ -104,6 +117,20 @@ class UsageEvent(BaseModel):
     input_tokens_cache_creation: TokenCount = 0
     output_tokens: TokenCount = 0
     request_count: int = Field(default=1, ge=0, le=MAX_TOKENS)
+    # Modalities (issue 21; additive): the audio and image parts of the token figures above — text is the rest.
+    # Units other than tokens (OpenAI's images / audio / web-search usage); docs/methodology.md, "Modalities".
+    input_audio_tokens: TokenCount = Field(default=0, description="Part of input_tokens_uncached")
+    input_image_tokens: TokenCount = Field(default=0, description="Part of input_tokens_uncached")
+    input_cached_audio_tokens: TokenCount = Field(default=0, description="Part of input_tokens_cached")
+    input_cached_image_tokens: TokenCount = Field(default=0, description="Part of input_tokens_cached")
+    output_audio_tokens: TokenCount = Field(default=0, description="Part of output_tokens")
+    output_image_tokens: TokenCount = Field(default=0, description="Part of output_tokens")
+    images: TokenCount = Field(default=0, description="Images generated (size: label image_size, WxH)")
+    audio_seconds: float = Field(
+        default=0, ge=0, le=1e12, allow_inf_nan=False, description="Audio transcribed"
+    )
+    audio_characters: TokenCount = Field(default=0, description="Characters synthesised to speech")
+    web_search_calls: TokenCount = Field(default=0, description="Web searches run by a model's search tool")
     measured_energy_j: float | None = Field(
         default=None,
         ge=0,
@@ -143,6 +170,14 @@ class UsageEvent(BaseModel):
                 )
         if self.bucket_end < self.bucket_start:
             raise ValueError("bucket_end is before bucket_start")
+        if (
+            self.input_audio_tokens + self.input_image_tokens > self.input_tokens_uncached
+            or self.input_cached_audio_tokens + self.input_cached_image_tokens > self.input_tokens_cached
+            or self.output_audio_tokens + self.output_image_tokens > self.output_tokens
+        ):
+            raise ValueError(
+                "audio and image tokens are parts of the token figures: their sum exceeds the total"
+            )
         if self.measured_energy_j is not None and (
             self.measured_by is None or self.measured_boundary is None
         ):

@@ -26,14 +26,14 @@ import email.utils
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 
-from core.contracts import Source, UsageEvent
+from core.contracts import MODALITY_FIELDS, UNIT_FIELDS, Source, UsageEvent
 from core.secrets import redact
 
 log = logging.getLogger("joulestream.pollers")
@@ -77,6 +77,11 @@ class ProviderResponseError(ProviderError):
 # --------------------------------------------------------------------------------------------- buckets
 
 
+# Figures a bucket may carry beyond the five base ones (issue 21): modality parts and non-token units, named
+# as on UsageEvent. They enter the content hash only when non-zero, so a bucket without them keeps its hash.
+EXTRA_FIGURES: tuple[str, ...] = (*MODALITY_FIELDS, *UNIT_FIELDS)
+
+
 @dataclass(frozen=True)
 class UsageBucket:
     """One provider figure: usage of one model (and the provider's grouping keys) in one time bucket."""
@@ -92,35 +97,41 @@ class UsageBucket:
     output_tokens: int = 0
     request_count: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
+    region: str | None = None  # the serving region the provider reported (factor-set region key)
+    input_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    input_cached_audio_tokens: int = 0
+    input_cached_image_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_image_tokens: int = 0
+    images: int = 0
+    audio_seconds: float = 0.0
+    audio_characters: int = 0
+    web_search_calls: int = 0
 
     @property
     def width(self) -> timedelta:
         return self.bucket_end - self.bucket_start
 
-    def figures(self) -> tuple[int, int, int, int, int]:
-        return (
+    def figures(self) -> tuple:
+        base: tuple = (
             self.input_tokens_uncached,
             self.input_tokens_cached,
             self.input_tokens_cache_creation,
             self.output_tokens,
             self.request_count,
         )
+        extra = tuple((name, getattr(self, name)) for name in EXTRA_FIGURES if getattr(self, name))
+        return base + extra if extra else base
 
     def __add__(self, other: UsageBucket) -> UsageBucket:
         """Two rows for the same identity (a provider may split a group we do not ask for): summed."""
-        return UsageBucket(
-            provider=self.provider,
-            bucket_start=self.bucket_start,
-            bucket_end=self.bucket_end,
-            model=self.model,
-            group_keys=self.group_keys,
-            input_tokens_uncached=self.input_tokens_uncached + other.input_tokens_uncached,
-            input_tokens_cached=self.input_tokens_cached + other.input_tokens_cached,
-            input_tokens_cache_creation=self.input_tokens_cache_creation + other.input_tokens_cache_creation,
-            output_tokens=self.output_tokens + other.output_tokens,
-            request_count=self.request_count + other.request_count,
-            labels=self.labels,
-        )
+        summed = {
+            name: getattr(self, name) + getattr(other, name)
+            for name in ("input_tokens_uncached", "input_tokens_cached", "input_tokens_cache_creation",
+                         "output_tokens", "request_count", *EXTRA_FIGURES)
+        }  # fmt: skip
+        return replace(self, **summed)
 
 
 def _ts(dt: datetime) -> str:
@@ -193,6 +204,8 @@ def to_event(
         output_tokens=bucket.output_tokens,
         request_count=bucket.request_count,
         labels=dict(bucket.labels),
+        region=bucket.region,
+        **{name: getattr(bucket, name) for name in EXTRA_FIGURES},
     )
 
 
@@ -218,6 +231,28 @@ def parse_time(value: Any, what: str) -> datetime:
     except (ValueError, OverflowError, OSError):
         pass
     raise ProviderResponseError(f"unexpected {what}: {str(value)[:40]!r}")
+
+
+PARTIAL_LABEL = "partial_bucket"
+
+
+def bucket_span(
+    start: datetime, end: datetime, width: timedelta, notes: list[str], what: str
+) -> tuple[datetime, datetime] | None:
+    """The (start, end) a provider bucket is stored under, or None to skip it. A whole bucket as asked for is
+    itself. A shorter bucket that starts on a bucket boundary is a partial one (the provider cut the current
+    bucket at the end of the window or at its clock): it is stored under the whole bucket's span — the same
+    event id the complete bucket will have, so the next poll replaces it — and labelled `partial_bucket`. Any
+    other shape (longer, misaligned, empty) is skipped with a note in `notes`, which the poll logs and returns;
+    the connection keeps polling (a hard error would stop every poll on one odd bucket)."""
+    if end - start == width:
+        return start, end
+    if timedelta(0) < end - start < width and floor_to(start, width) == start:
+        return start, start + width
+    note = f"{what}: skipped a bucket of unexpected shape {_ts(start)}..{_ts(end)} (expected {width})"
+    if note not in notes:
+        notes.append(note)
+    return None
 
 
 def floor_to(dt: datetime, width: timedelta) -> datetime:
@@ -299,6 +334,7 @@ class ProviderClient:
         self.policy = policy or HttpPolicy()
         self._sleep = sleep or asyncio.sleep
         self.requests = 0
+        self.notes: list[str] = []  # what the last fetch noticed and worked around (shapes, BYOK); logged
 
     def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}(base_url={self.base_url!r})"

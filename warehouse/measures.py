@@ -27,7 +27,7 @@ import pyarrow as pa
 from core.contracts import EnrichedUsage
 
 Reader = Literal["totals", "cache", "dashboard", "models", "events", "export"]
-Kind = Literal["count", "tokens", "energy", "co2", "savings", "water", "cost"]
+Kind = Literal["count", "tokens", "part", "quantity", "energy", "co2", "savings", "water", "cost"]
 # Conditions a derived measure sums under: SQL over the ledger row (`{a}` = its alias) and the same test in
 # Python over the row's values (the monthly close sums the ledger rows in Python).
 Condition = Literal["measured", "estimated"]
@@ -53,7 +53,7 @@ class Measure:
 
     @property
     def is_int(self) -> bool:
-        return self.kind in ("count", "tokens")
+        return self.kind in ("count", "tokens", "part")
 
     @property
     def rollup_type(self) -> str:
@@ -175,6 +175,18 @@ MEASURES: tuple[Measure, ...] = (
     # Read by warehouse.reporting only (no reader list: the close, exports and dashboard keep their columns).
     _m("events_estimated", "count", field=None, when="estimated"),
     _m("energy_it_j", "energy", field=None, value="energy_j", per="pue"),
+    # Modalities and units (issue 21, migration 0005): the audio/image parts of the token figures ("part": never
+    # in total_tokens, they are inside it) and usage counted in images, seconds, characters and web searches.
+    _m("input_audio_tokens", "part", "totals"),
+    _m("input_image_tokens", "part", "totals"),
+    _m("input_cached_audio_tokens", "part", "totals"),
+    _m("input_cached_image_tokens", "part", "totals"),
+    _m("output_audio_tokens", "part", "totals"),
+    _m("output_image_tokens", "part", "totals"),
+    _m("images", "count", "totals"),
+    _m("audio_seconds", "quantity", "totals"),
+    _m("audio_characters", "count", "totals"),
+    _m("web_search_calls", "count", "totals"),
 )
 BY_NAME: dict[str, Measure] = {m.name: m for m in MEASURES}
 # The rollups' key columns, their bucket column (`hour` / `day`) after org_id; every other column is a measure.
@@ -227,6 +239,24 @@ TOKEN_COLUMNS: tuple[str, ...] = tuple(m.name for m in MEASURES if m.kind == "to
 LEDGER_SUMS: dict[str, str] = {m.name: m.ledger_sum() for m in MEASURES}
 # measured part → the total it is part of
 MEASURED_PARTS: dict[str, str] = {m.name: m.value for m in MEASURES if m.when == "measured" and m.value}
+
+
+def rollup_view_sql(rollup: Rollup) -> str:
+    """The CREATE statement of `rollup`'s materialized view over the ledger, from this spec (`{db}` as in the
+    migrations). A migration that adds measures re-creates the views with its output (0005 did);
+    tests/warehouse/test_wh_measures.py checks that the last view each migration chain creates equals it."""
+    select = [
+        "    e.org_id AS org_id",
+        f"    {rollup.bucket_sql} AS {rollup.bucket}",
+        *(f"    {rollup_key_sql(k)} AS {k}" for k in rollup.keys[1:]),
+        *(f"    {LEDGER_SUMS[c]} AS {c}" for c in ROLLUP_MEASURES),
+    ]
+    group = ", ".join(["org_id", rollup.bucket, *rollup.keys[1:]])
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{rollup.table}_mv TO {{db}}.{rollup.table} AS\nSELECT\n"
+        + ",\n".join(select)
+        + f"\nFROM {{db}}.usage_events AS e\nGROUP BY {group};"
+    )
 
 
 def columns(reader: Reader, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:

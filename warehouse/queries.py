@@ -56,6 +56,7 @@ class TotalsRow(Totals):
     provider: str | None = None
     model: str | None = None
     day: date | None = None
+    region: str | None = None  # '' = no region reported (the provider default)
 
 
 # Uncached / cached / cache-creation input tokens, then the `cache` measures: what the cached tokens saved
@@ -70,12 +71,13 @@ CacheSplit = create_model(
 )
 
 
-Group = Literal["org", "project", "model", "day"]
+Group = Literal["org", "project", "model", "day", "region"]
 _GROUP_KEYS: dict[str, tuple[str, ...]] = {
     "org": ("org_id",),
     "project": ("org_id", "project_id"),
     "model": ("provider", "model"),
     "day": ("day",),
+    "region": ("provider", "region"),
 }
 _ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in _TOTAL_COLS)
 _LEDGER_SUMS = ", ".join(f"{measures.LEDGER_SUMS[c]} AS {c}" for c in _TOTAL_COLS)
@@ -136,7 +138,7 @@ def totals_by(
     start: date | None = None,
     end: date | None = None,
 ) -> list[TotalsRow]:
-    """Totals per group (org | project | model | day), ordered by the group keys. Groups whose figures
+    """Totals per group (org | project | model | day | region: provider × serving region), ordered by the group keys. Groups whose figures
     cancelled out completely (no live event) are left out."""
     keys = _GROUP_KEYS[group]
     where, params = _where(day_expr="day", org_id=org_id, project_id=project_id, start=start, end=end)

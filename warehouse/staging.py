@@ -24,7 +24,7 @@ from clickhouse_connect.driver import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from pydantic import BaseModel
 
-from core.contracts import EnrichedUsage
+from core.contracts import MODALITY_FIELDS, UNIT_FIELDS, EnrichedUsage
 from core.methodology import cached_savings
 from warehouse.measures import EVENT_FIELDS, EVENT_SCHEMA, LEDGER_SCHEMA
 
@@ -45,6 +45,7 @@ _DEFAULTS: dict[str, Any] = {
     "energy_cached_savings_j": None,
     "co2_cached_savings_kg": None,
     "energy_source": "estimated",
+    **dict.fromkeys((*MODALITY_FIELDS, *UNIT_FIELDS), 0),  # issue 21: 0 = not reported (migration 0005)
 }
 # Optional contract fields added by methodology v2 — the raw event's measured energy, the v2 figures and their
 # factors — stored as NULL when absent (Nullable ledger columns, migration 0003).

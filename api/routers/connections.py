@@ -123,6 +123,11 @@ class ConnectionOut(BaseModel):
     project_id: str | None
     project_name: str | None
     created_at: datetime
+    poll_notes: list[str] = Field(
+        default_factory=list,
+        description="What the last successful poll noticed and worked around: OpenRouter BYOK usage left to "
+        "another connection, bucket shapes it skipped, inconsistent figures (docs/pollers.md)",
+    )
 
 
 class ConnectionList(BaseModel):
@@ -154,6 +159,7 @@ def _out(c: Connection) -> ConnectionOut:
         project_id=c.project_id,
         project_name=c.project_name,
         created_at=c.created_at,
+        poll_notes=c.poll_notes,
     )
 
 

@@ -29,11 +29,13 @@ from core.methodology.factors import (
 )
 from core.methodology.footprint import (
     _FAST_CONSTRUCT,
+    Extra,
     Footprint,
     Measured,
     cached_savings,
     compute_footprint,
     enrich,
+    extra_of,
     joules_to_kwh,
     measured_of,
 )
@@ -75,6 +77,8 @@ __all__ = [
     "cached_savings",
     "canonical_provider",
     "compute_footprint",
+    "Extra",
+    "extra_of",
     "enrich",
     "grid_intensity",
     "joules_to_kwh",

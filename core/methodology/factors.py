@@ -33,7 +33,9 @@ from core.methodology.sections import (
     CountryFactors,
     EmbodiedFactors,
     MeasurementFactors,
+    ModalityFactors,
     PriceBook,
+    UnitFactors,
 )
 
 FACTORS_DIR = Path(__file__).resolve().parent.parent / "factors"
@@ -150,6 +152,9 @@ class FactorSet(BaseModel):
     )
     default_wue_onsite: float | None = None
     price_book: PriceBook | None = None
+    # ---- v2.0.1 (optional): audio/image tokens and non-token units (docs/methodology.md, "Modalities") ----
+    modalities: ModalityFactors | None = None
+    units: UnitFactors | None = None
     sources: dict[str, str] = Field(description="source key -> citation / URL")
 
     _cache: Any = PrivateAttr(default=None)
@@ -210,6 +215,10 @@ class FactorSet(BaseModel):
                 for src in row.source:
                     if src not in self.sources:
                         problems.append(f"price row {row.pattern!r} cites unknown source {src!r}")
+        for section in (self.modalities, self.units):
+            for src in section.sources if section is not None else ():
+                if src not in self.sources:
+                    problems.append(f"modalities/units cite unknown source {src!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -350,12 +359,17 @@ def builtin_versions() -> list[str]:
     return sorted(found, key=lambda v: tuple(int(x) for x in v[1:].split(".")))
 
 
-LATEST_VERSION = builtin_versions()[-1]
+# Shipped sets that are not the built-in default (yet): loadable by version and publishable
+# (`joulestream factors publish core/factors/<v>.yaml`), but neither `load_factor_set()`'s default nor seeded into
+# the control plane. v2.0.1 (issue 21: modality and non-token-unit treatments) waits for that decision; promoting
+# it = removing it here and adding it to `controlplane.factors.SEED_VERSIONS`.
+OPT_IN_VERSIONS = frozenset({"v2.0.1"})
+LATEST_VERSION = [v for v in builtin_versions() if v not in OPT_IN_VERSIONS][-1]
 
 
 def load_factor_set(version: str | None = None) -> FactorSet:
     """The published factor set `core/factors/{version}.yaml` (cached: one instance per version); None = the
-    latest built-in (`LATEST_VERSION`, the highest version number shipped)."""
+    built-in default (`LATEST_VERSION`, the highest version number shipped that is not in OPT_IN_VERSIONS)."""
     return _load(LATEST_VERSION if version is None else version)
 
 

@@ -26,16 +26,33 @@ boundary also the host factor's low / high), and never wider, relative to the po
 estimate's band. energy_source = measured; is_estimated only when the provider or region fell back (PUE and
 grid are then defaults) — an unknown model does not make a measured figure an estimate.
 
+Modalities and units (v2.0.1 sets, `Extra`): the audio/image parts of the token figures add
+part × J/token(phase) × (multiplier − 1) (point multiplier 1.0, so only the band moves); images, seconds of
+audio, characters of speech and web searches add count × J per unit (images scaled by pixels) to the IT J,
+before PUE — so every figure derived from IT J (CO2e, embodied, water) includes them; cost does not (the price
+book is per token). Sets without these sections say so in `estimation_reasons` (units are then not counted).
+A producer's `usage_note` label is added to the reasons and flags the event estimated.
+
 A factor set without the v2 sections (v1.0) computes exactly as before and leaves the v2 figures None.
 Pure functions; `_resolve` (everything that does not depend on token counts) is cached per FactorSet.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from core.contracts import EnergySource, EnrichedUsage, MeasuredBoundary, UsageEvent
+from core.contracts import (
+    IMAGE_SIZE_LABEL,
+    MODALITY_FIELDS,
+    UNIT_FIELDS,
+    USAGE_NOTE_LABEL,
+    EnergySource,
+    EnrichedUsage,
+    MeasuredBoundary,
+    UsageEvent,
+)
 from core.methodology.factors import _CACHE_LIMIT, J_PER_KWH, FactorSet
 from core.methodology.matching import Place, _caches, match_model, place, price_for
 from core.pricing import Prices, cost_exact_micros
@@ -274,6 +291,116 @@ def _v2(
     )
 
 
+class Extra(NamedTuple):
+    """What an event carries beyond its four token figures (issue 21)."""
+
+    parts: tuple[int, ...] = (0,) * len(MODALITY_FIELDS)  # MODALITY_FIELDS order
+    units: tuple[float, ...] = (0.0,) * len(UNIT_FIELDS)  # UNIT_FIELDS order
+    image_size: str | None = None
+    note: str | None = None
+
+
+# (multiplier attribute, phase index in _Resolved.per_token) per MODALITY_FIELDS entry
+_MODALITY_PHASES = (
+    ("audio_input", 0),
+    ("image_input", 0),
+    ("audio_input", 1),
+    ("image_input", 1),
+    ("audio_output", 3),
+    ("image_output", 3),
+)
+_UNIT_NAMES = ("images", "s of audio transcribed", "characters of speech", "web searches")
+_SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+def extra_of(event: UsageEvent) -> Extra | None:
+    """The event's modality parts, units and note; None when it has none (the common, text-only case)."""
+    e = event
+    note = e.labels.get(USAGE_NOTE_LABEL) if e.labels else None
+    if not (
+        note
+        or e.input_audio_tokens
+        or e.input_image_tokens
+        or e.input_cached_audio_tokens
+        or e.input_cached_image_tokens
+        or e.output_audio_tokens
+        or e.output_image_tokens
+        or e.images
+        or e.audio_seconds
+        or e.audio_characters
+        or e.web_search_calls
+    ):
+        return None
+    return Extra(
+        tuple(getattr(e, f) for f in MODALITY_FIELDS),
+        tuple(getattr(e, f) for f in UNIT_FIELDS),
+        e.labels.get(IMAGE_SIZE_LABEL) if e.labels else None,
+        note,
+    )
+
+
+def _extra_it(fs: FactorSet, r: _Resolved, x: Extra) -> tuple[tuple[float, float, float], list[str], bool]:
+    """(extra IT J (point, low, high), reasons, estimated) of an event's modality parts, units and note."""
+    extra = [0.0, 0.0, 0.0]
+    reasons: list[str] = []
+    estimated = False
+    if any(x.parts):
+        if fs.modalities is None:
+            reasons.append(
+                f"audio/image tokens priced as text: factor set {fs.version} has no modality factors"
+            )
+        else:
+            for n, (attr, phase) in zip(x.parts, _MODALITY_PHASES, strict=True):
+                if n:
+                    band = getattr(fs.modalities, attr)
+                    for b, m in enumerate((band.point, band.low, band.high)):
+                        extra[b] += n * r.per_token[b][phase] * (m - 1.0)
+            if fs.modalities.estimated:
+                estimated = True
+                reasons.append(f"audio/image tokens: modality multipliers of {fs.version} (estimated)")
+    if any(x.units):
+        counted = ", ".join(f"{v:g} {name}" for v, name in zip(x.units, _UNIT_NAMES, strict=True) if v)
+        if fs.units is None:
+            estimated = True
+            reasons.append(f"{counted}: not counted, factor set {fs.version} has no per-unit energy")
+        else:
+            u = fs.units
+            scale = 1.0
+            if x.units[0]:
+                m = _SIZE_RE.match(x.image_size or "")
+                if m:
+                    scale = int(m[1]) * int(m[2]) / u.reference_image_pixels
+                elif x.image_size:
+                    reasons.append(
+                        f"image size {x.image_size[:40]!r} unknown: priced as {u.reference_image_pixels} px"
+                    )
+            bands = (u.image, u.audio_second, u.audio_character, u.web_search_call)
+            for v, band, k in zip(x.units, bands, (scale, 1.0, 1.0, 1.0), strict=True):
+                if v:
+                    extra[0] += v * band.point * k
+                    extra[1] += v * band.low * k
+                    extra[2] += v * band.high * k
+            if u.estimated:
+                estimated = True
+            reasons.append(f"{counted}: J per unit of {fs.version}" + (" (estimated)" if u.estimated else ""))
+    if x.note:
+        estimated = True
+        reasons.append(f"provider usage: {x.note}")
+    return (extra[0], extra[1], extra[2]), reasons, estimated
+
+
+def _with_extra(
+    fs: FactorSet, r: _Resolved, head: dict[str, Any], it: tuple[float, float, float], x: Extra
+) -> tuple[dict[str, Any], tuple[float, float, float]]:
+    add, reasons, estimated = _extra_it(fs, r, x)
+    head = {
+        **head,
+        "is_estimated": head["is_estimated"] or estimated,
+        "estimation_reasons": (*head["estimation_reasons"], *reasons),
+    }
+    return head, (it[0] + add[0], it[1] + add[1], it[2] + add[2])
+
+
 class Measured(NamedTuple):
     """A measured energy figure as the raw event gives it."""
 
@@ -328,15 +455,23 @@ def _footprint(
     tokens: tuple[int, int, int, int],
     measured: Measured | None,
     prices: Prices | None,
+    extra: Extra | None = None,
 ) -> tuple[dict[str, Any] | None, tuple[float, ...], tuple[Any, ...]]:
     """(head override or None, the 8 v1 figures, the 20 v2 values) of one event."""
     uncached, cached, creation, output = tokens
     it = _it_joules(r, uncached, cached, creation, output)
+    extra_reasons: tuple[str, ...] = ()
+    if extra is not None:  # modality parts, units, a producer's note: part of the estimate
+        extra_head, it = _with_extra(fs, r, r.head, it, extra)
+        if measured is None:
+            return extra_head, _energies(r, it, cached), _v2(r, it, tokens, prices, EnergySource.estimated)
+        extra_reasons = extra_head["estimation_reasons"][len(r.reasons) :]
+        r = r._replace(head=extra_head)
     if measured is None:
         return None, _energies(r, it, cached), _v2(r, it, tokens, prices, EnergySource.estimated)
     if fs.measurement is None:  # a v1 set cannot bring a measurement to the facility boundary
         reasons = (
-            *r.reasons,
+            *r.head["estimation_reasons"],
             f"measured energy ({measured.energy_j:g} J by {measured.by}) not used: factor set {fs.version} has "
             "no measurement factors; energy estimated from tokens",
         )
@@ -348,6 +483,7 @@ def _footprint(
         reasons_list.append(
             f"{r.model_reason} (measured energy: the tier sets only the per-token factors shown and the band cap)"
         )
+    reasons_list += extra_reasons  # the estimate's modality/unit notes: the measurement replaced their energy
     head = {**r.head, "is_estimated": bool(r.place.reasons), "estimation_reasons": tuple(reasons_list)}
     energies = _energies(r, it_m, cached)[:6] + _energies(r, it, cached)[6:]  # savings stay token-based
     return head, energies, _v2(r, it_m, tokens, prices, EnergySource.measured)
@@ -365,12 +501,14 @@ def compute_footprint(
     output_tokens: int,
     measured: Measured | None = None,
     prices: Prices | None = None,
+    extra: Extra | None = None,
 ) -> Footprint:
     """The footprint of one bucket of usage. `measured` replaces the token estimate of the energy (v2 sets);
-    `prices` (an org's override) replaces the factor set's price book."""
+    `prices` (an org's override) replaces the factor set's price book; `extra` (`extra_of(event)`) adds the
+    event's modality parts, non-token units and note."""
     r = _resolve(fs, provider, model, region)
     tokens = (input_tokens_uncached, input_tokens_cached, input_tokens_cache_creation, output_tokens)
-    head, energies, v2 = _footprint(fs, r, tokens, measured, prices)
+    head, energies, v2 = _footprint(fs, r, tokens, measured, prices, extra)
     return Footprint._make((*(head or r.head).values(), *energies, *v2))
 
 
@@ -429,12 +567,13 @@ def enrich(
         event.input_tokens_cache_creation,
         event.output_tokens,
     )
-    if event.measured_energy_j is None:  # the hot path: _footprint without a measurement, inlined
+    extra = extra_of(event)
+    if event.measured_energy_j is None and extra is None:  # the hot path: _footprint inlined
         head = r.head
         it = _it_joules(r, *tokens)
         tail = _energies(r, it, tokens[1]) + _v2(r, it, tokens, prices, EnergySource.estimated)
     else:
-        measured_head, energies, v2 = _footprint(fs, r, tokens, measured_of(event), prices)
+        measured_head, energies, v2 = _footprint(fs, r, tokens, measured_of(event), prices, extra)
         head = measured_head or r.head
         tail = energies + v2
     if type(event) is UsageEvent:  # its __dict__ is exactly its fields, in order

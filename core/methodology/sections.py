@@ -175,3 +175,55 @@ class PriceBook(BaseModel):
         if self.per_tokens != 1_000_000:
             raise ValueError(f"price_book.per_tokens must be 1000000, got {self.per_tokens}")
         return self
+
+
+# ------------------------------------------------------------------------------------- modalities (v2.0.1)
+
+MAX_MODALITY_MULTIPLIER = 10.0
+# IT joules per unit: a 1-megapixel image ~1e2-1e5 J (Luccioni et al. 2023 measured 0.06-11.5 Wh); a second of
+# audio or a character of speech well under 1e4 J; a web search ~1e2-1e4 J. Values in Wh or kWh are caught.
+MAX_J_PER_UNIT = {"image": 1e6, "audio_second": 1e4, "audio_character": 1e4, "web_search_call": 1e5}
+
+
+class ModalityFactors(BaseModel):
+    """Audio and image tokens: multipliers on the J per token of the same phase of the model's tier (a text
+    token is 1). Applied to the modality parts of a UsageEvent's token figures."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audio_input: Band
+    image_input: Band
+    audio_output: Band
+    image_output: Band
+    estimated: bool = Field(description="True: events with these tokens are flagged is_estimated")
+    sources: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> ModalityFactors:
+        for name in ("audio_input", "image_input", "audio_output", "image_output"):
+            band: Band = getattr(self, name)
+            if not (0 < band.low and band.high <= MAX_MODALITY_MULTIPLIER):
+                raise ValueError(f"modalities.{name}: multipliers must be in (0, {MAX_MODALITY_MULTIPLIER}]")
+        return self
+
+
+class UnitFactors(BaseModel):
+    """IT joules (before PUE) per unit of usage that is not counted in tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: Band = Field(description="J per image of reference_image_pixels; other sizes scale by pixel count")
+    reference_image_pixels: int = Field(gt=0, le=100_000_000)
+    audio_second: Band = Field(description="J per second of audio transcribed")
+    audio_character: Band = Field(description="J per character synthesised to speech")
+    web_search_call: Band = Field(description="J per web search")
+    estimated: bool = Field(description="True: events with these units are flagged is_estimated")
+    sources: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> UnitFactors:
+        for name, limit in MAX_J_PER_UNIT.items():
+            band: Band = getattr(self, name)
+            if not (0 < band.low and band.high <= limit):
+                raise ValueError(f"units.{name}: J per unit must be in (0, {limit:g}]")
+        return self

@@ -18,8 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.factor_resolver import FACTORS_VERSION_LABEL
-from core.contracts import FAILED_ATTEMPTS_LABEL, ROUTING_LABEL, RoutingTier, Source, UsageEvent
-from core.methodology import J_PER_KWH, FactorSet, Footprint, Prices, compute_footprint
+from core.contracts import (
+    FAILED_ATTEMPTS_LABEL,
+    MODALITY_FIELDS,
+    ROUTING_LABEL,
+    RoutingTier,
+    Source,
+    UsageEvent,
+)
+from core.methodology import J_PER_KWH, Extra, FactorSet, Footprint, Prices, compute_footprint
 from core.pricing import price_micros
 from core.receipts import utc_timestamp
 from pipelines.gateway.auth import Caller
@@ -45,6 +52,7 @@ class Tokens:
     cached: int
     output: int
     estimated: bool
+    parts: dict[str, int] = field(default_factory=dict)  # modality parts (UsageEvent.MODALITY_FIELDS names)
 
     @property
     def input(self) -> int:
@@ -91,7 +99,38 @@ def usage_tokens(usage: Any) -> Tokens | None:
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
     cached = cached if isinstance(cached, int) and not isinstance(cached, bool) else 0
     cached = min(max(cached, 0), prompt)
-    return Tokens(prompt - cached, cached, out, False)
+    return Tokens(prompt - cached, cached, out, False, _modality_parts(details, usage, prompt - cached, out))
+
+
+def _count(d: Any, key: str) -> int:
+    v = d.get(key) if isinstance(d, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def _modality_parts(prompt_details: Any, usage: dict, uncached: int, output: int) -> dict[str, int]:
+    """The audio/image parts the upstream reports (prompt_tokens_details / completion_tokens_details
+    .audio_tokens / .image_tokens, parts of prompt_tokens / completion_tokens). The cached split of a modality
+    is not reported: its tokens count as uncached, capped at the uncached total."""
+    done = usage.get("completion_tokens_details")
+    parts: dict[str, int] = {}
+    room_in, room_out = uncached, output
+    for name, d, key in (
+        ("input_audio_tokens", prompt_details, "audio_tokens"),
+        ("input_image_tokens", prompt_details, "image_tokens"),
+        ("output_audio_tokens", done, "audio_tokens"),
+        ("output_image_tokens", done, "image_tokens"),
+    ):
+        n = _count(d, key)
+        if not n:
+            continue
+        if name.startswith("input"):
+            n = min(n, room_in)
+            room_in -= n
+        else:
+            n = min(n, room_out)
+            room_out -= n
+        parts[name] = n
+    return parts
 
 
 def answer_text_len(endpoint: str, data: dict[str, Any]) -> int:
@@ -126,6 +165,7 @@ def footprint(ctx: RequestCtx, cand: Candidate, model: str, t: Tokens) -> Footpr
         input_tokens_cache_creation=0,
         output_tokens=t.output,
         prices=ctx.prices(ctx.caller.org_id, provider, model),
+        extra=Extra(tuple(t.parts.get(f, 0) for f in MODALITY_FIELDS)) if t.parts else None,
     )
 
 
@@ -198,6 +238,7 @@ class Books:
             input_tokens_cached=t.cached,
             output_tokens=t.output,
             request_count=1,
+            **t.parts,
             labels={
                 "request_id": ctx.request_id,
                 "receipt_id": ctx.receipt_id,

@@ -45,7 +45,7 @@ import httpx
 from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
-from controlplane.connections import Connection
+from controlplane.connections import Connection, Connections
 from controlplane.poll_state import BucketWrite, PollState
 from core.contracts import UsageEvent
 from core.kafka import OutRecord, send_many
@@ -54,6 +54,7 @@ from core.secrets import SecretStore, SecretStoreError, redact
 from core.settings import Settings
 from providers import base_urls, client_for
 from providers.base import (
+    EXTRA_FIGURES,
     USER_AGENT,
     ZERO_CONTENT_HASH,
     AuthError,
@@ -69,6 +70,7 @@ from providers.base import (
     next_revision,
     to_event,
 )
+from providers.openrouter import apply_byok
 
 log = logging.getLogger("joulestream.pollers.scheduler")
 
@@ -78,6 +80,7 @@ ZERO = {
     "input_tokens_cache_creation": 0,
     "output_tokens": 0,
     "request_count": 0,
+    **dict.fromkeys(EXTRA_FIGURES, 0),
 }
 
 
@@ -128,6 +131,7 @@ class PollResult:
     window: tuple[datetime, datetime] | None = None
     error: str | None = None
     status: str | None = None  # the connection's status afterwards
+    notes: list[str] = field(default_factory=list)  # what the poll noticed (odd buckets, BYOK overlap)
 
 
 @dataclass
@@ -139,6 +143,7 @@ class _Fetched:
     end: datetime
     buckets: list[UsageBucket]
     coverage: tuple[datetime, datetime] | None  # where a missing bucket means "gone"; None: unknown
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -283,8 +288,18 @@ class PollScheduler:
                 sleep=self._sleep,
             )
             start, end = self.window(conn, client.bucket_width, now)
+            if conn.provider == "openrouter":
+                # BYOK: a connection to the upstream added (or removed) later backfills `initial_backfill`, so
+                # OpenRouter re-reads as far back and corrects those days too (never counted twice)
+                start = min(start, floor_to(now - self.config.initial_backfill, client.bucket_width))
             buckets = await client.fetch(start, end)
-            return _Fetched(client, start, end, buckets, client.coverage(start, end))
+            notes = list(client.notes)
+            if conn.provider == "openrouter":  # BYOK tokens another connection of the org already counts
+                buckets, byok_notes = apply_byok(
+                    buckets, await asyncio.to_thread(self._polled_upstreams, conn)
+                )
+                notes += byok_notes
+            return _Fetched(client, start, end, buckets, client.coverage(start, end), notes)
         except AuthError as exc:
             error = redact(str(exc), secret)
             await asyncio.to_thread(
@@ -294,6 +309,14 @@ class PollScheduler:
             return PollResult(conn.id, conn.provider, "disabled", error=error, status="disabled")
         except (ProviderError, SecretStoreError) as exc:
             return await self._failed(conn, now, redact(str(exc), secret), exc, ctx)
+
+    def _polled_upstreams(self, conn: Connection) -> set[str]:
+        """Providers the org polls through its other live connections (not disabled)."""
+        return {
+            c.provider
+            for c in Connections(self.repo.engine).list(conn.org_id)
+            if c.id != conn.id and c.status != "disabled"
+        }
 
     async def _changes(self, conn: Connection, fetched: _Fetched, now: datetime) -> _Changes:
         """The events to publish: new or changed buckets, and stored buckets that vanished (as zero)."""
@@ -385,6 +408,7 @@ class PollScheduler:
             next_poll_at=now + self.config.interval,
             writes=changes.writes,
             prune_before=fetched.start - width,
+            notes=fetched.notes,
         )
         log.info(
             "polled",
@@ -397,6 +421,7 @@ class PollScheduler:
                 "unchanged": changes.unchanged,
                 "zeroed": changes.zeroed,
                 "requests": fetched.client.requests,
+                "notes": fetched.notes,
             },
         )
         return PollResult(
@@ -408,6 +433,7 @@ class PollScheduler:
             zeroed=changes.zeroed,
             window=(fetched.start, fetched.end),
             status="active",
+            notes=fetched.notes,
         )
 
     async def _failed(

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from core.contracts import UsageEvent
-from core.methodology import compute_footprint, load_factor_set
+from core.methodology import compute_footprint, extra_of, load_factor_set
 
 TOKEN_FIELDS = (
     "input_tokens_uncached",
@@ -26,8 +26,10 @@ KEYS: dict[str, Callable[[UsageEvent], str]] = {
 }
 
 
-def expected(events: Iterable[UsageEvent], by: str = "none") -> dict[str, dict[str, float]]:
-    fs = load_factor_set()
+def expected(
+    events: Iterable[UsageEvent], by: str = "none", version: str | None = None
+) -> dict[str, dict[str, float]]:
+    fs = load_factor_set(version)  # None: the built-in default
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for e in events:
         fp = compute_footprint(
@@ -39,6 +41,7 @@ def expected(events: Iterable[UsageEvent], by: str = "none") -> dict[str, dict[s
             input_tokens_cached=e.input_tokens_cached,
             input_tokens_cache_creation=e.input_tokens_cache_creation,
             output_tokens=e.output_tokens,
+            extra=extra_of(e),  # modality parts, non-token units, a producer's note (issue 21)
         )
         row = out[KEYS[by](e)]
         row["events"] += 1

@@ -4,12 +4,16 @@ Each stub implements the documented request and response shapes closely enough t
 code runs unchanged against it, and checks what a provider would check (auth header, required params,
 limits):
 
-- OpenAI  `GET /v1/organization/usage/{completions,embeddings}`: `Authorization: Bearer`, admin keys only
-  (403 for other valid keys), start_time (unix s, required), end_time, bucket_width 1m|1h|1d, group_by
-  (repeated or `group_by[]`), limit (max 168 for 1h), page = opaque next_page cursor; one bucket per hour
-  in [start_time, end_time) (empty ones too), `limit` buckets per page, has_more / next_page.
+- OpenAI  `GET /v1/organization/usage/{completions,embeddings,moderations,images,audio_speeches,
+  audio_transcriptions,web_search_calls,…}`: `Authorization: Bearer`, admin keys only (403 for other valid
+  keys), start_time (unix s, required), end_time, bucket_width 1m|1h|1d, group_by (repeated or `group_by[]`;
+  the values each endpoint accepts, 400 otherwise), limit (max 168 for 1h), page = opaque next_page cursor;
+  one bucket per hour in [start_time, end_time) (empty ones too), `limit` buckets per page, has_more /
+  next_page; results carry the figures put, summed per grouping (`partial_last`: the current bucket ends at
+  the stub's clock).
 - Anthropic `GET /v1/organizations/usage_report/messages`: `x-api-key` + `anthropic-version` required,
-  starting_at (RFC 3339, required), ending_at, bucket_width, group_by[], limit, page; same paging.
+  starting_at (RFC 3339, required), ending_at, bucket_width, group_by[] (workspace_id, service_tier,
+  context_window, inference_geo, …), limit, page; same paging.
 - OpenRouter `GET /api/v1/activity`: `Authorization: Bearer`, management keys only (403 "Only management
   keys can fetch activity"), optional date=YYYY-MM-DD within the last 30 completed UTC days (400 otherwise);
   no pagination.
@@ -204,23 +208,83 @@ def _one(query: list[tuple[str, str]], name: str) -> str | None:
     return vals[0] if vals else None
 
 
+# group_by values each OpenAI usage endpoint accepts (openai/openai-openapi: the `group_by` parameter of
+# each /organization/usage/* operation)
+OPENAI_GROUP_BY = {
+    "completions": {"project_id", "user_id", "api_key_id", "model", "batch", "service_tier"},
+    "embeddings": {"project_id", "user_id", "api_key_id", "model"},
+    "moderations": {"project_id", "user_id", "api_key_id", "model"},
+    "images": {"project_id", "user_id", "api_key_id", "model", "size", "source"},
+    "audio_speeches": {"project_id", "user_id", "api_key_id", "model"},
+    "audio_transcriptions": {"project_id", "user_id", "api_key_id", "model"},
+    "web_search_calls": {"project_id", "user_id", "api_key_id", "model", "context_level"},
+    "vector_stores": {"project_id"},
+    "code_interpreter_sessions": {"project_id"},
+    "file_search_calls": {"project_id", "vector_store_id"},
+}
+OPENAI_OBJECT = {"web_search_calls": "web_searches", "file_search_calls": "file_searches"}
+
+
+def _aggregate(rows, group_by: set[str], dims: tuple[str, ...]) -> list[dict]:
+    """Rows (dims dict, figures dict) summed per the asked-for grouping; dims not grouped by read None."""
+    agg: dict[tuple, dict[str, Any]] = {}
+    for row_dims, figs in rows:
+        key = tuple(row_dims.get(d) if d in group_by else None for d in dims)
+        acc = agg.setdefault(key, {})
+        for f, v in figs.items():
+            if isinstance(v, dict):
+                sub = acc.setdefault(f, {})
+                for k2, v2 in v.items():
+                    sub[k2] = sub.get(k2, 0) + v2
+            else:
+                acc[f] = acc.get(f, 0) + v
+    return [{**dict(zip(dims, key, strict=True)), **figs} for key, figs in agg.items()]
+
+
 class OpenAIStub(ProviderStub):
-    """rows[(kind, bucket_start, model, project_id)] = {input_tokens, input_cached_tokens, output_tokens,
-    num_model_requests}"""
+    """rows: (kind, bucket_start, dims {model, project_id, service_tier, batch, size, source, context_level},
+    result fields). The result carries exactly the figures put (so a test picks the schema: the current one
+    from the spec's examples in tests/pollers/fixtures.py, or the pre-July-2026 one), summed per group_by."""
+
+    DIMS = ("project_id", "user_id", "api_key_id", "model", "batch", "service_tier", "size", "source",
+            "context_level")  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__(provider="openai")
-        self.rows: dict[tuple[str, datetime, str, str], dict[str, int]] = {}
+        self.rows: list[tuple[str, datetime, dict[str, Any], dict[str, Any]]] = []
+        self.partial_last = False  # cut the bucket holding the stub's clock at the clock (a partial bucket)
 
-    def put(self, kind: str, start: datetime, model: str, project: str, **figures: int) -> None:
+    def put(self, kind: str, start: datetime, model: str, project: str, **figures: Any) -> None:
+        """One result: dims among the keyword arguments (service_tier=, batch=, size=, …), the rest figures. A
+        later put with the same kind, start and dims replaces the earlier one (a provider's correction)."""
+        dims = {"model": model, "project_id": project}
+        for d in ("batch", "service_tier", "size", "source", "context_level"):
+            if d in figures:
+                dims[d] = figures.pop(d)
         with self.lock:
-            self.rows[(kind, start, model, project)] = figures
+            self.rows = [r for r in self.rows if (r[0], r[1], r[2]) != (kind, start, dims)]
+            self.rows.append((kind, start, dims, figures))
+
+    def remove(self, kind: str, start: datetime, model: str, project: str) -> None:
+        """The provider stops reporting the results of this model and project in this bucket."""
+        with self.lock:
+            self.rows = [
+                r for r in self.rows
+                if not (r[0] == kind and r[1] == start and (r[2].get("model"), r[2].get("project_id")) == (model, project))
+            ]  # fmt: skip
+
+    def put_result(self, kind: str, start: datetime, result: dict[str, Any]) -> None:
+        """A documented example result, verbatim (tests/pollers/fixtures.py)."""
+        dims = {d: result[d] for d in self.DIMS if d in result}
+        figures = {k: v for k, v in result.items() if k not in self.DIMS and k != "object"}
+        with self.lock:
+            self.rows.append((kind, start, dims, figures))
 
     def handle(self, path, query, headers):
         prefix = "/v1/organization/usage/"
-        if not path.startswith(prefix) or path[len(prefix) :] not in ("completions", "embeddings"):
+        kind = path[len(prefix) :] if path.startswith(prefix) else ""
+        if kind not in OPENAI_GROUP_BY:
             raise StubError(404, f"unknown path {path}")
-        kind = path[len(prefix) :]
         auth = headers.get("authorization", "")
         self.check_key(
             auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None,
@@ -238,43 +302,22 @@ class OpenAIStub(ProviderStub):
         width = _one(query, "bucket_width") or "1d"
         if width not in WIDTH:
             raise StubError(400, "bucket_width must be 1m, 1h or 1d")
-        group_by = [v for k, v in query if k in ("group_by", "group_by[]")]
-        allowed = {"project_id", "user_id", "api_key_id", "model", "batch", "service_tier"}
-        if set(group_by) - allowed:
-            raise StubError(400, f"invalid group_by {sorted(set(group_by) - allowed)}")
+        group_by = {v for k, v in query if k in ("group_by", "group_by[]")}
+        if group_by - OPENAI_GROUP_BY[kind]:
+            raise StubError(400, f"invalid group_by {sorted(group_by - OPENAI_GROUP_BY[kind])} for {kind}")
         buckets, next_page = self.paged_buckets(start, end, width, _one(query, "limit"), _one(query, "page"))
-        data = []
         with self.lock:
-            rows = dict(self.rows)
+            rows = list(self.rows)
+        data = []
+        now = self.clock()
         for b_start, b_end in buckets:
-            agg: dict[tuple, dict[str, int]] = {}
-            for (k, r_start, model, project), figs in rows.items():
-                if k != kind or not (b_start <= r_start < b_end):
-                    continue
-                key = (model if "model" in group_by else None, project if "project_id" in group_by else None)
-                acc = agg.setdefault(key, {})
-                for f, v in figs.items():
-                    acc[f] = acc.get(f, 0) + v
-            results = []
-            for (model, project), figs in agg.items():
-                r = {
-                    "object": f"organization.usage.{kind}.result",
-                    "input_tokens": figs.get("input_tokens", 0),
-                    "num_model_requests": figs.get("num_model_requests", 0),
-                    "project_id": project,
-                    "user_id": None,
-                    "api_key_id": None,
-                    "model": model,
-                    "batch": None,
-                }
-                if kind == "completions":
-                    r.update(
-                        input_cached_tokens=figs.get("input_cached_tokens", 0),
-                        output_tokens=figs.get("output_tokens", 0),
-                        input_audio_tokens=0,
-                        output_audio_tokens=0,
-                    )
-                results.append(r)
+            inside = [(d, f) for k, r_start, d, f in rows if k == kind and b_start <= r_start < b_end]
+            results = [
+                {"object": f"organization.usage.{OPENAI_OBJECT.get(kind, kind)}.result", **r}
+                for r in _aggregate(inside, group_by, self.DIMS)
+            ]
+            if self.partial_last and b_start <= now < b_end:
+                b_end = now
             data.append(
                 {
                     "object": "bucket",
@@ -287,16 +330,49 @@ class OpenAIStub(ProviderStub):
 
 
 class AnthropicStub(ProviderStub):
-    """rows[(bucket_start, model)] = {uncached_input_tokens, cache_read_input_tokens, cache_5m, cache_1h,
-    output_tokens}"""
+    """rows: (bucket_start, dims {model, workspace_id, service_tier, context_window, inference_geo, api_key_id},
+    figures {uncached_input_tokens, cache_read_input_tokens, cache_5m, cache_1h, output_tokens,
+    web_search_requests})."""
+
+    DIMS = ("api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo")
+    GROUP_BY = {"api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo",
+                "speed", "account_id", "service_account_id"}  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__(provider="anthropic")
-        self.rows: dict[tuple[datetime, str], dict[str, int]] = {}
+        self.rows: list[tuple[datetime, dict[str, Any], dict[str, int]]] = []
 
-    def put(self, start: datetime, model: str, **figures: int) -> None:
+    def put(
+        self,
+        start: datetime,
+        model: str,
+        *,
+        workspace_id: str | None = None,
+        service_tier: str = "standard",
+        context_window: str = "0-200k",
+        inference_geo: str = "not_available",
+        **figures: int,
+    ) -> None:
+        dims = {"model": model, "workspace_id": workspace_id, "service_tier": service_tier,
+                "context_window": context_window, "inference_geo": inference_geo}  # fmt: skip
         with self.lock:
-            self.rows[(start, model)] = figures
+            self.rows = [r for r in self.rows if (r[0], r[1]) != (start, dims)]
+            self.rows.append((start, dims, figures))
+
+    def put_result(self, start: datetime, result: dict[str, Any]) -> None:
+        """A documented example result, verbatim (tests/pollers/fixtures.py)."""
+        dims = {d: result.get(d) for d in self.DIMS}
+        creation = result.get("cache_creation") or {}
+        figures = {
+            "uncached_input_tokens": result.get("uncached_input_tokens", 0),
+            "cache_read_input_tokens": result.get("cache_read_input_tokens", 0),
+            "cache_5m": creation.get("ephemeral_5m_input_tokens", 0),
+            "cache_1h": creation.get("ephemeral_1h_input_tokens", 0),
+            "output_tokens": result.get("output_tokens", 0),
+            "web_search_requests": (result.get("server_tool_use") or {}).get("web_search_requests", 0),
+        }
+        with self.lock:
+            self.rows.append((start, dims, figures))
 
     def error_body(self, status: int, message: str) -> dict:
         kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -321,20 +397,15 @@ class AnthropicStub(ProviderStub):
         width = _one(query, "bucket_width") or "1d"
         if width not in WIDTH:
             raise StubError(400, "bucket_width must be 1m, 1h or 1d")
-        group_by = [v for k, v in query if k == "group_by[]"]
-        if set(group_by) - {"api_key_id", "workspace_id", "model", "service_tier", "context_window"}:
+        group_by = {v for k, v in query if k == "group_by[]"}
+        if group_by - self.GROUP_BY:
             raise StubError(400, "invalid group_by[]")
         buckets, next_page = self.paged_buckets(start, end, width, _one(query, "limit"), _one(query, "page"))
         with self.lock:
-            rows = dict(self.rows)
+            rows = list(self.rows)
         data = []
         for b_start, b_end in buckets:
-            agg: dict[str | None, dict[str, int]] = {}
-            for (r_start, model), figs in rows.items():
-                if b_start <= r_start < b_end:
-                    acc = agg.setdefault(model if "model" in group_by else None, {})
-                    for f, v in figs.items():
-                        acc[f] = acc.get(f, 0) + v
+            inside = [(d, f) for r_start, d, f in rows if b_start <= r_start < b_end]
             data.append(
                 {
                     "starting_at": b_start.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -348,14 +419,10 @@ class AnthropicStub(ProviderStub):
                             },
                             "cache_read_input_tokens": f.get("cache_read_input_tokens", 0),
                             "output_tokens": f.get("output_tokens", 0),
-                            "server_tool_use": {"web_search_requests": 0},
-                            "api_key_id": None,
-                            "workspace_id": None,
-                            "model": model,
-                            "service_tier": None,
-                            "context_window": None,
+                            "server_tool_use": {"web_search_requests": f.get("web_search_requests", 0)},
+                            **{d: f.get(d) for d in self.DIMS},
                         }
-                        for model, f in agg.items()
+                        for f in _aggregate(inside, group_by, self.DIMS)
                     ],
                 }
             )
@@ -364,7 +431,7 @@ class AnthropicStub(ProviderStub):
 
 class OpenRouterStub(ProviderStub):
     """rows[(date, endpoint_id)] = {model, model_permaslug, provider_name, requests, prompt_tokens,
-    completion_tokens, reasoning_tokens, usage}"""
+    completion_tokens, reasoning_tokens, usage, byok_usage_inference}"""
 
     def __init__(self) -> None:
         super().__init__(provider="openrouter")
@@ -411,7 +478,7 @@ class OpenRouterStub(ProviderStub):
                         "endpoint_id": endpoint,
                         "provider_name": f.get("provider_name", "SomeProvider"),
                         "usage": f.get("usage", 0.01),
-                        "byok_usage_inference": 0.0,
+                        "byok_usage_inference": f.get("byok_usage_inference", 0.0),
                         "requests": f.get("requests", 0),
                         "prompt_tokens": f.get("prompt_tokens", 0),
                         "completion_tokens": f.get("completion_tokens", 0),

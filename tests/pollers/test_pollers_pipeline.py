@@ -49,6 +49,7 @@ class Harness:
             initial_backfill=timedelta(days=2),
         )
         self.live: dict[str, UsageEvent] = {}  # what the warehouse must hold: the highest revision per id
+        self.factors_version: str | None = None  # the worker's current set (None: the built-in default)
         self.sent = 0
         self.last_batch: list[OutRecord] = []
 
@@ -128,7 +129,7 @@ class Harness:
 
     def wait_settled(self, worker: WorkerProcess) -> dict:
         """Until the worker consumed everything sent and the warehouse totals equal the expected ones."""
-        want = expected(list(self.live.values()))[""]
+        want = expected(list(self.live.values()), version=self.factors_version)[""]
 
         def ok(s) -> bool:
             t = s["totals"]["totals"]

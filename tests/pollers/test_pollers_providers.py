@@ -76,7 +76,7 @@ async def test_openai_pages_and_maps_completions_and_embeddings(stubs):
     assert len([r for r in stub.requests if r.path.endswith("/embeddings")]) == 4
     first = stub.requests[0]
     assert first.params("bucket_width") == ["1h"]
-    assert sorted(first.params("group_by")) == ["model", "project_id"]
+    assert sorted(first.params("group_by")) == ["batch", "model", "project_id", "service_tier"]
     assert first.params("start_time") == [str(int(hour(7).timestamp()))]
     assert first.headers["authorization"] == f"Bearer {ADMIN_KEYS['openai']}"
     assert all(ADMIN_KEYS["openai"] not in f"{r.path}?{r.query}" for r in stub.requests)  # only in the header
@@ -109,7 +109,14 @@ async def test_anthropic_maps_cache_read_and_creation(stubs):
         r.headers["x-api-key"] == ADMIN_KEYS["anthropic"] and r.headers["anthropic-version"] == "2023-06-01"
     )
     assert "authorization" not in r.headers
-    assert r.params("group_by[]") == ["model"] and r.params("bucket_width") == ["1h"]
+    assert r.params("group_by[]") == [
+        "model",
+        "workspace_id",
+        "service_tier",
+        "context_window",
+        "inference_geo",
+    ]
+    assert r.params("bucket_width") == ["1h"]
     assert r.params("starting_at") == [hour(6).strftime("%Y-%m-%dT%H:%M:%SZ")]
     by = {b.model: b for b in buckets}
     s = by["claude-sonnet-4-20250514"]

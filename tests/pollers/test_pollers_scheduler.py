@@ -147,7 +147,7 @@ async def test_a_correction_replaces_with_a_higher_revision_and_a_vanished_bucke
 
     stubs["openai"].put("completions", hour(3), "gpt-4o", "proj_x", input_tokens=1500, input_cached_tokens=100,
                         output_tokens=310, num_model_requests=5)  # fmt: skip
-    del stubs["openai"].rows[("embeddings", hour(2), "text-embedding-3-small", "proj_x")]
+    stubs["openai"].remove("embeddings", hour(2), "text-embedding-3-small", "proj_x")
     r = await sched.poll_connection(c.id)
     assert (r.published, r.zeroed) == (2, 1)
     fixed = {e.model: e for e in events(producer, n)}

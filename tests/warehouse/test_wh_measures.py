@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from core.contracts import UsageEvent
+from core.contracts import MODALITY_FIELDS, UNIT_FIELDS, UsageEvent
 from core.methodology import cached_savings, enrich, load_factor_set
 from warehouse.ledger import to_arrow, write_enriched, write_enriched_json
 from warehouse.measures import LEDGER_SCHEMA, MEASURES, ROLLUP_MEASURES, ROLLUPS
@@ -112,7 +112,14 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
         migrate(client, database, only_first)
         events = [make_enriched(f"v{i}", input_tokens_cached=100 * (i + 1)) for i in range(3)]
         old_rows = to_arrow(events).drop_columns(
-            ["energy_cached_savings_j", "co2_cached_savings_kg", "energy_source", *OPTIONAL_FIELDS]
+            [
+                "energy_cached_savings_j",
+                "co2_cached_savings_kg",
+                "energy_source",
+                *OPTIONAL_FIELDS,
+                *MODALITY_FIELDS,
+                *UNIT_FIELDS,
+            ]
         )
         client.insert_arrow("usage_events", old_rows)
         before = client.query(
@@ -123,6 +130,7 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
             "0002_cached_savings",
             "0003_methodology_v2",
             "0004_reporting_dimensions",
+            "0005_modalities",
         ]
         stored = client.query(
             "SELECT energy_cached_savings_j, co2_cached_savings_kg FROM usage_events ORDER BY event_id"
@@ -166,3 +174,21 @@ def test_rows_written_before_migration_0002_use_the_documented_fallback(
             client.command(f"DROP DATABASE IF EXISTS `{database}`")
         finally:
             close_clients(database)
+
+
+def test_the_last_view_of_each_rollup_equals_the_spec():
+    """The newest CREATE MATERIALIZED VIEW of each rollup across the migrations is `rollup_view_sql` of the spec
+    (a migration adding measures re-creates the views from it)."""
+    from warehouse.measures import ROLLUPS, rollup_view_sql
+    from warehouse.migrate import load_migrations, quote_identifier
+
+    db = quote_identifier("wh")
+    for rollup in ROLLUPS:
+        want = rollup_view_sql(rollup).replace("{db}", db).rstrip(";")
+        head = want.split(" AS\n", 1)[0]
+        last = None
+        for m in load_migrations():
+            for stmt in m.statements("wh"):
+                if stmt.startswith(head):
+                    last = stmt.rstrip(";")
+        assert last == want, rollup.table

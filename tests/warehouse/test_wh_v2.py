@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from core.contracts import MODALITY_FIELDS, UNIT_FIELDS
 from warehouse.export import EXPORT_COLUMNS, iter_export
 from warehouse.ledger import to_arrow, write_enriched, write_enriched_json
 from warehouse.measures import BY_NAME, MEASURES, columns, present
@@ -166,10 +167,17 @@ def test_rows_written_before_migration_0003_have_no_v2_figures(warehouse_dsn, ma
         migrate(client, database, older)
         events = [make_enriched(f"o{i}", output_tokens=10 * (i + 1)) for i in range(3)]
         client.insert_arrow(
-            "usage_events", to_arrow(events).drop_columns(["energy_source", *OPTIONAL_FIELDS])
+            "usage_events",
+            to_arrow(events).drop_columns(
+                ["energy_source", *OPTIONAL_FIELDS, *MODALITY_FIELDS, *UNIT_FIELDS]
+            ),
         )
         before = client.query("SELECT sum(co2_kg), sum(events) FROM usage_daily").result_rows[0]
-        assert migrate(client, database) == ["0003_methodology_v2", "0004_reporting_dimensions"]
+        assert migrate(client, database) == [
+            "0003_methodology_v2",
+            "0004_reporting_dimensions",
+            "0005_modalities",
+        ]
         t = totals(client)
         assert (t.co2_kg, t.events) == pytest.approx(before, rel=1e-12)
         assert (t.events_market, t.events_measured, t.co2_kg_market) == (0, 0, 0.0)
