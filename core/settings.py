@@ -34,6 +34,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_PUBLIC_RATE_LIMIT            | public_rate_limit       | 60/minute per client IP (unauthenticated routes) |
 | JOULESTREAM_RATE_LIMIT_STORAGE           | rate_limit_storage      | memory:// (per process; redis://… shared) |
 | JOULESTREAM_HEALTH_DETAILS               | health_details          | false: unauthenticated /health = status only |
+| JOULESTREAM_BATCH_MAX_LINES, _MAX_FILE_BYTES, _CONCURRENCY, _POLL_S, _FINISH_MARGIN_H | batch_* | 50000, 100 MiB, 16, 1.0, 2 (docs/batch.md) |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -140,6 +141,14 @@ class Settings(BaseSettings):
     public_rate_limit: str = "60/minute"  # `limits` notation, per client IP, for the unauthenticated routes
     rate_limit_storage: str = "memory://"  # `limits` storage URI: memory:// per process, redis://host shared
     health_details: bool = False  # unauthenticated /health shows versions, checks and latencies too
+
+    # Batch API (docs/batch.md): input-file limits, the runner's concurrency and poll, and how long before the
+    # end of the completion window a deferred batch must start at the latest
+    batch_max_lines: PositiveInt = 50_000
+    batch_max_file_bytes: PositiveInt = 100 << 20
+    batch_concurrency: PositiveInt = 16
+    batch_poll_s: PositiveFloat = 1.0
+    batch_finish_margin_h: float = Field(default=2.0, ge=0, le=23)
 
     @field_validator("public_rate_limit")
     @classmethod
