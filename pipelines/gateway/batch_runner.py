@@ -91,6 +91,10 @@ class BatchRunner:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run_forever(), name="batch-runner")
 
+    def request_stop(self) -> None:
+        """Stop after the chunk in flight (signal handlers call this)."""
+        self._stop.set()
+
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:

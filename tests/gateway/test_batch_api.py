@@ -152,7 +152,6 @@ def test_validation_errors_in_openai_shape(batch_gw: GatewayHandle) -> None:
     assert b.errors.data[0].code == "invalid_url"
 
 
-
 def test_limits_on_lines_and_bytes(make_gateway, stack) -> None:
     small = make_gateway(settings=stack.settings.replace(batch_max_lines=3, batch_max_file_bytes=2000))
     sc = small.client()
