@@ -12,9 +12,10 @@ file does not fit the batch's endpoint); in_progress → expired (the completion
 go to the error file as `batch_expired`); validating | in_progress → cancelling (API) → cancelled.
 
 Exactly once: a line's usage event id and receipt id derive from (batch id, custom_id) (`line_uid`). Lines
-run in chunks of `batch_concurrency`; after a chunk the runner waits until the gateway has its usage events in
-Kafka or in the fsync'd spool and its receipts stored, and only then records the chunk's lines (one row per
-custom_id). A runner killed before that record re-runs those lines on resume: the upstream is asked again,
+run in chunks of `batch_concurrency`; the runner then waits until the gateway has their usage events in
+Kafka or in the fsync'd spool and their receipts stored, and only then records the lines (one row per
+custom_id) — that commit runs beside the next chunks, so at most 8 chunks are served and not yet recorded.
+A runner killed before that record re-runs those lines on resume: the upstream is asked again,
 but the event and receipt ids are the same, so the ledger (dedup by event id) and the receipts (stored once
 per id) count each line once, and the line's row is written once. A killed runner never loses a line: what
 is not recorded is run again.
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,6 +60,7 @@ from pipelines.gateway.gateway import Gateway
 log = logging.getLogger("joulestream.gateway.batch")
 RETRY_STATUSES = (429, 503)  # budgets and a momentarily unavailable upstream: wait and retry the line
 MAX_TRIES = 6
+CHECK_S = 0.25  # how often a running batch re-reads its status (cancellation, expiry)
 
 
 class BatchRunner:
@@ -222,37 +225,63 @@ class BatchRunner:
         done = await asyncio.to_thread(self.batches.done_ids, b.id)
         pending = [ln for ln in lines if ln.custom_id not in done]
         endpoint = ENDPOINTS[b.endpoint]
+        # Lines are served a chunk at a time; the chunks served are committed (durable, then recorded) by one
+        # commit in flight beside the serving, so the wait for Kafka/receipts overlaps the next chunks. At most
+        # `backlog` served lines wait uncommitted: what a kill can make the upstream answer twice.
+        backlog = self.concurrency * 8
+        ready: list[LineRow] = []
+        commit: asyncio.Task[bool] | None = None
+        checked = 0.0
         for i in range(0, len(pending), self.concurrency):
             if self._stop.is_set():
-                return
-            b = await self._reload(b)
-            if b.status != "in_progress":
-                await self._advance(b)
-                return
-            if self.clock() >= b.expires_at:
-                await self._expire(b)
-                return
+                break
+            if time.monotonic() - checked > CHECK_S:  # cancelled or expired meanwhile?
+                checked = time.monotonic()
+                b = await self._reload(b)
+                if b.status != "in_progress" or self.clock() >= b.expires_at:
+                    break
             chunk = pending[i : i + self.concurrency]
             if caller is None:
-                rows = [
-                    self._unrun(b, ln, "api_key_revoked", "The API key that created the batch is revoked.")
-                    for ln in chunk
-                ]
+                msg = "The API key that created the batch is revoked."
+                ready += [self._unrun(b, ln, "api_key_revoked", msg) for ln in chunk]
             else:
-                rows = list(await asyncio.gather(*(self._run_line(b, caller, endpoint, ln) for ln in chunk)))
-                ids = [f"rcpt_{line_uid(b.id, ln.custom_id).hex}" for ln in chunk]
-                if not await self.gw.wait_durable(self.gw.durable_mark(), ids):
-                    log.warning("batch %s: usage events not durable in time; the chunk will be re-run", b.id)
+                ready += await asyncio.gather(*(self._run_line(b, caller, endpoint, ln) for ln in chunk))
+            if commit is not None and (commit.done() or len(ready) >= backlog):
+                if not await commit:
                     return
-            await asyncio.to_thread(self.batches.record_lines, b.id, rows)
-            until = self.clock() + timedelta(seconds=self.lease_s)
-            await asyncio.to_thread(self.batches.renew, b.id, self.owner, until)
-        moved = await asyncio.to_thread(
-            self.batches.transition, b.id, ("in_progress",), "finalizing", finalizing_at=self.clock()
-        )
+                commit = None
+            if commit is None:
+                commit, ready = asyncio.create_task(self._commit(b, ready)), []
+        # a stop, a cancellation or the end: commit what was served
+        if commit is not None and not await commit:
+            return
+        if ready and not await self._commit(b, ready):
+            return
         b = await self._reload(b)
-        if moved or b.status in ("finalizing", "cancelling"):
+        if b.status == "in_progress" and self.clock() >= b.expires_at:
+            await self._expire(b)
+            return
+        if b.status == "in_progress" and not self._stop.is_set():
+            await asyncio.to_thread(
+                self.batches.transition, b.id, ("in_progress",), "finalizing", finalizing_at=self.clock()
+            )
+            b = await self._reload(b)
+        if b.status in ("finalizing", "cancelling"):
             await self._advance(b)
+
+    async def _commit(self, b: Batch, rows: list[LineRow]) -> bool:
+        """Wait until the rows' usage events are in Kafka or the spool and their receipts stored, then record
+        them (and renew the lease). False when that did not happen in time: the rows will be re-run."""
+        ids = [f"rcpt_{line_uid(b.id, r.custom_id).hex}" for r in rows]
+        if not await self.gw.wait_durable(self.gw.durable_mark(), ids):
+            log.warning(
+                "batch %s: usage events not durable in time; %d lines will be re-run", b.id, len(rows)
+            )
+            return False
+        await asyncio.to_thread(self.batches.record_lines, b.id, rows)
+        until = self.clock() + timedelta(seconds=self.lease_s)
+        await asyncio.to_thread(self.batches.renew, b.id, self.owner, until)
+        return True
 
     async def _run_line(self, b: Batch, caller: Caller, endpoint: str, ln: ParsedLine) -> LineRow:
         uid = line_uid(b.id, ln.custom_id)

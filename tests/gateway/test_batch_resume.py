@@ -82,7 +82,7 @@ def test_sigkilled_runner_resumes_every_line_exactly_once(
         out = [orjson.loads(x) for x in client.files.content(b.output_file_id).text.splitlines()]
         assert sorted(o["custom_id"] for o in out) == sorted(f"req-{i}" for i in range(N))
         assert fresh_stubs.requests("small") >= N  # a re-run chunk asks the upstream again (at most a chunk)
-        assert fresh_stubs.requests("small") <= N + 8 * 2
+        assert fresh_stubs.requests("small") <= N + 2 * 8 * 8  # at most the uncommitted backlog twice
 
         worker.start()
         worker.wait_for(lambda s: s["totals"]["totals"]["events"] >= N, what=f"{N} batch events")
