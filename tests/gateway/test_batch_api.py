@@ -264,3 +264,26 @@ def test_no_profile_runs_at_once(batch_gw: GatewayHandle) -> None:
     b = wait_status(client, b.id, {"completed"})
     carbon = b.model_extra["carbon"]
     assert carbon["profile"] is False and carbon["deferred_until"] is None and carbon["co2e_kg_saved"] is None
+
+
+def test_expired_window_lines_go_to_the_error_file(batch_gw: GatewayHandle, clock, fresh_stubs) -> None:
+    now = datetime.now(UTC)
+    hours = [0.4] * 24
+    hours[(now + timedelta(hours=4)).hour] = 0.01  # defer the batch by some hours ...
+    csv = "region,hour_utc,intensity_kg_per_kwh\n" + "".join(
+        f"{REGION},{h},{v}\n" for h, v in enumerate(hours)
+    )
+    admin = batch_gw.tenants.new_key(batch_gw.tenants.org_a.id, "admin")
+    assert batch_gw.http("PUT", "/v1/intensity-profiles", key=admin, content=csv).status_code == 200
+    client = batch_gw.client()
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(3))), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_status(client, b.id, {"in_progress"})
+    clock["offset"] = timedelta(hours=25)  # ... and let the whole window pass
+    b = wait_status(client, b.id, {"expired"})
+    assert b.expired_at and b.output_file_id is None and b.request_counts.failed == 3
+    errs = [orjson.loads(x) for x in client.files.content(b.error_file_id).text.splitlines()]
+    assert {e["error"]["code"] for e in errs} == {"batch_expired"} and all(
+        e["response"] is None for e in errs
+    )
+    assert fresh_stubs.requests("small") == 0
