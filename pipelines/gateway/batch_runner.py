@@ -288,7 +288,13 @@ class BatchRunner:
         resp: Response | None = None
         for attempt in range(MAX_TRIES):
             resp = await self.gw.serve(
-                endpoint, caller, ln.body, request_id=f"batch_req_{uid.hex}", uid=uid, allow_stream=False
+                endpoint,
+                caller,
+                ln.body,
+                request_id=f"batch_req_{uid.hex}",
+                uid=uid,
+                allow_stream=False,
+                labels={"batch_id": b.id, "custom_id": ln.custom_id[:200]},
             )
             if resp.status_code not in RETRY_STATUSES or attempt == MAX_TRIES - 1:
                 break

@@ -68,6 +68,7 @@ class RequestCtx:
     prices: Callable[[str, str, str], Prices | None] = lambda org, provider, model: None  # org overrides
     reservation: Reservation | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # extra usage-event labels (a batch line: batch_id)
 
     @property
     def event_id(self) -> str:
@@ -207,6 +208,7 @@ class Books:
                 "api_key_id": ctx.caller.key_id,
                 "tokens_estimated": "true" if t.estimated else "false",
                 FACTORS_VERSION_LABEL: fp.factors_version,
+                **ctx.labels,
             },
         )
         assert self.publisher is not None

@@ -230,6 +230,7 @@ class Gateway:
         uid: UUID,
         tier: str | None = None,
         allow_stream: bool = True,
+        labels: dict[str, str] | None = None,
     ) -> Response:
         """One authenticated request's body through validation, budgets, routing, the upstream and booking.
         `uid` is the usage event id (and, as hex, the receipt id): the live path passes a new UUIDv7, the
@@ -281,6 +282,7 @@ class Gateway:
                 prompt_est,
                 factors,
                 prices=self._price_lookup,
+                labels=labels or {},
             )
             reserve_out = (
                 0

@@ -109,6 +109,10 @@ def test_sdk_flow_output_receipts_and_one_event_per_line(batch_gw: GatewayHandle
     # exactly one usage event per line, under the line's deterministic id
     events = read_topic(batch_gw.stack.settings.kafka, batch_gw.stack.settings.raw_topic, n)
     assert sorted(m.key.decode() for m in events) == sorted(str(line_uid(b.id, f"req-{i}")) for i in range(n))
+    labels = [orjson.loads(m.value)["labels"] for m in events]
+    assert {x["batch_id"] for x in labels} == {b.id} and {x["custom_id"] for x in labels} == {
+        f"req-{i}" for i in range(n)
+    }
 
     page = client.batches.list(limit=1)
     assert [x.id for x in page.data] == [b.id]
