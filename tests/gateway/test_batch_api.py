@@ -291,3 +291,41 @@ def test_expired_window_lines_go_to_the_error_file(batch_gw: GatewayHandle, cloc
         e["response"] is None for e in errs
     )
     assert fresh_stubs.requests("small") == 0
+
+
+def test_hostile_requests_get_openai_shaped_4xx(batch_gw: GatewayHandle) -> None:
+    cases = [
+        ("POST", "/v1/files", {"json": {"purpose": "batch"}}, 400),
+        (
+            "POST",
+            "/v1/files",
+            {"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+            400,
+        ),
+        ("POST", "/v1/files", {"data": {"purpose": "batch"}, "files": {"other": ("a", b"x")}}, 400),
+        ("POST", "/v1/batches", {"content": b"{not json"}, 422),
+        (
+            "POST",
+            "/v1/batches",
+            {
+                "json": {
+                    "input_file_id": "f",
+                    "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h",
+                    "metadata": {str(i): "v" for i in range(17)},
+                }
+            },
+            422,
+        ),
+        ("GET", "/v1/batches?limit=0", {}, 400),
+        ("GET", "/v1/batches?limit=abc", {}, 422),
+        ("GET", "/v1/batches/batch_nope", {}, 404),
+        ("GET", "/v1/files/../../etc/passwd/content", {}, 404),
+        ("POST", "/v1/batches/batch_nope/cancel", {}, 404),
+    ]
+    for method, path, kw, status in cases:
+        r = batch_gw.http(method, path, **kw)
+        assert r.status_code == status, (path, r.status_code, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    assert batch_gw.http("GET", "/v1/batches", key=None).status_code == 401
+    assert batch_gw.http("GET", "/v1/openapi.json", key=None).json()["paths"]["/v1/batches"]
