@@ -93,20 +93,22 @@ def http_app(
 
 
 def _mount_gateway(api: FastAPI, settings: Settings, engine: Any, routes: Path) -> None:
-    """Serve the gateway's /v1/... next to the API (the API's routes match first). A mounted app gets no
-    lifespan events of its own: the parent's lifespan starts and stops it."""
+    """Serve the gateway's /v1/... next to the API (the API's routes match first), with the batch runner. A
+    mounted app gets no lifespan events of its own: the parent's lifespan starts and stops it."""
     from pipelines.gateway import create_gateway_app, load_routes
 
-    gw_app = create_gateway_app(settings, load_routes(routes), engine=engine)
+    gw_app = create_gateway_app(settings, load_routes(routes), engine=engine, batch_runner=True)
     parent_lifespan = api.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
         async with parent_lifespan(app) as state:
             await gw_app.state.gateway.start()
+            gw_app.state.batch_runner.start()  # the Batch API's runner (docs/batch.md)
             try:
                 yield state
             finally:
+                await gw_app.state.batch_runner.stop()
                 await gw_app.state.gateway.stop()
 
     api.router.lifespan_context = lifespan

@@ -204,6 +204,51 @@ def gateway(
     run_gateway(host, port, routes)
 
 
+batch_app = typer.Typer(
+    help="Batch API: the runner process and the hourly intensity profiles (docs/batch.md)."
+)
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("run")
+def batch_run(
+    routes: Annotated[Path, typer.Option(help="Routing file (YAML), the gateway's")] = Path("routes.yaml"),
+    spool: Annotated[
+        Path | None, typer.Option(help="Usage spool of this runner (default home/batch-runner/spool)")
+    ] = None,
+    lease_s: Annotated[
+        float, typer.Option(help="Seconds a claimed batch stays this runner's without renewal")
+    ] = 60.0,
+) -> None:
+    """Run the batch runner (batches through the gateway's routing, budgets, metering and receipts)."""
+    from cli.batch import run_batch_runner
+
+    s = _settings()
+    _preflight("batch run", s, routes=routes)
+    _migrate_controlplane(s)
+    run_batch_runner(routes, spool, lease_s)
+
+
+@batch_app.command("profile-load")
+def batch_profile_load(
+    path: Annotated[
+        Path, typer.Argument(help="CSV: region,hour_utc,intensity_kg_per_kwh (24 hours a region)")
+    ],
+) -> None:
+    """Load hourly grid-intensity profiles (replaces the regions the file names)."""
+    from cli.batch import load_profiles
+    from core.intensity import ProfileError
+
+    s = _settings()
+    _migrate_controlplane(s)
+    try:
+        regions = load_profiles(s, path)
+    except (ProfileError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"loaded {len(regions)} region(s): {', '.join(regions)}")
+
+
 @app.command()
 def poll(
     once: Annotated[bool, typer.Option(help="Poll every due connection once, then exit")] = False,

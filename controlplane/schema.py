@@ -25,6 +25,11 @@ Tables by migration:
   recommendation and complete UTC day, written once (`controlplane.recommendations.SavingsLedger`).
 - `0075_signin_links`: `signin_links` — one-time, short-lived dashboard sign-in links (the token's hash, the
   org, the scopes of the session they open; see `controlplane.signin_links`).
+- `0080_batches`: `batch_files` (uploaded batch inputs and produced outputs; bytes in the artefact store),
+  `batches` (one row per batch: status, counts, timestamps, lease of the runner, carbon schedule),
+  `batch_lines` (one row per finished line, keyed by custom_id: what makes a re-run idempotent) and
+  `intensity_profiles` (hourly grid intensity per region for carbon-aware scheduling); see
+  `controlplane.batches` and docs/batch.md.
 - `0090_gpu_targets`: `gpu_targets` — DCGM / model-server / Prometheus endpoints an org's GPUs are scraped
   from, with their project and hosting provider; `gpu_series` (each counter's last sample), `gpu_hours` (its
   increase per hour), `gpu_buckets` (what was published per hour and model) — see `controlplane.gpu_targets`.
@@ -565,4 +570,93 @@ signin_links = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("used_at", UTCDateTime(), nullable=True),  # set once, by the one exchange that wins
+)
+
+
+# --------------------------------------------------------------------------------------------- batch API (0080)
+
+BATCH_STATUSES = (
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+BATCH_FILE_PURPOSES = ("batch", "batch_output")
+
+batch_files = Table(
+    "batch_files",
+    metadata,
+    Column("id", String(40), primary_key=True),  # file-<24 hex>
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("purpose", String(20), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("bytes", BigInteger(), nullable=False),
+    Column("line_count", Integer(), nullable=False),
+    Column("storage_key", String(300), nullable=False),  # key in the artefact store (core.artifacts)
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint(_in("purpose", BATCH_FILE_PURPOSES), name="purpose"),
+    Index("ix_batch_files_org_id_created_at", "org_id", "created_at"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(40), primary_key=True),  # batch_<24 hex>
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("key_id", String(36), nullable=False),  # the API key that created it: its lines run as that key
+    Column("endpoint", String(40), nullable=False),
+    Column("input_file_id", String(40), nullable=False),
+    Column("completion_window", String(8), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("batch_metadata", Text(), nullable=True),  # JSON object, at most 16 string pairs
+    Column("errors", Text(), nullable=True),  # JSON list of {code, message, param, line}
+    Column("output_file_id", String(40), nullable=True),
+    Column("error_file_id", String(40), nullable=True),
+    Column("total", Integer(), nullable=False),
+    Column("completed", Integer(), nullable=False),
+    Column("failed", Integer(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("in_progress_at", UTCDateTime(), nullable=True),
+    Column("finalizing_at", UTCDateTime(), nullable=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("failed_at", UTCDateTime(), nullable=True),
+    Column("expired_at", UTCDateTime(), nullable=True),
+    Column("cancelling_at", UTCDateTime(), nullable=True),
+    Column("cancelled_at", UTCDateTime(), nullable=True),
+    Column("run_after", UTCDateTime(), nullable=True),  # carbon-aware deferral: no line starts before
+    Column("carbon", Text(), nullable=True),  # JSON: the schedule and its CO2e versus running at once
+    Column("lease_owner", String(64), nullable=True),  # the runner working on it, until lease_until
+    Column("lease_until", UTCDateTime(), nullable=True),
+    CheckConstraint(_in("status", BATCH_STATUSES), name="status"),
+    Index("ix_batches_org_id_created_at", "org_id", "created_at"),
+    Index("ix_batches_status", "status"),
+)
+
+batch_lines = Table(
+    "batch_lines",
+    metadata,
+    Column("batch_id", String(40), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("custom_id", String(512), primary_key=True),
+    Column("line_no", Integer(), nullable=False),
+    Column("ok", Boolean(), nullable=False),  # a 2xx answer (output file) or not (error file)
+    Column("output", Text(), nullable=False),  # the output/error file line (JSON)
+    Column("energy_j", Float(), nullable=False),
+    Column("co2_kg", Float(), nullable=False),
+    Column("done_at", UTCDateTime(), nullable=False),
+)
+
+intensity_profiles = Table(
+    "intensity_profiles",
+    metadata,
+    Column("region", String(64), primary_key=True),
+    Column("hour", Integer(), primary_key=True),  # hour of the day, UTC, 0-23
+    Column("intensity_kg_per_kwh", Float(), nullable=False),
+    Column("loaded_at", UTCDateTime(), nullable=False),
+    CheckConstraint("hour >= 0 AND hour <= 23", name="hour"),
 )

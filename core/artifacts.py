@@ -34,6 +34,10 @@ class ArtifactStore(Protocol):
         """The bytes under `key`, or None."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove `key` (nothing happens when it is not there)."""
+        ...
+
 
 def _check_key(key: str) -> str:
     p = PurePosixPath(key)
@@ -64,6 +68,9 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
 
 class S3Store:
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None) -> None:
@@ -87,6 +94,9 @@ class S3Store:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             return None
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
 def open_store(settings: Settings, url: str | None = None) -> ArtifactStore:

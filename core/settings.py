@@ -41,6 +41,7 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_CH_CLUSTER                   | ch_cluster              | none: one ClickHouse server; a name: ON CLUSTER DDL, Replicated engines |
 | JOULESTREAM_DASHBOARD_SESSION_S, _SIGNIN_LINK_S | dashboard_session_s, dashboard_signin_link_s | 43200 (12 h), 600 (10 min) |
 | JOULESTREAM_DAGSTER_URL                  | dagster_url             | none: the dashboard shows no Dagster link (`up --dagster` sets it) |
+| JOULESTREAM_BATCH_MAX_LINES, _MAX_FILE_BYTES, _CONCURRENCY, _POLL_S, _FINISH_MARGIN_H | batch_* | 50000, 100 MiB, 16, 1.0, 2 (docs/batch.md) |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -165,6 +166,13 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=4, ge=1, le=10_000)  # the most stream workers that share the work
     kafka_replication: int = Field(default=1, ge=1, le=16)  # replication factor of new topics
     ch_cluster: str = Field(default="", pattern=r"^[A-Za-z0-9_]{0,64}$")  # a name → ON CLUSTER + Replicated*
+    # Batch API (docs/batch.md): input-file limits, the runner's concurrency and poll, and how long before the
+    # end of the completion window a deferred batch must start at the latest
+    batch_max_lines: PositiveInt = 50_000
+    batch_max_file_bytes: PositiveInt = 100 << 20
+    batch_concurrency: PositiveInt = 16
+    batch_poll_s: PositiveFloat = 1.0
+    batch_finish_margin_h: float = Field(default=2.0, ge=0, le=23)
 
     @field_validator("public_rate_limit")
     @classmethod

@@ -28,10 +28,13 @@ from starlette.responses import Response
 
 from controlplane import get_engine
 from controlplane.factor_resolver import FactorResolver
+from core.artifacts import open_store
 from core.metrics import check_access, exposition
 from core.ratelimit import PublicRateLimit
 from core.receipts import Keyring
 from core.settings import Settings
+from pipelines.gateway.batch_runner import BatchRunner
+from pipelines.gateway.batches import batch_router
 from pipelines.gateway.config import GatewayConfig
 from pipelines.gateway.errors import GatewayError
 from pipelines.gateway.gateway import Gateway
@@ -71,6 +74,8 @@ def create_gateway_app(
     keyring: Keyring | None = None,
     spool_dir: str | Path | None = None,
     publisher_options: dict[str, Any] | None = None,
+    batch_runner: bool = False,
+    runner_options: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The gateway as a FastAPI app (routes under /v1, plus /health). `app.state.gateway` is the `Gateway`.
 
@@ -82,6 +87,8 @@ def create_gateway_app(
     keyring            receipt signing keys (default `Keyring.load(settings)`)
     spool_dir          default `routes.spool.dir` or `$JOULESTREAM_HOME/gateway/spool`
     publisher_options  `UsagePublisher` keyword overrides (timeouts; tests)
+    batch_runner       also run the batch runner in this process (`app.state.batch_runner`; docs/batch.md)
+    runner_options     `BatchRunner` keyword overrides (lease, clock; tests)
     """
     engine = engine or get_engine(settings.database)
     if factors is None:
@@ -99,12 +106,19 @@ def create_gateway_app(
         publisher_options=publisher_options,
     )
 
+    store = open_store(settings)
+    runner = BatchRunner(gw, store, **(runner_options or {})) if batch_runner else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
+        if runner is not None:
+            runner.start()
         try:
             yield
         finally:
+            if runner is not None:
+                await runner.stop()
             await gw.stop()
 
     app = GatewayApp(
@@ -117,6 +131,8 @@ def create_gateway_app(
     )
     app.state.gateway = gw
     app.gateway = gw
+    app.state.batch_runner = runner
+    app.include_router(batch_router(settings, gw.auth, engine, store))
 
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         status = exc.status_code if exc.status_code in (404, 405) else 400

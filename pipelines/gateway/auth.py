@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from controlplane import ApiKeys, Orgs, Workloads, hash_key
+from controlplane import ApiKey, ApiKeys, Orgs, Workloads, hash_key
 from pipelines.gateway.errors import GatewayError, unauthorized
 
 NEGATIVE_TTL_S = 5.0
@@ -42,8 +43,15 @@ class Authenticator:
 
     def _lookup(self, token: str) -> Caller | None:
         key = self.keys.authenticate(token)
-        if key is None:
-            return None
+        return None if key is None else self._caller(key)
+
+    def caller_for_key(self, org_id: str, key_id: str) -> Caller | None:
+        """The caller of a stored key id (the batch runner runs a batch's lines as the key that created it);
+        None once the key is revoked or expired. Blocking: call it off the event loop."""
+        key = self.keys.get(key_id, org_id)
+        return None if key is None or not key.is_usable(datetime.now(UTC)) else self._caller(key)
+
+    def _caller(self, key: ApiKey) -> Caller | None:
         org = self.orgs.get(key.org_id)
         if org is None:
             return None

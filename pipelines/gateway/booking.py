@@ -76,6 +76,7 @@ class RequestCtx:
     prices: Callable[[str, str, str], Prices | None] = lambda org, provider, model: None  # org overrides
     reservation: Reservation | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # extra usage-event labels (a batch line: batch_id)
 
     @property
     def event_id(self) -> str:
@@ -251,6 +252,7 @@ class Books:
                 ROUTING_LABEL: "auto" if ctx.body.get("model") == AUTO else "pinned",
                 FAILED_ATTEMPTS_LABEL: str(len(ctx.attempts)),
                 FACTORS_VERSION_LABEL: fp.factors_version,
+                **ctx.labels,
             },
         )
         assert self.publisher is not None

@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import orjson
 from fastapi import Request
@@ -30,7 +31,7 @@ from core.ratelimit import Limiter
 from core.receipts import Keyring
 from core.settings import Settings
 from pipelines.gateway import classify as cls
-from pipelines.gateway.auth import Authenticator
+from pipelines.gateway.auth import Authenticator, Caller
 from pipelines.gateway.booking import (
     Books,
     RequestCtx,
@@ -203,16 +204,42 @@ class Gateway:
                 waited[0] += time.perf_counter() - t0
 
     async def _handle(self, request: Request, endpoint: str) -> Response:
-        started = datetime.now(UTC)
-        factors = self.factors.cached
         incoming = request.headers.get("x-request-id", "")
         uid = uuid7()
         request_id = incoming if _REQUEST_ID_RE.match(incoming) else f"req_{uid.hex}"
-        base = {"X-Request-Id": request_id}
-        ctx: RequestCtx | None = None
         try:
             caller = await self.auth.caller(request.headers.get("authorization"))
             body = await read_body(request)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI-shaped answer
+            return self._failure(exc, request_id, None)
+        return await self.serve(
+            endpoint,
+            caller,
+            body,
+            request_id=request_id,
+            uid=uid,
+            tier=request.headers.get("x-joulestream-tier"),
+        )
+
+    async def serve(
+        self,
+        endpoint: str,
+        caller: Caller,
+        body: dict[str, Any],
+        *,
+        request_id: str,
+        uid: UUID,
+        tier: str | None = None,
+        allow_stream: bool = True,
+        labels: dict[str, str] | None = None,
+    ) -> Response:
+        """One authenticated request's body through validation, budgets, routing, the upstream and booking.
+        `uid` is the usage event id (and, as hex, the receipt id): the live path passes a new UUIDv7, the
+        batch runner one derived from (batch, custom_id), so a re-run line books the same event and receipt."""
+        started = datetime.now(UTC)
+        factors = self.factors.cached
+        ctx: RequestCtx | None = None
+        try:
             model_cls = MODELS[endpoint]
             try:
                 model_cls.model_validate(body)
@@ -237,8 +264,8 @@ class Gateway:
                     code="spool_full",
                     headers={"Retry-After": "10"},
                 )
-            c = cls.classify(endpoint, body, prompt_est, request.headers.get("x-joulestream-tier"))
-            stream = bool(body.get("stream")) and endpoint != "embeddings"
+            c = cls.classify(endpoint, body, prompt_est, tier)
+            stream = allow_stream and bool(body.get("stream")) and endpoint != "embeddings"
             out_max = cls.max_output(body)
             rank_out = (
                 0 if endpoint == "embeddings" else (out_max or self.config.routing.default_output_tokens)
@@ -256,6 +283,7 @@ class Gateway:
                 prompt_est,
                 factors,
                 prices=self._price_lookup,
+                labels=labels or {},
             )
             reserve_out = (
                 0
@@ -272,21 +300,63 @@ class Gateway:
             except BaseException:
                 self.prepaid.settle(ctx.reservation, 0)  # nothing served: refund the reservation
                 raise
-        except GatewayError as err:
-            extra = dict(base)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI-shaped answer
+            return self._failure(exc, request_id, ctx)
+
+    def region_for(self, endpoint: str, body: dict[str, Any]) -> str | None:
+        """The region of the upstream a request body would be routed to first (None when none can take it)."""
+        try:
+            prompt_est = (
+                cls.estimate_chat_prompt(body["messages"])
+                if endpoint == "chat"
+                else cls.estimate_prompt_input(body.get("prompt" if endpoint == "completions" else "input"))
+            )
+            c = cls.classify(endpoint, body, prompt_est, None)
+            out = (
+                0
+                if endpoint == "embeddings"
+                else (cls.max_output(body) or self.config.routing.default_output_tokens)
+            )
+            cands = self.router.candidates(endpoint, body["model"], c.tier, prompt_est, out)
+        except (GatewayError, KeyError, TypeError, ValueError):
+            return None
+        return cands[0].upstream.region if cands else None
+
+    def _failure(self, exc: Exception, request_id: str, ctx: RequestCtx | None) -> Response:
+        base = {"X-Request-Id": request_id}
+        if isinstance(exc, GatewayError):
             if ctx is not None:
-                extra["X-Tier"] = ctx.tier.value
-            return err.response(extra)
-        except RecursionError:  # a body the depth check let through but some step could not walk
+                base["X-Tier"] = ctx.tier.value
+            return exc.response(base)
+        if isinstance(exc, RecursionError):  # a body the depth check let through but some step could not walk
             log.warning("request body too deeply nested to process request_id=%s", request_id)
             return GatewayError(
                 400, "The request body nests objects and arrays too deeply.", code="invalid_json"
             ).response(base)
-        except Exception:
-            log.exception("gateway error request_id=%s", request_id)
-            return GatewayError(
-                503, "The gateway hit an internal error; retry.", type="api_error", code="internal_error"
-            ).response(base)
+        log.error("gateway error request_id=%s", request_id, exc_info=exc)
+        return GatewayError(
+            503, "The gateway hit an internal error; retry.", type="api_error", code="internal_error"
+        ).response(base)
+
+    def durable_mark(self) -> int:
+        """How many usage events this gateway has accepted so far (see `wait_durable`)."""
+        return self.publisher.accepted if self.publisher is not None else 0
+
+    async def wait_durable(self, mark: int, receipt_ids: list[str], timeout_s: float = 60.0) -> bool:
+        """Wait until the first `mark` usage events are in Kafka or the spool (fsync'd) and the receipts
+        `receipt_ids` are stored: what a caller needs before it records the requests as done. False on
+        timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pub = self.publisher
+            if (
+                pub is not None
+                and pub.sent + pub.spooled >= mark
+                and not self.receipts.any_pending(receipt_ids)
+            ):
+                return True
+            await asyncio.sleep(0.005)
+        return False
 
     def _client_fault(self, ctx: RequestCtx, cand: Candidate, fault: ClientFault) -> Response:
         """The upstream refused the request as the client's fault: release the reservation, relay its answer."""

@@ -46,6 +46,10 @@ class ReceiptWriter:
         if len(self._pending) == 1:
             self._wake.set()
 
+    def any_pending(self, receipt_ids: list[str]) -> bool:
+        """Whether any of these receipts is not stored yet."""
+        return any(rid in self._pending for rid in receipt_ids)
+
     @property
     def pending(self) -> int:
         return len(self._pending)

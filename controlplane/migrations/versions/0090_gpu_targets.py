@@ -4,7 +4,7 @@ last sample), `gpu_hours` (its increase per hour) and `gpu_buckets` (what was pu
 Tables defined in `controlplane/schema.py`.
 
 Revision ID: 0090_gpu_targets
-Revises: 0075_signin_links
+Revises: 0080_batches
 Create Date: 2026-12-03
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0090_gpu_targets"
-down_revision = "0075_signin_links"
+down_revision = "0080_batches"
 branch_labels = None
 depends_on = None
 
