@@ -344,6 +344,7 @@ class Memberships:
                     )
                 )
                 audit(conn, org_id, actor, "member.added", f"user:{user_id}", role=role)
+                bump_epoch(conn)  # a cached "no membership" answer ends too
         except IntegrityError as exc:
             raise Conflict("this user is already a member of the organization") from exc
         m = self.get(org_id, user_id)
@@ -421,6 +422,7 @@ class Memberships:
                 .where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
                 .values(is_default=True)
             )
+            bump_epoch(conn)
         m = self.get(org_id, user_id)
         assert m is not None
         return m

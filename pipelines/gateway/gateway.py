@@ -24,6 +24,7 @@ from uuid6 import uuid7
 
 from controlplane.factor_resolver import FactorResolver
 from controlplane.prices import PriceLookup
+from controlplane.sessions import Sessions
 from core.metrics import record_gateway_request
 from core.pricing import price_micros
 from core.receipts import Keyring
@@ -83,7 +84,7 @@ class Gateway:
             keyring,
         )
         self.router = Router(config, lambda: factors.cached)
-        self.auth = Authenticator(engine, config.auth_cache_ttl_s)
+        self.auth = Authenticator(engine, config.auth_cache_ttl_s, Sessions(engine, settings))
         self.limiter = RateLimiter(config.budgets)
         self.prepaid = Prepaid(engine, config.billing)
         self.receipts = ReceiptWriter(engine, keyring)
@@ -210,7 +211,9 @@ class Gateway:
         base = {"X-Request-Id": request_id}
         ctx: RequestCtx | None = None
         try:
-            caller = await self.auth.caller(request.headers.get("authorization"))
+            caller = await self.auth.caller(
+                request.headers.get("authorization"), "ingest", request.headers.get("x-org-slug")
+            )
             body = await read_body(request)
             model_cls = MODELS[endpoint]
             try:
