@@ -109,8 +109,11 @@ def set_default(
     ctx: Ctx,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> dict[str, Any]:
-    user_id, _ = _me(ctx, credentials)
+    user_id, principal = _me(ctx, credentials)
     if user_id is None:
+        assert principal is not None
+        if body.slug.strip().lower() != principal.org_slug:
+            raise HTTPException(404, "organization not found")
         raise HTTPException(400, "only a signed-in user has a default organization (not an API key)")
     m = ctx.memberships.resolve(user_id, body.slug)
     if m is None:

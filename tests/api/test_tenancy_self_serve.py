@@ -23,6 +23,16 @@ SVIX_SECRET = "whsec_" + "dGVzdC1pZGVudGl0eS13ZWJob29rLXNlY3JldC0xMjM0"  # base6
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.fixture(autouse=True)
+def cheap_argon2(monkeypatch):
+    """argon2id still, with small parameters: the defaults take ~0.3 s per hash on these machines."""
+    from argon2 import PasswordHasher
+
+    monkeypatch.setattr(
+        "controlplane.users._hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
+
+
 @pytest.fixture
 def stripe_stub() -> Iterator[StripeStub]:
     stub = StripeStub()
@@ -53,7 +63,9 @@ def bearer(token: str, slug: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **({"X-Org-Slug": slug} if slug else {})}
 
 
-def svix_post(c: httpx.Client, etype: str, data: dict, *, msg_id: str | None = None, secret: str = SVIX_SECRET):
+def svix_post(
+    c: httpx.Client, etype: str, data: dict, *, msg_id: str | None = None, secret: str = SVIX_SECRET
+):
     body = json.dumps({"type": etype, "object": "event", "data": data})
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     ts = datetime.now(UTC)
@@ -134,14 +146,21 @@ def test_login_refresh_and_reuse(server, engine):
     user = Users(engine).create("carol@example.com", PASSWORD)
     org = Orgs(engine).create("carol-co")
     Memberships(engine).add(org.id, user.id, "admin", actor="test")
-    assert c.post("/auth/login", json={"email": "carol@example.com", "password": "wrong-password"}).status_code == 401
-    assert c.post("/auth/login", json={"email": "nobody@example.com", "password": PASSWORD}).status_code == 401
+    assert (
+        c.post("/auth/login", json={"email": "carol@example.com", "password": "wrong-password"}).status_code
+        == 401
+    )
+    assert (
+        c.post("/auth/login", json={"email": "nobody@example.com", "password": PASSWORD}).status_code == 401
+    )
     assert c.post("/auth/login", json={"email": "carol@example.com"}).status_code == 422
     first = login(c, "carol@example.com")
     assert first["token_type"] == "bearer" and first["expires_in"] > 0
     r = c.get("/orgs", headers=bearer(first["access_token"]))
     assert r.status_code == 200
-    assert r.json()["organizations"] == [{"slug": "carol-co", "name": "carol-co", "role": "admin", "is_default": True}]
+    assert r.json()["organizations"] == [
+        {"slug": "carol-co", "name": "carol-co", "role": "admin", "is_default": True}
+    ]
     # the refresh token is no access token, nor the reverse
     assert c.get("/orgs", headers=bearer(first["refresh_token"])).status_code == 401
     assert c.post("/auth/refresh", json={"refresh_token": first["access_token"]}).status_code == 401
@@ -155,14 +174,19 @@ def test_login_refresh_and_reuse(server, engine):
     assert c.post("/auth/refresh", json={"refresh_token": second["refresh_token"]}).status_code == 401
     assert c.get("/projects", headers=bearer(second["access_token"])).status_code == 401
     # a fresh sign-in works again
-    assert c.get("/projects", headers=bearer(login(c, "carol@example.com")["access_token"])).status_code == 200
+    assert (
+        c.get("/projects", headers=bearer(login(c, "carol@example.com")["access_token"])).status_code == 200
+    )
 
 
 def test_login_rate_limit(server, engine):
     c = server
     Users(engine).create("dave@example.com", PASSWORD)
     for _ in range(4):  # the per-account limit is 4/minute in this app
-        assert c.post("/auth/login", json={"email": "dave@example.com", "password": "not-it-at-all"}).status_code == 401
+        assert (
+            c.post("/auth/login", json={"email": "dave@example.com", "password": "not-it-at-all"}).status_code
+            == 401
+        )
     r = c.post("/auth/login", json={"email": "dave@example.com", "password": PASSWORD})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "account" in r.json()["detail"]
     # another account from the same client is not blocked by dave's
@@ -221,19 +245,53 @@ def test_roles_allowed_and_forbidden(server, engine):
     assert r.status_code == 403 and "not a member" in r.json()["detail"]
 
     # members: add by email, change role, the last admin can be neither demoted nor removed (409)
-    r = c.post(f"{base}/members", json={"email": f"outsider@{slug}.example", "role": "viewer"}, headers=bearer(tok["admin"]))
+    r = c.post(
+        f"{base}/members",
+        json={"email": f"outsider@{slug}.example", "role": "viewer"},
+        headers=bearer(tok["admin"]),
+    )
     assert r.status_code == 201 and r.json()["role"] == "viewer"
     assert c.get("/projects", headers=bearer(tok["outsider"])).status_code == 200  # the next request
-    assert c.post(f"{base}/members", json={"email": "ghost@nowhere.example"}, headers=bearer(tok["admin"])).status_code == 404
-    assert c.post(f"{base}/members", json={"email": f"member@{slug}.example"}, headers=bearer(tok["admin"])).status_code == 409
-    assert c.patch(f"{base}/members/{ids['admin']}", json={"role": "member"}, headers=bearer(tok["admin"])).status_code == 409
+    assert (
+        c.post(
+            f"{base}/members", json={"email": "ghost@nowhere.example"}, headers=bearer(tok["admin"])
+        ).status_code
+        == 404
+    )
+    assert (
+        c.post(
+            f"{base}/members", json={"email": f"member@{slug}.example"}, headers=bearer(tok["admin"])
+        ).status_code
+        == 409
+    )
+    assert (
+        c.patch(
+            f"{base}/members/{ids['admin']}", json={"role": "member"}, headers=bearer(tok["admin"])
+        ).status_code
+        == 409
+    )
     assert c.delete(f"{base}/members/{ids['admin']}", headers=bearer(tok["admin"])).status_code == 409
-    assert c.patch(f"{base}/members/{ids['member']}", json={"role": "owner"}, headers=bearer(tok["admin"])).status_code == 422
+    assert (
+        c.patch(
+            f"{base}/members/{ids['member']}", json={"role": "owner"}, headers=bearer(tok["admin"])
+        ).status_code
+        == 422
+    )
     # a role change takes effect on the very next request, with the same token (member → admin → viewer)
     assert c.post("/projects", json={"name": "by member"}, headers=bearer(tok["member"])).status_code == 403
-    assert c.patch(f"{base}/members/{ids['member']}", json={"role": "admin"}, headers=bearer(tok["admin"])).status_code == 200
+    assert (
+        c.patch(
+            f"{base}/members/{ids['member']}", json={"role": "admin"}, headers=bearer(tok["admin"])
+        ).status_code
+        == 200
+    )
     assert c.post("/projects", json={"name": "by member"}, headers=bearer(tok["member"])).status_code == 201
-    assert c.patch(f"{base}/members/{ids['member']}", json={"role": "viewer"}, headers=bearer(tok["admin"])).status_code == 200
+    assert (
+        c.patch(
+            f"{base}/members/{ids['member']}", json={"role": "viewer"}, headers=bearer(tok["admin"])
+        ).status_code
+        == 200
+    )
     assert c.post("/projects", json={"name": "by viewer"}, headers=bearer(tok["member"])).status_code == 403
     # removal too
     assert c.delete(f"{base}/members/{ids['member']}", headers=bearer(tok["admin"])).status_code == 204
@@ -246,14 +304,22 @@ def test_roles_allowed_and_forbidden(server, engine):
     orgs = c.get("/orgs", headers=bearer(tok["admin"])).json()["organizations"]
     assert {(o["slug"], o["is_default"]) for o in orgs} == {(slug, True), ("roles-two", False)}
     assert c.put("/orgs/default", json={"slug": "roles-two"}, headers=bearer(tok["admin"])).status_code == 200
-    assert c.post("/projects", json={"name": "x"}, headers=bearer(tok["admin"])).status_code == 403  # viewer there
+    assert (
+        c.post("/projects", json={"name": "x"}, headers=bearer(tok["admin"])).status_code == 403
+    )  # viewer there
     assert c.post("/projects", json={"name": "x"}, headers=bearer(tok["admin"], slug)).status_code == 201
     assert c.put("/orgs/default", json={"slug": "not-mine"}, headers=bearer(tok["admin"])).status_code == 404
 
     # the audit log holds who did what, newest first
     log = c.get(f"{base}/audit-log", headers=bearer(tok["admin"], slug)).json()["entries"]
     actions = [e["action"] for e in log]
-    for expected in ("member.added", "member.role_changed", "member.removed", "api_key.created", "balance.adjusted"):
+    for expected in (
+        "member.added",
+        "member.role_changed",
+        "member.removed",
+        "api_key.created",
+        "balance.adjusted",
+    ):
         assert expected in actions, actions
     assert all(e["actor"] for e in log)
 
@@ -274,7 +340,12 @@ def test_api_keys_rotation_and_revocation(server, engine):
     # an org admin key manages its own org's keys; another slug is 404
     assert c.get(f"/orgs/{slug}/api-keys", headers=bearer(key)).status_code == 200
     assert c.get("/orgs/another-org/api-keys", headers=bearer(key)).status_code == 404
-    assert c.post(f"/orgs/{slug}/api-keys", json={"name": "x", "scopes": ["superuser"]}, headers=admin).status_code == 422
+    assert (
+        c.post(
+            f"/orgs/{slug}/api-keys", json={"name": "x", "scopes": ["superuser"]}, headers=admin
+        ).status_code
+        == 422
+    )
 
     # rotate without grace: the old secret stops on the very next request
     r = c.post(f"/orgs/{slug}/api-keys/{key_id}/rotate", headers=admin)
@@ -319,9 +390,15 @@ def test_balance_top_up_and_adjustments(server, engine, stripe_stub):
         r = c.post("/billing/webhook", content=body, headers={"Stripe-Signature": sign_webhook(body)})
         assert r.status_code == 200
     assert c.get(f"/orgs/{slug}/balance", headers=admin).json()["balance_micros"] == 25_000_000
-    r = c.post(f"/orgs/{slug}/balance/adjustments", json={"amount_usd": -5, "reason": "refund of a test"}, headers=admin)
+    r = c.post(
+        f"/orgs/{slug}/balance/adjustments",
+        json={"amount_usd": -5, "reason": "refund of a test"},
+        headers=admin,
+    )
     assert r.status_code == 201 and r.json()["balance_micros"] == 20_000_000
-    assert c.post(f"/orgs/{slug}/balance/adjustments", json={"amount_usd": 5}, headers=admin).status_code == 422
+    assert (
+        c.post(f"/orgs/{slug}/balance/adjustments", json={"amount_usd": 5}, headers=admin).status_code == 422
+    )
     txs = c.get(f"/orgs/{slug}/transactions", headers=admin).json()
     assert sorted((t["kind"], t["amount_micros"]) for t in txs["transactions"]) == [
         ("adjustment", -5_000_000), ("topup", 25_000_000),
