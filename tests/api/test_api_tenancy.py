@@ -339,6 +339,7 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
     b_user = Users(engine).create(B_USER_EMAIL, B_USER_PASSWORD)
     Memberships(engine).add(b_t.org.id, b_user.id, "admin", actor="test")
     a_members_before = Memberships(engine).for_org(a_t.org.id)
+
     def key_states(org_id: str) -> list[tuple]:
         return [(k.id, k.revoked_at, k.expires_at) for k in ApiKeys(engine).list(org_id)]
 
