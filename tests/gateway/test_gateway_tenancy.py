@@ -73,7 +73,7 @@ def test_revocation_rotation_roles_and_removal_on_the_next_request(both):
     engine, org = t.engine, t.org_a
     admin = Users(engine).create("admin@acme.example", PASSWORD)
     member = Users(engine).create("member@acme.example", PASSWORD)
-    loner = Users(engine).create("loner@acme.example", PASSWORD)
+    Users(engine).create("loner@acme.example", PASSWORD)
     Memberships(engine).add(org.id, admin.id, "admin", actor="test")
     Memberships(engine).add(org.id, member.id, "member", actor="test")
     admin_h = auth(login(c, "admin@acme.example"))
