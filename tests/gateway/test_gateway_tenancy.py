@@ -132,3 +132,39 @@ def test_revocation_rotation_roles_and_removal_on_the_next_request(both):
     assert chat(gw, member_token).status_code == 200
     # a bad token is 401 at the gateway
     assert chat(gw, member_token[:-4] + "AAAA").status_code == 401
+
+
+def test_prepaid_allowance_ledger_and_balance(both):
+    """Requests reserve against an in-memory allowance; the spend lands in the ledger as one debit row for
+    the hour; at shutdown the unused allowance goes back, so balance = top-ups - spend exactly."""
+    import time
+
+    gw, c = both
+    t = gw.tenants
+    engine, org = t.engine, t.org_a
+    admin = Users(engine).create("payer@acme.example", PASSWORD)
+    Memberships(engine).add(org.id, admin.id, "admin", actor="test")
+    h = auth(login(c, "payer@acme.example"))
+    r = c.post(
+        f"/orgs/{org.slug}/balance/adjustments", json={"amount_usd": 5, "reason": "trial credit"}, headers=h
+    )
+    assert r.status_code == 201
+    prices = []
+    for _ in range(6):
+        r = chat(gw, t.key_a)
+        assert r.status_code == 200
+        prices.append(r.headers["x-receipt-id"])
+    gw.wait_receipts_stored()
+    prices = [gw.http("GET", f"/v1/receipts/{rid}").json()["payload"]["price_usd_micros"] for rid in prices]
+    assert all(p > 0 for p in prices)
+    deadline = time.monotonic() + 10
+    debits: list = []
+    while time.monotonic() < deadline:  # the ledger is written in the background, batched
+        txs = c.get(f"/orgs/{org.slug}/transactions", headers=h).json()["transactions"]
+        debits = [x for x in txs if x["kind"] == "debit"]
+        if debits and debits[0]["requests"] == len(prices):
+            break
+        time.sleep(0.05)
+    assert [(d["amount_micros"], d["requests"]) for d in debits] == [(-sum(prices), len(prices))]
+    gw.server.stop()  # graceful: the allowance this process held goes back to the balance
+    assert c.get(f"/orgs/{org.slug}/balance", headers=h).json()["balance_micros"] == 5_000_000 - sum(prices)
