@@ -58,6 +58,8 @@ class Authenticator:
         self._cache: dict[str, tuple[float, Caller | NoMembership | None]] = {}
         self._inflight: dict[str, asyncio.Future[Caller | NoMembership | None]] = {}
         self._epoch: int | None = None
+        self._next_read: asyncio.Future[int] | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     def _lookup(self, token: str, org_slug: str | None) -> Caller | NoMembership | None:
         if not token.startswith(KEY_PREFIX) and self.sessions is not None and is_first_party(token):
@@ -115,11 +117,33 @@ class Authenticator:
         )
 
     async def _check_epoch(self) -> None:
-        """Drop the cache when the control plane's revocation counter moved (see the module docstring)."""
-        epoch = await asyncio.to_thread(current_epoch, self.engine)
+        """Drop the cache when the control plane's revocation counter moved (see the module docstring).
+
+        Reads are coalesced without going stale: a request waits for a read that *starts after it arrived*
+        (the next one), and every request waiting then shares it — one read per read-time, however many
+        requests are in flight, and still none answered from a counter read before it came in."""
+        fut = self._next_read
+        if fut is None:
+            fut = self._next_read = asyncio.get_running_loop().create_future()
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read_epochs(), name="gateway-auth-epoch")
+        epoch = await fut
         if epoch != self._epoch:
-            self._cache.clear()
-            self._epoch = epoch
+            if self._epoch is None or epoch > self._epoch:
+                self._cache.clear()
+                self._epoch = epoch
+
+    async def _read_epochs(self) -> None:
+        while self._next_read is not None:
+            fut, self._next_read = (
+                self._next_read,
+                None,
+            )  # this read starts now; later arrivals wait for the next
+            try:
+                fut.set_result(await asyncio.to_thread(current_epoch, self.engine))
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter, which answers 503
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: no "never retrieved" warning when nobody waits any more
 
     async def caller(
         self,
