@@ -360,16 +360,19 @@ class Memberships:
             ).scalar_one()
         )
 
+    @staticmethod
+    def _role_of(conn: Connection, org_id: str, user_id: str) -> str:
+        cur = conn.execute(
+            select(memberships.c.role).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
+        ).scalar_one_or_none()
+        if cur is None:
+            raise NotFound("member not found")
+        return cur
+
     def set_role(self, org_id: str, user_id: str, role: str, *, actor: str) -> Membership:
         _check_role(role)
         with self.engine.begin() as conn:
-            cur = conn.execute(
-                select(memberships.c.role).where(
-                    memberships.c.org_id == org_id, memberships.c.user_id == user_id
-                )
-            ).scalar_one_or_none()
-            if cur is None:
-                raise NotFound("member not found")
+            cur = self._role_of(conn, org_id, user_id)
             if cur == "admin" and role != "admin" and self._admins(conn, org_id) <= 1:
                 raise Conflict(
                     "the last admin of an organization cannot be demoted; make another admin first"
@@ -388,13 +391,7 @@ class Memberships:
 
     def remove(self, org_id: str, user_id: str, *, actor: str, allow_last_admin: bool = False) -> None:
         with self.engine.begin() as conn:
-            cur = conn.execute(
-                select(memberships.c.role).where(
-                    memberships.c.org_id == org_id, memberships.c.user_id == user_id
-                )
-            ).scalar_one_or_none()
-            if cur is None:
-                raise NotFound("member not found")
+            cur = self._role_of(conn, org_id, user_id)
             if cur == "admin" and not allow_last_admin and self._admins(conn, org_id) <= 1:
                 raise Conflict(
                     "the last admin of an organization cannot be removed; make another admin first"

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Ctx, Page, Principal
 from api.errors import error_responses, validation_error
+from api.routers.billing import stripe_customer
 from api.routers.orgs import OrgAdmin, OrgReader, org_access
 from controlplane.billing import stripe_client
 from controlplane.errors import Invalid
@@ -79,13 +80,7 @@ def top_up(body: TopUp, ctx: Ctx, p: OrgBilling) -> dict[str, Any]:
     app_url = ctx.settings.public_url
     meta = {"org_id": org.id, "kind": "topup", "amount_micros": str(micros)}
     try:
-        customer_id = org.stripe_customer_id
-        if not customer_id:
-            customer = client.v1.customers.create(
-                params={"name": org.name, "metadata": {"org_id": org.id, "org_slug": org.slug}}
-            )
-            customer_id = customer.id
-            ctx.orgs.set_stripe_customer(org.id, customer_id)
+        customer_id = stripe_customer(ctx, client, org)
         session = client.v1.checkout.sessions.create(
             params={
                 "mode": "payment",

@@ -46,6 +46,12 @@ class Caller:
     expires_at: datetime | None = None  # the key's expiry (a rotated key's grace end)
 
 
+def _unavailable() -> GatewayError:
+    return GatewayError(
+        503, "authentication is temporarily unavailable, retry", type="api_error", code="auth_unavailable"
+    )
+
+
 class NoMembership(Exception):
     """A valid user token that reaches no org (→ 403 with the message)."""
 
@@ -163,12 +169,7 @@ class Authenticator:
         try:
             await self._check_epoch()
         except Exception as exc:
-            raise GatewayError(
-                503,
-                "authentication is temporarily unavailable, retry",
-                type="api_error",
-                code="auth_unavailable",
-            ) from exc
+            raise _unavailable() from exc
         now = time.monotonic()
         hit = self._cache.get(h)
         if hit is not None and hit[0] > now:
@@ -183,12 +184,7 @@ class Authenticator:
                 except Exception as exc:
                     fut.set_exception(exc)
                     fut.exception()  # retrieved: no "never retrieved" warning when nobody else waits
-                    raise GatewayError(
-                        503,
-                        "authentication is temporarily unavailable, retry",
-                        type="api_error",
-                        code="auth_unavailable",
-                    ) from exc
+                    raise _unavailable() from exc
                 finally:
                     self._inflight.pop(h, None)
                 fut.set_result(found)
@@ -199,12 +195,7 @@ class Authenticator:
                 try:
                     found = await fut
                 except Exception as exc:
-                    raise GatewayError(
-                        503,
-                        "authentication is temporarily unavailable, retry",
-                        type="api_error",
-                        code="auth_unavailable",
-                    ) from exc
+                    raise _unavailable() from exc
         if isinstance(found, NoMembership):
             raise GatewayError(403, str(found), type="permission_error", code="no_membership")
         if found is None or (found.expires_at is not None and found.expires_at <= datetime.now(UTC)):
