@@ -138,8 +138,13 @@ async def identity_webhook(
         )
     payload = await request.body()
     try:
-        Webhook(secret.get_secret_value()).verify(payload, headers)
-    except WebhookVerificationError as exc:
+        verifier = Webhook(secret.get_secret_value())
+    except ValueError as exc:  # not a whsec_… base64 secret
+        log.error("JOULESTREAM_IDENTITY_WEBHOOK_SECRET is not a Svix secret (whsec_…)")
+        raise HTTPException(503, "the identity webhook is misconfigured") from exc
+    try:
+        verifier.verify(payload, headers)
+    except (WebhookVerificationError, ValueError) as exc:  # ValueError: a malformed signature header
         raise HTTPException(400, "invalid Svix signature") from exc
     try:
         event = orjson.loads(payload)

@@ -120,6 +120,8 @@ def test_identity_webhook(server, engine):
         headers={"svix-id": "msg_t", "svix-timestamp": str(int(ts.timestamp())), "svix-signature": sig},
     )
     assert r.status_code == 400
+    headers = {"svix-id": "msg_g", "svix-timestamp": str(int(ts.timestamp())), "svix-signature": "garbage"}
+    assert c.post("/auth/webhook", content=b"{}", headers=headers).status_code == 400
     assert Orgs(engine).get_by_slug("evil") is None
     # unknown event type: 200, ignored
     r = svix_post(c, "session.created", {"id": "sess_1"})
