@@ -5,7 +5,9 @@ key's workload (`Workloads.ensure_active(org, "gateway_key", key.id)`: the org's
 the key was re-mapped to another project). `Bearer <access token>` (POST /api/v1/auth/login) → the user,
 and the org resolved like the API's: `X-Org-Slug` with a membership check, else the default membership;
 no membership → 403 saying so. The user's role gives the scopes (a viewer cannot call models); its
-workload is `gateway_key` with ref `user:<id>`.
+workload is `gateway_key` with ref `user:<id>`. An identity-provider JWT (when `JOULESTREAM_JWT_*` is
+configured) acts like on the API: a user the identity webhook created through its memberships, another
+through the token's org claims.
 
 Results are cached per (token hash, X-Org-Slug) for `ttl_s` (default 30 s), but every request first reads
 the control plane's revocation counter (`auth_epochs`, one primary-key row; `controlplane.users`): when a
@@ -25,6 +27,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from controlplane import KEY_PREFIX, ApiKeys, Orgs, Workloads, hash_key
+from controlplane.jwt import JwtError, JwtForbidden, JwtVerifier
 from controlplane.sessions import SessionError, Sessions, is_first_party
 from controlplane.users import Memberships, Users, current_epoch, scopes_for
 from pipelines.gateway.errors import GatewayError, unauthorized
@@ -57,8 +60,14 @@ class NoMembership(Exception):
 
 
 class Authenticator:
-    def __init__(self, engine: Engine, ttl_s: float = 30.0, sessions: Sessions | None = None) -> None:
-        self.engine, self.ttl_s = engine, ttl_s
+    def __init__(
+        self,
+        engine: Engine,
+        ttl_s: float = 30.0,
+        sessions: Sessions | None = None,
+        jwt: JwtVerifier | None = None,
+    ) -> None:
+        self.engine, self.ttl_s, self.jwt = engine, ttl_s, jwt
         self.keys, self.orgs, self.workloads = ApiKeys(engine), Orgs(engine), Workloads(engine)
         self.users, self.memberships, self.sessions = Users(engine), Memberships(engine), sessions
         self._cache: dict[str, tuple[float, Caller | NoMembership | None]] = {}
@@ -70,6 +79,8 @@ class Authenticator:
     def _lookup(self, token: str, org_slug: str | None) -> Caller | NoMembership | None:
         if not token.startswith(KEY_PREFIX) and self.sessions is not None and is_first_party(token):
             return self._lookup_user(token, org_slug)
+        if not token.startswith(KEY_PREFIX) and self.jwt is not None:
+            return self._lookup_idp(token, org_slug)
         key = self.keys.authenticate(token)
         if key is None:
             return None
@@ -90,12 +101,44 @@ class Authenticator:
             expires_at=key.expires_at,
         )
 
+    def _lookup_idp(self, token: str, org_slug: str | None) -> Caller | NoMembership | None:
+        """An identity-provider JWT: a user the webhook created acts through its memberships; another
+        acts through the token's org claims (like the API)."""
+        assert self.jwt is not None
+        try:
+            identity = self.jwt.verify(token)  # JwksUnavailable propagates: 503
+        except JwtError:
+            return None
+        user = self.users.by_external_id(identity.subject)
+        if user is not None:
+            return self._user_caller(user.id, org_slug)
+        try:
+            org = self.orgs.get_by_slug(identity.org_for(org_slug))
+        except JwtForbidden as exc:
+            return NoMembership(str(exc))
+        if org is None:
+            return NoMembership("The token's organization is unknown here.")
+        workload = self.workloads.ensure_active(org.id, "gateway_key", f"jwt:{identity.subject}"[:200])
+        return Caller(
+            org_id=org.id,
+            org_slug=org.slug,
+            plan_tier=org.plan_tier,
+            key_id=None,
+            scopes=frozenset(identity.scopes),
+            project_id=workload.project_id,
+            workload_id=workload.id,
+            user_id=f"jwt:{identity.subject}",
+        )
+
     def _lookup_user(self, token: str, org_slug: str | None) -> Caller | NoMembership | None:
         assert self.sessions is not None
         try:
             user_id = self.sessions.verify_access(token)
         except SessionError:
             return None
+        return self._user_caller(user_id, org_slug)
+
+    def _user_caller(self, user_id: str, org_slug: str | None) -> Caller | NoMembership | None:
         if self.users.active(user_id) is None:
             return None
         m = self.memberships.resolve(user_id, org_slug)

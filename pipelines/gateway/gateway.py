@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from uuid6 import uuid7
 
 from controlplane.factor_resolver import FactorResolver
+from controlplane.jwt import JwtSettings, JwtVerifier
 from controlplane.prices import PriceLookup
 from controlplane.sessions import Sessions
 from core.metrics import record_gateway_request
@@ -84,7 +85,13 @@ class Gateway:
             keyring,
         )
         self.router = Router(config, lambda: factors.cached)
-        self.auth = Authenticator(engine, config.auth_cache_ttl_s, Sessions(engine, settings))
+        jwt_settings = JwtSettings.from_settings(settings)
+        self.auth = Authenticator(
+            engine,
+            config.auth_cache_ttl_s,
+            Sessions(engine, settings),
+            JwtVerifier(jwt_settings) if jwt_settings else None,
+        )
         self.limiter = RateLimiter(config.budgets)
         self.prepaid = Prepaid(engine, config.billing)
         self.receipts = ReceiptWriter(engine, keyring)

@@ -15,6 +15,7 @@ import pytest
 from api.app import create_app
 from controlplane import get_engine, upgrade
 from controlplane.users import Memberships, Users
+from tests.fixtures_controlplane import jwks  # noqa: F401  (fixture)
 from tests.gateway.conftest import ServerThread
 
 Q = [{"role": "user", "content": "What is 2+2?"}]
@@ -168,3 +169,33 @@ def test_prepaid_allowance_ledger_and_balance(both):
     assert [(d["amount_micros"], d["requests"]) for d in debits] == [(-sum(prices), len(prices))]
     gw.server.stop()  # graceful: the allowance this process held goes back to the balance
     assert c.get(f"/orgs/{org.slug}/balance", headers=h).json()["balance_micros"] == 5_000_000 - sum(prices)
+
+
+def test_identity_provider_jwts_at_the_gateway(make_gateway, stack, tenants, jwks):  # noqa: F811
+    """With JWT auth configured, the gateway takes the identity provider's tokens like the API does: a
+    user the webhook created acts through its memberships (removal ends it on the next request), another
+    through the token's org claims."""
+    from tests.fixtures_controlplane import AUDIENCE, ISSUER
+
+    settings = stack.settings.replace(
+        auth_secret=SECRET, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE
+    )
+    gw = make_gateway("auth_cache_ttl_s: 300\n", settings=settings)
+    engine, org = tenants.engine, tenants.org_a
+    user = Users(engine).upsert_external("user_webhook_1", "hook@acme.example", None)
+    Memberships(engine).add(org.id, user.id, "member", actor="test")
+    token = jwks.token(sub="user_webhook_1")
+    assert chat(gw, token).status_code == 200
+    Memberships(engine).remove(org.id, user.id, actor="test")
+    r = chat(gw, token)
+    assert r.status_code == 403 and "not a member" in r.json()["error"]["message"]
+    # not known to the control plane: its claims decide (org, scopes)
+    claims = jwks.token(sub="user_claims_1", org_slug=tenants.org_b.slug, scope="openid ingest")
+    assert chat(gw, claims).status_code == 200
+    r = chat(gw, claims, org.slug)
+    assert r.status_code == 403
+    assert (
+        chat(gw, jwks.token(sub="user_claims_1", org_slug=tenants.org_b.slug, scope="read")).status_code
+        == 403
+    )
+    assert chat(gw, jwks.token(sub="x", exp=1)).status_code == 401
