@@ -22,6 +22,8 @@ from api.deps import AppContext, Check, LastPoll
 from api.errors import install_error_handlers
 from api.routers import (
     audit,
+    auth,
+    balance,
     billing,
     calibration,
     carbon_factors,
@@ -33,6 +35,7 @@ from api.routers import (
     methodology,
     metrics,
     ops,
+    orgs,
     prices,
     projects,
     public,
@@ -150,6 +153,9 @@ def create_app(
     app.include_router(billing.router, prefix=API_PREFIX)
     app.include_router(receipts.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
+    app.include_router(auth.router, prefix=API_PREFIX)  # /auth/login, /auth/refresh, /auth/webhook
+    app.include_router(orgs.router, prefix=API_PREFIX)  # /orgs, members, API keys, audit log
+    app.include_router(balance.router, prefix=API_PREFIX)  # /orgs/{slug}/balance, transactions
     app.include_router(public.router)  # /public/receipts/verify/{serial}: no auth
     app.include_router(ops.router, prefix=API_PREFIX)  # /version, /config
     app.include_router(ops.prometheus_router)  # /prometheus/metrics: the operator token (docs/operations.md)

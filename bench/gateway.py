@@ -7,8 +7,9 @@ What runs (each server its own process, all on loopback):
   stub       cli/demo_upstream.py (uvicorn + uvloop + httptools): an OpenAI-compatible upstream
   gateway    `cli.gateway.gateway()` in front of the stub: real auth (API key, cached), classification,
              routing, energy headers, signed receipts (stored in SQLite), usage events to a real embedded
-             Kafka broker (Tansu). `gateway+prepaid` is the same with a prepaid org (one balance UPDATE per
-             request on the request path).
+             Kafka broker (Tansu). `gateway+prepaid` is the same with a prepaid org (requests reserve against
+             an in-memory allowance taken from the balance in advance; the spend goes to the ledger
+             in the background). Every request reads the revocation counter (docs/tenancy.md).
   litellm    LiteLLM proxy (`litellm[proxy]`, installed on first run into bench/.venv-litellm), offline
              (LITELLM_LOCAL_MODEL_COST_MAP=True) with a master key, one model routed to the same stub.
 

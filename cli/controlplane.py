@@ -161,3 +161,43 @@ def orgs_list() -> None:
     """List organizations."""
     for org in Orgs(_engine()).list():
         typer.echo(f"{org.id}  {org.slug:<24} {org.plan_tier:<10} {org.name}")
+
+
+# --------------------------------------------------------------------------------------------- users
+
+users_app = typer.Typer(help="Users (first-party login): create.", no_args_is_help=True)
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Argument(help="The user's email (their login)")],
+    org: Annotated[
+        str | None, typer.Option("--org", help="Make them a member of this org (created if missing)")
+    ] = None,
+    role: Annotated[str, typer.Option("--role", help="admin, member or viewer")] = "admin",
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password",
+            envvar="JOULESTREAM_NEW_USER_PASSWORD",
+            help="At least 10 characters; prompted (hidden) when not given",
+        ),
+    ] = None,
+) -> None:
+    """Create a user who signs in with email and password (POST /api/v1/auth/login): the first admin of a
+    self-hosted deployment without an identity provider."""
+    from controlplane import Projects
+    from controlplane.users import Memberships, Users
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    engine = _engine()
+    try:
+        user = Users(engine).create(email, password)
+        if org:
+            o = Orgs(engine).get_by_slug(org) or Orgs(engine).create(org)
+            Projects(engine).ensure_default_project(o.id)
+            Memberships(engine).add(o.id, user.id, role, actor="cli")
+    except ControlPlaneError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"created user {user.email} id={user.id}" + (f" ({role} of {org})" if org else ""))

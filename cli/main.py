@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.broker import EmbeddedBroker
-from cli.controlplane import factors_app, keys_app, orgs_app
+from cli.controlplane import factors_app, keys_app, orgs_app, users_app
 from core.files import PRIVATE_UMASK, private_dir, private_home
 from core.methodology import joules_to_kwh
 from core.settings import Settings, load_settings
@@ -25,6 +25,7 @@ app = typer.Typer(help="joulestream — energy and carbon accounting for AI infe
 app.add_typer(orgs_app, name="orgs", help="Organizations (tenants).")
 app.add_typer(keys_app, name="keys", help="API keys: create (shown once), list, revoke.")
 app.add_typer(factors_app, name="factors", help="Carbon factor versions: publish, list.")
+app.add_typer(users_app, name="users", help="Users who sign in with email and password: create.")
 console = Console()
 
 

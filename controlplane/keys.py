@@ -27,6 +27,7 @@ from controlplane._util import now as _now
 from controlplane.errors import Invalid, NotFound
 from controlplane.models import ApiKey
 from controlplane.schema import SCOPES, api_keys
+from controlplane.users import bump_epoch
 
 KEY_PREFIX = "js_live_"
 DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 4  # "js_live_ab12"
@@ -157,15 +158,36 @@ class ApiKeys:
 
     def revoke(self, key_id: str, org_id: str | None = None, now: datetime | None = None) -> ApiKey:
         """Revoke a key (idempotent: a revoked key keeps its first revocation time). `org_id=None` is for
-        operators (CLI); API callers always pass their org."""
+        operators (CLI); API callers always pass their org. Bumps the revocation counter, so cached
+        credentials (the gateway's) are re-checked on the next request."""
         cond = api_keys.c.id == key_id
         if org_id is not None:
             cond = and_(cond, api_keys.c.org_id == org_id)
         with self.engine.begin() as conn:
-            conn.execute(
+            n = conn.execute(
                 update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=now or _now())
-            )
+            ).rowcount
+            if n:
+                bump_epoch(conn)
         key = self.get(key_id, org_id)
         if key is None:
             raise NotFound("API key not found")
         return key
+
+    def rotate(self, key_id: str, org_id: str, grace: timedelta | None = None) -> tuple[ApiKey, str]:
+        """A new secret for a key: a new key with the same name, scopes and expiry; the old one stops at
+        once (default) or after `grace`. Returns the new key and its plaintext (shown once)."""
+        old = self.get(key_id, org_id)
+        if old is None or not old.is_usable(_now()):
+            raise NotFound("API key not found")
+        new, plaintext = self.create(org_id, old.scopes, old.name, old.expires_at)
+        now = _now()
+        with self.engine.begin() as conn:
+            if grace and grace > timedelta(0):
+                until = now + grace
+                if old.expires_at is None or old.expires_at > until:
+                    conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(expires_at=until))
+            else:
+                conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=now))
+            bump_epoch(conn)
+        return new, plaintext

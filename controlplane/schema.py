@@ -23,6 +23,10 @@ Tables by migration:
   `recommendation_history` — every state change (see `controlplane.recommendations`).
 - `0065_recommendation_savings`: `recommendation_savings` — the measured savings ledger: one row per applied
   recommendation and complete UTC day, written once (`controlplane.recommendations.SavingsLedger`).
+- `0070_tenancy`: `users`, `memberships` (role admin|member|viewer, one default per user), `external_orgs`
+  (identity-provider org id → org), `refresh_tokens` (rotation families), `identity_events` (webhook
+  idempotency), `audit_log` (append-only, per org), `balance_transactions` (the prepaid ledger) and
+  `auth_epochs` (the revocation counter the API and gateway check per request) — see `controlplane.tenancy`.
 - `0075_signin_links`: `signin_links` — one-time, short-lived dashboard sign-in links (the token's hash, the
   org, the scopes of the session they open; see `controlplane.signin_links`).
 - `0080_batches`: `batch_files` (uploaded batch inputs and produced outputs; bytes in the artefact store),
@@ -659,4 +663,106 @@ intensity_profiles = Table(
     Column("intensity_kg_per_kwh", Float(), nullable=False),
     Column("loaded_at", UTCDateTime(), nullable=False),
     CheckConstraint("hour >= 0 AND hour <= 23", name="hour"),
+)
+
+
+# --------------------------------------------------------------------------------------------- tenancy (0070)
+
+ROLES = ("admin", "member", "viewer")
+BALANCE_TX_KINDS = ("topup", "debit", "adjustment")
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("email", String(320), nullable=True, unique=True),  # lower-case; None for an IdP user without one
+    Column("name", String(200), nullable=True),
+    Column("password_hash", Text(), nullable=True),  # argon2id; None: the identity provider signs them in
+    Column("external_id", String(200), nullable=True, unique=True),  # the identity provider's user id
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime(), nullable=True),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
+    Column("role", String(10), nullable=False),
+    Column("is_default", Boolean(), nullable=False, server_default=text("false")),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint(_in("role", ROLES), name="role"),
+)
+
+external_orgs = Table(
+    "external_orgs",
+    metadata,
+    Column("external_id", String(200), primary_key=True),  # the identity provider's organization id
+    Column(
+        "org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, unique=True
+    ),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("family_id", String(36), nullable=False, index=True),
+    Column("issued_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime(), nullable=True),  # rotated: presenting it again is reuse
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+identity_events = Table(
+    "identity_events",
+    metadata,
+    Column("id", String(255), primary_key=True),  # svix-id: idempotency of the identity webhook
+    Column("type", String(100), nullable=False),
+    Column("outcome", String(200), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(200), nullable=False),  # "user:<id>", "api_key:<id>", "identity_provider", "cli"
+    Column("action", String(60), nullable=False),
+    Column("target", String(200), nullable=True),
+    Column("detail", Text(), nullable=True),  # JSON
+    Index("ix_audit_log_org_id_at", "org_id", "at"),
+)
+
+balance_transactions = Table(
+    "balance_transactions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(12), nullable=False),
+    Column("amount_micros", BigInteger(), nullable=False),  # signed: debits are negative
+    Column(
+        "hour", UTCDateTime(), nullable=True
+    ),  # debits: the hour they aggregate (one row per org and hour)
+    Column("requests", Integer(), nullable=False, server_default=text("0")),  # debits: requests aggregated
+    Column("reason", String(500), nullable=True),
+    Column("actor", String(200), nullable=True),
+    Column("ref", String(255), nullable=True, unique=True),  # top-ups: the Checkout session (idempotency)
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(_in("kind", BALANCE_TX_KINDS), name="kind"),
+    UniqueConstraint("org_id", "kind", "hour"),
+    Index("ix_balance_transactions_org_id_created_at", "org_id", "created_at"),
+)
+
+auth_epochs = Table(
+    "auth_epochs",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=False),  # one row, id 1
+    Column(
+        "epoch", BigInteger(), nullable=False
+    ),  # bumped by every revocation, rotation, role change, removal
 )

@@ -42,6 +42,10 @@ An unset connection string means the embedded default; every embedded state file
 | JOULESTREAM_DASHBOARD_SESSION_S, _SIGNIN_LINK_S | dashboard_session_s, dashboard_signin_link_s | 43200 (12 h), 600 (10 min) |
 | JOULESTREAM_DAGSTER_URL                  | dagster_url             | none: the dashboard shows no Dagster link (`up --dagster` sets it) |
 | JOULESTREAM_BATCH_MAX_LINES, _MAX_FILE_BYTES, _CONCURRENCY, _POLL_S, _FINISH_MARGIN_H | batch_* | 50000, 100 MiB, 16, 1.0, 2 (docs/batch.md) |
+| JOULESTREAM_AUTH_SECRET                  | auth_secret             | generated in `home/keys/auth.key` (first-party JWTs, HS256) |
+| JOULESTREAM_AUTH_ACCESS_TTL_S, _AUTH_REFRESH_TTL_S | auth_access_ttl_s, auth_refresh_ttl_s | 900 (15 min), 2592000 (30 days) |
+| JOULESTREAM_IDENTITY_WEBHOOK_SECRET (CLERK_WEBHOOK_SECRET) | identity_webhook_secret | identity webhook off (503) |
+| JOULESTREAM_LOGIN_RATE_LIMIT_ACCOUNT, _LOGIN_RATE_LIMIT_IP | login_rate_limit_account, login_rate_limit_ip | 5/minute per account, 20/minute per IP |
 
 `load_settings()` reads the process environment; `load_settings(env)` reads only the mapping given (tests,
 subprocess environments), so the two never mix. Upstream API keys named in a gateway routing file
@@ -174,7 +178,20 @@ class Settings(BaseSettings):
     batch_poll_s: PositiveFloat = 1.0
     batch_finish_margin_h: float = Field(default=2.0, ge=0, le=23)
 
-    @field_validator("public_rate_limit")
+    # Tenancy: first-party login, identity webhook (docs/tenancy.md)
+    auth_secret: SecretStr | None = None  # HS256 key of first-party access/refresh JWTs (API and gateway)
+    auth_access_ttl_s: PositiveInt = 900
+    auth_refresh_ttl_s: PositiveInt = 30 * 24 * 3600
+    identity_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "identity_webhook_secret", "JOULESTREAM_IDENTITY_WEBHOOK_SECRET", "CLERK_WEBHOOK_SECRET"
+        ),
+    )
+    login_rate_limit_account: str = "5/minute"  # `limits` notation: login attempts per account (email)
+    login_rate_limit_ip: str = "20/minute"  # login attempts per client IP
+
+    @field_validator("public_rate_limit", "login_rate_limit_account", "login_rate_limit_ip")
     @classmethod
     def _rate_limit_notation(cls, v: str) -> str:
         from limits import parse

@@ -53,6 +53,17 @@ StatusPrincipal = Annotated[Principal, Depends(any_scope("read", "billing"))]
 BillingPrincipal = Annotated[Principal, Depends(any_scope("billing"))]
 
 
+def stripe_customer(ctx, client, org) -> str:
+    """The org's Stripe customer id, created (and remembered) on first use. Raises stripe.StripeError."""
+    if org.stripe_customer_id:
+        return org.stripe_customer_id
+    customer = client.v1.customers.create(
+        params={"name": org.name, "metadata": {"org_id": org.id, "org_slug": org.slug}}
+    )
+    ctx.orgs.set_stripe_customer(org.id, customer.id)
+    return customer.id
+
+
 def _period_json(p, receipt_serial: str | None = None, total: float | None = None) -> dict[str, Any]:
     return {
         "id": p.id,
@@ -133,13 +144,7 @@ def upgrade(body: UpgradeBody, ctx: Ctx, principal: BillingPrincipal) -> dict[st
     import stripe
 
     try:
-        customer_id = org.stripe_customer_id
-        if not customer_id:
-            customer = client.v1.customers.create(
-                params={"name": org.name, "metadata": {"org_id": org.id, "org_slug": org.slug}}
-            )
-            customer_id = customer.id
-            ctx.orgs.set_stripe_customer(org.id, customer_id)
+        customer_id = stripe_customer(ctx, client, org)
         session = client.v1.checkout.sessions.create(
             params={
                 "mode": "subscription",

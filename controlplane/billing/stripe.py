@@ -135,6 +135,26 @@ def handle_stripe_event(
         return "duplicate"
 
 
+def _top_up(conn: Connection, obj: Mapping[str, Any], org_id: str) -> str:
+    """A paid top-up Checkout session (`metadata.kind == "topup"`, see api/routers/balance.py) credits the
+    prepaid balance once per session (`controlplane.ledger`)."""
+    from controlplane.ledger import credit_in, credited
+
+    meta = obj.get("metadata") or {}
+    if meta.get("kind") != "topup":
+        return "ignored: not a top-up"
+    if obj.get("payment_status") != "paid":
+        return "top-up not paid yet"
+    session_id = str(obj.get("id") or "")
+    micros = int(obj.get("amount_total") or 0) * 10_000  # cents → micro-USD: what was actually paid
+    if not session_id or micros <= 0:
+        return "ignored: top-up without session or amount"
+    if credited(conn, session_id):
+        return "top-up already credited"
+    credit_in(conn, "topup", org_id, micros, actor="stripe", reason=None, ref=session_id)
+    return f"top-up credited {micros}"
+
+
 def _set_plan(conn: Connection, org_id: str, plan: str | None) -> str:
     if plan is None or plan not in PLAN_TIERS:
         return ""
@@ -163,6 +183,8 @@ def _apply(
     conn: Connection, etype: str, obj: Mapping[str, Any], org: dict, plans: StripePlans, now: datetime
 ) -> str:
     org_id = org["id"]
+    if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        return _top_up(conn, obj, org_id)
     if etype == "invoice.payment_succeeded":
         done = [_set_plan(conn, org_id, plans.plan_for_price(_first_price(obj)))]
         period = _ended_period(conn, org_id, now, ("open",))

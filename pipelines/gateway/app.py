@@ -171,7 +171,9 @@ def create_gateway_app(
     @app.get("/v1/models", summary="Models with their routing tiers and cost tier")
     async def models(request: Request) -> Response:
         try:
-            await gw.auth.caller(request.headers.get("authorization"), scope=("ingest", "read"))
+            await gw.auth.caller(
+                request.headers.get("authorization"), ("ingest", "read"), request.headers.get("x-org-slug")
+            )
         except GatewayError as err:
             return err.response()
         return Response(
@@ -207,7 +209,9 @@ def create_gateway_app(
     @app.get("/v1/receipts/{receipt_id}", summary="A signed receipt of the caller's org")
     async def receipt(receipt_id: str, request: Request) -> Response:
         try:
-            caller = await gw.auth.caller(request.headers.get("authorization"), scope=("ingest", "read"))
+            caller = await gw.auth.caller(
+                request.headers.get("authorization"), ("ingest", "read"), request.headers.get("x-org-slug")
+            )
         except GatewayError as err:
             return err.response()
         rec = await gw.receipts.get(caller.org_id, receipt_id) if _RECEIPT_ID_RE.match(receipt_id) else None
@@ -245,7 +249,11 @@ def create_gateway_app(
         status, body = gw.health()
         if not settings.health_details:
             try:
-                await gw.auth.caller(request.headers.get("authorization"), scope=("ingest", "read"))
+                await gw.auth.caller(
+                    request.headers.get("authorization"),
+                    ("ingest", "read"),
+                    request.headers.get("x-org-slug"),
+                )
             except GatewayError:  # no or a bad key: the status only, never an auth error for a probe
                 body = {"status": body["status"]}
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")

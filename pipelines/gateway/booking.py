@@ -246,7 +246,11 @@ class Books:
                 "upstream": u.name,
                 "silicon": u.silicon,
                 "endpoint": ENDPOINT_NAMES[ctx.endpoint],
-                "api_key_id": ctx.caller.key_id,
+                **(
+                    {"api_key_id": ctx.caller.key_id}
+                    if ctx.caller.key_id
+                    else {"user_id": ctx.caller.user_id or ""}
+                ),
                 "tokens_estimated": "true" if t.estimated else "false",
                 # the sustainability score's routing and waste dimensions (core/insights/score.py)
                 ROUTING_LABEL: "auto" if ctx.body.get("model") == AUTO else "pinned",

@@ -101,6 +101,15 @@ class Billing(BaseModel):
     default_output_reserve_tokens: int = Field(
         default=1024, ge=1, description="output tokens reserved when the request sets no max_tokens"
     )
+    allowance_micros: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="micro-USD a gateway process takes from an org's balance at once and reserves requests "
+        "against in memory (0: one balance UPDATE per request)",
+    )
+    allowance_idle_s: float = Field(
+        default=5.0, gt=0, description="an allowance unused this long goes back to the balance"
+    )
 
 
 class SpoolConfig(BaseModel):

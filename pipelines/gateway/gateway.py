@@ -24,7 +24,9 @@ from starlette.responses import Response, StreamingResponse
 from uuid6 import uuid7
 
 from controlplane.factor_resolver import FactorResolver
+from controlplane.jwt import JwtSettings, JwtVerifier
 from controlplane.prices import PriceLookup
+from controlplane.sessions import Sessions
 from core.metrics import record_gateway_request
 from core.pricing import price_micros
 from core.ratelimit import Limiter
@@ -85,7 +87,13 @@ class Gateway:
             keyring,
         )
         self.router = Router(config, lambda: factors.cached)
-        self.auth = Authenticator(engine, config.auth_cache_ttl_s)
+        jwt_settings = JwtSettings.from_settings(settings)
+        self.auth = Authenticator(
+            engine,
+            config.auth_cache_ttl_s,
+            Sessions(engine, settings),
+            JwtVerifier(jwt_settings) if jwt_settings else None,
+        )
         self.limiter = RateLimiter(config.budgets, Limiter.from_settings(settings))
         self.prepaid = Prepaid(engine, config.billing)
         self.receipts = ReceiptWriter(engine, keyring)
@@ -208,7 +216,9 @@ class Gateway:
         uid = uuid7()
         request_id = incoming if _REQUEST_ID_RE.match(incoming) else f"req_{uid.hex}"
         try:
-            caller = await self.auth.caller(request.headers.get("authorization"))
+            caller = await self.auth.caller(
+                request.headers.get("authorization"), "ingest", request.headers.get("x-org-slug")
+            )
             body = await read_body(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI-shaped answer
             return self._failure(exc, request_id, None)

@@ -7,12 +7,14 @@ entry outlives its route), so a new endpoint cannot skip the tenancy check.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import insert
 
 try:  # FastAPI >= 0.13x includes routers lazily; this flattens them
     from fastapi.routing import iter_route_contexts
@@ -25,9 +27,13 @@ except ImportError:  # older FastAPI: app.routes is already flat
 from controlplane import ApiKeys, Orgs, Projects, Workloads
 from controlplane.billing import Credits, Receipts
 from controlplane.connections import Connections
+from controlplane.gateway import Balances
 from controlplane.gpu_targets import GpuTargetIn, GpuTargets
+from controlplane.ledger import Ledger
 from controlplane.prices import PriceOverrides
 from controlplane.recommendations import Recommendations
+from controlplane.schema import external_orgs
+from controlplane.users import Memberships, Users
 from core.insights import Finding
 from core.secrets import LocalSecretStore
 from tests.api.stripe_stub import WEBHOOK_SECRET, StripeStub, event, sign_webhook
@@ -52,6 +58,10 @@ OPERATOR = "operator"  # the operator token (JOULESTREAM_METRICS_TOKEN), not an 
 SIGNED = "signed"  # no API key, authenticated by a signature over the body (the Stripe webhook): a forged
 #                    event naming A's Stripe customer is 400 with `detail` and changes nothing of A; a
 #                    correctly signed one is acknowledged (200) without echoing org data
+SIGNED_IDENTITY = "signed_identity"  # the identity provider's webhook (Svix signature): a forged event adding
+#                    a user to A's org is 400 and changes nothing of A; a signed unknown event is 200
+SESSION = "session"  # no auth header, a credential in the body (B's password, B's refresh token): 200 with
+#                      B's tokens only
 
 STATIC = "static"  # no auth, the dashboard's own files (no org data): 200, or a redirect to them
 LINK = (
@@ -141,7 +151,28 @@ ROUTES: dict[tuple[str, str], tuple[str, dict | None]] = {
     ("GET", "/api/v1/version"): (GLOBAL, None),
     ("GET", "/api/v1/config"): (GLOBAL, None),
     ("GET", "/prometheus/metrics"): (OPERATOR, None),
+    ("POST", "/api/v1/auth/login"): (SESSION, None),
+    ("POST", "/api/v1/auth/refresh"): (SESSION, None),
+    ("POST", "/api/v1/auth/webhook"): (SIGNED_IDENTITY, None),
+    ("GET", "/api/v1/orgs"): (ORG_LIST, None),
+    ("PUT", "/api/v1/orgs/default"): (ORG_ITEM, {"slug": "{slug}"}),
+    ("GET", "/api/v1/orgs/{slug}"): (ORG_ITEM, None),
+    ("GET", "/api/v1/orgs/{slug}/members"): (ORG_ITEM, None),
+    ("POST", "/api/v1/orgs/{slug}/members"): (ORG_ITEM, {"email": "b-user@tenancy.example", "role": "admin"}),
+    ("PATCH", "/api/v1/orgs/{slug}/members/{user_id}"): (ORG_ITEM, {"role": "viewer"}),
+    ("DELETE", "/api/v1/orgs/{slug}/members/{user_id}"): (ORG_ITEM, None),
+    ("GET", "/api/v1/orgs/{slug}/api-keys"): (ORG_ITEM, None),
+    ("POST", "/api/v1/orgs/{slug}/api-keys"): (ORG_ITEM, {"name": "by B", "scopes": ["admin"]}),
+    ("POST", "/api/v1/orgs/{slug}/api-keys/{key_id}/rotate"): (ORG_ITEM, None),
+    ("DELETE", "/api/v1/orgs/{slug}/api-keys/{key_id}"): (ORG_ITEM, None),
+    ("GET", "/api/v1/orgs/{slug}/audit-log"): (ORG_ITEM, None),
+    ("GET", "/api/v1/orgs/{slug}/balance"): (ORG_ITEM, None),
+    ("GET", "/api/v1/orgs/{slug}/transactions"): (ORG_ITEM, None),
+    ("POST", "/api/v1/orgs/{slug}/balance/top-up"): (ORG_ITEM, {"amount_usd": 10}),
+    ("POST", "/api/v1/orgs/{slug}/balance/adjustments"): (ORG_ITEM, {"amount_usd": 99, "reason": "by B"}),
 }
+B_USER_EMAIL, B_USER_PASSWORD = "b-user@tenancy.example", "b-user-password-123"
+SVIX_SECRET = "whsec_dGVuYW5jeS10ZXN0LWlkZW50aXR5LXNlY3JldA=="
 METRICS_TOKEN = "operator-metrics-token"
 
 
@@ -160,9 +191,13 @@ class OrgA:
     price_override_id: str
     recommendation_id: str
     gpu_target_id: str = ""
+    user_id: str = ""  # A's admin (a user of the control plane)
+    key_id: str = ""  # one of A's API keys
 
     def markers(self) -> list[str]:
         return [
+            self.user_id,
+            self.key_id,
             self.org_id,
             self.slug,
             self.project_id,
@@ -204,9 +239,24 @@ def _path_value(name: str, a: OrgA) -> str:
         "window_slug": "1y",
         "rec_id": a.recommendation_id,
         "target_id": a.gpu_target_id,
+        "slug": a.slug,
+        "user_id": a.user_id,
+        "key_id": a.key_id,
     }
     assert name in values, f"path parameter {{{name}}} has no tenancy value: add it to _path_value"
     return values[name]
+
+
+def _svix(body: dict, secret: str | None) -> dict[str, str]:
+    """Svix headers for `json.dumps(body)`; without a secret, none (an unsigned request)."""
+    from svix.webhooks import Webhook
+
+    if secret is None:
+        return {}
+    ts = datetime.now(UTC)
+    msg = f"msg_{uuid.uuid4().hex}"
+    sig = Webhook(secret).sign(msg, ts, json.dumps(body))
+    return {"svix-id": msg, "svix-timestamp": str(int(ts.timestamp())), "svix-signature": sig}
 
 
 def _fill(path: str, a: OrgA) -> str:
@@ -309,6 +359,22 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         )
         .id,
     )
+    # A's people and keys as the self-serve routes know them: an admin user (known to the identity provider),
+    # its org linked to the provider's org id, a key id; A has a prepaid balance
+    a_admin = Users(engine).create("a-admin@tenancy.example", "a-admin-password-1", external_id="user_ext_a")
+    Memberships(engine).add(a_t.org.id, a_admin.id, "admin", actor="test")
+    with engine.begin() as conn:
+        conn.execute(insert(external_orgs).values(external_id="org_ext_a", org_id=a_t.org.id))
+    a.user_id, a.key_id = a_admin.id, ApiKeys(engine).list(a_t.org.id)[0].id
+    Ledger(engine).top_up(a_t.org.id, 7_000_000, actor="test")
+    b_user = Users(engine).create(B_USER_EMAIL, B_USER_PASSWORD)
+    Memberships(engine).add(b_t.org.id, b_user.id, "admin", actor="test")
+    a_members_before = Memberships(engine).for_org(a_t.org.id)
+
+    def key_states(org_id: str) -> list[tuple]:
+        return [(k.id, k.revoked_at, k.expires_at) for k in ApiKeys(engine).list(org_id)]
+
+    a_keys_before = key_states(a_t.org.id)
     # B's most privileged key: read + admin + billing
     b_headers = bearer(ApiKeys(engine).create(b_t.org.id, ["read", "admin", "billing"], name="b-all")[1])
     app = make_app(
@@ -318,6 +384,7 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
             stripe_webhook_secret=WEBHOOK_SECRET,
             stripe_prices="starter=price_s,growth=price_g,scale=price_x",
             metrics_token=METRICS_TOKEN,
+            identity_webhook_secret=SVIX_SECRET,
         ),
         warehouse_client_factory=lambda: warehouse[0],  # A's closed September is in it
     )
@@ -337,7 +404,13 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         for (method, path), (kind, body) in sorted(ROUTES.items()):
             url = _fill(path, a) + ("/app.js" if method == "*" else "")
             method = "GET" if method == "*" else method
-            headers = {} if kind in (PUBLIC, PUBLIC_ITEM, SIGNED, STATIC, LINK) else b_headers
+            headers = (
+                {}
+                if kind in (PUBLIC, PUBLIC_ITEM, SIGNED, SIGNED_IDENTITY, SESSION, STATIC, LINK)
+                else b_headers
+            )
+            if isinstance(body, dict):
+                body = {k: _fill(v, a) if isinstance(v, str) else v for k, v in body.items()}
             where = f"{method} {path} ({kind})"
             if kind == OPERATOR:  # an org's key is no operator credential
                 assert (await c.request(method, url, headers=b_headers)).status_code == 401, where
@@ -356,6 +429,31 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
                 )
                 h = {"Content-Type": "application/json", "Stripe-Signature": sign_webhook(signed)}
                 r = await c.request(method, url, content=signed, headers=h)
+            elif kind == SIGNED_IDENTITY:
+                forged = {
+                    "type": "organizationMembership.created",
+                    "data": {
+                        "id": "orgmem_forged",
+                        "role": "org:admin",
+                        "organization": {"id": "org_ext_a", "slug": a.slug},
+                        "public_user_data": {"user_id": "user_ext_b", "identifier": B_USER_EMAIL},
+                    },
+                }
+                for secret in (None, "whsec_Zm9yZ2VkLXNlY3JldC1mb3JnZWQtc2VjcmV0"):
+                    r = await c.request(
+                        method, url, headers=_svix(forged, secret), content=json.dumps(forged)
+                    )
+                    assert r.status_code == 400 and r.json()["detail"], where
+                signed = {"type": "email.created", "data": {"id": "ema_1"}}
+                r = await c.request(
+                    method, url, headers=_svix(signed, SVIX_SECRET), content=json.dumps(signed)
+                )
+            elif kind == SESSION:
+                r = await c.post(
+                    "/api/v1/auth/login", json={"email": B_USER_EMAIL, "password": B_USER_PASSWORD}
+                )
+                if path.endswith("/refresh"):
+                    r = await c.post(url, json={"refresh_token": r.json()["refresh_token"]})
             else:
                 r = await c.request(method, url, headers=headers, json=body)
             if kind == ORG_ITEM:
@@ -386,6 +484,10 @@ async def test_org_b_never_sees_org_a(make_app, engine, tenants, warehouse, sett
         b_names = [p["name"] for p in (await c.get("/api/v1/projects", headers=b_headers)).json()["projects"]]
         assert "Created by B" in b_names and name not in b_names
     assert orgs.get(a.org_id) == a_org_before  # plan and Stripe customer untouched (forged webhook too)
+    assert Memberships(engine).for_org(a.org_id) == a_members_before  # forged identity event, B's calls
+    assert key_states(a.org_id) == a_keys_before  # nothing rotated or revoked by B
+    assert Balances(engine).get(a.org_id) == 7_000_000
+    assert Users(engine).by_external_id("user_ext_b") is None
     # B's upgrade and portal went to Stripe for B's customer only, naming nothing of A
     assert stripe_stub.requests, "B's upgrade / portal never reached Stripe"
     for stripe_path, form, _ in stripe_stub.requests:

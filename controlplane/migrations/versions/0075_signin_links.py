@@ -3,7 +3,7 @@
 Table defined in `controlplane/schema.py`.
 
 Revision ID: 0075_signin_links
-Revises: 0065_recommendation_savings
+Revises: 0070_tenancy
 Create Date: 2026-12-03
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0075_signin_links"
-down_revision = "0065_recommendation_savings"
+down_revision = "0070_tenancy"
 branch_labels = None
 depends_on = None
 
