@@ -34,7 +34,7 @@ def warehouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sys.modules["warehouse.client"].close_clients()
 
 
-_POOL: list[tuple[object, str, str]] = []  # (client, database, schema fingerprint) of this process
+_POOL: list[tuple[str, str]] = []  # (database, schema fingerprint) of this process
 
 
 def _schema(client, database: str) -> str:
@@ -64,12 +64,15 @@ def warehouse(warehouse_dsn: str) -> Iterator[tuple[object, str]]:
     from warehouse.client import get_client
     from warehouse.migrate import migrate
 
+    settings = load_settings().replace(clickhouse=warehouse_dsn)
     if _POOL:
-        client, database, schema = _POOL.pop()
+        database, schema = _POOL.pop()
+        # the cached client, or a new one if a test closed every client (to open another chdb path)
+        client = get_client(settings, database=database)
         empty_database(client, database)
     else:
         database = f"test_{uuid.uuid4().hex}"
-        client = get_client(load_settings().replace(clickhouse=warehouse_dsn), database=database)
+        client = get_client(settings, database=database)
         migrate(client, database)
         schema = _schema(client, database)
     try:
@@ -84,7 +87,7 @@ def _release(client, database: str, schema: str) -> None:
 
     try:
         if _schema(client, database) == schema:
-            _POOL.append((client, database, schema))
+            _POOL.append((database, schema))
             return
     except Exception:
         pass

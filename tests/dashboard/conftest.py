@@ -96,6 +96,7 @@ def dashboard(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         assert publish(stack, traffic.messages) == 2000
         wait_done(worker, 2000, len(traffic.final))
         assert worker.stop() == 0, worker.log_tail()
+        close_clients()  # one chdb path per process: let go of the test session's warehouse first
         client = get_client(settings)  # the worker is gone: open its chdb here
         app = create_app(settings, engine=engine, warehouse_client_factory=lambda: client)
         upstream = DemoUpstream(free_port(), settings.home)

@@ -17,7 +17,9 @@ from controlplane import ApiKeys
 from controlplane.signin_links import SignInLinks
 from tests.dashboard.conftest import ARTIFACTS, Dashboard, open_page, sign_in, wait_page
 
-pytestmark = pytest.mark.slow
+# One worker runs the whole module in a row (make test: --dist loadgroup): its module-scoped fixture holds the
+# pipeline's chdb path, and a process can hold only one — another module's test in between would need its own.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dashboard-browser")]
 
 PAGES = ("overview", "breakdown", "recommendations", "sustainability", "gateway", "receipts", "exports",
          "connections", "methodology")  # fmt: skip

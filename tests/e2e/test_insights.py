@@ -35,6 +35,7 @@ def test_recommendations_and_score_on_pipeline_data(
     assert publish(stack, traffic.messages) == 2000
     wait_done(worker, 2000, len(traffic.final))
     assert worker.stop() == 0, worker.log_tail()
+    close_clients()  # one chdb path per process: let go of the test session's warehouse first
     client = get_client(stack.settings)
     try:
         asyncio.run(_check(make_app, client, a, b, traffic))

@@ -44,6 +44,7 @@ def test_metrics_report_and_ledger_agree_on_pipeline_data(
     wait_done(worker, 3000, len(traffic.final))
     assert worker.stop() == 0, worker.log_tail()
 
+    close_clients()  # one chdb path per process: let go of the test session's warehouse first
     client = get_client(stack.settings)  # the worker is gone: open its chdb here
     try:
         asyncio.run(_check(make_app, client, a, b, now, traffic))

@@ -83,6 +83,7 @@ def test_measured_joules_per_model_and_hour_land_exactly(
 
     fs = load_factor_set()
     host, pue = fs.measurement.gpu_host_factor.point, fs.pue["aws"]
+    close_clients()  # one chdb path per process: let go of the test session's warehouse first
     client = get_client(stack.settings)  # the worker is gone: open its chdb here
     try:
         rows = measured_hours(client, org.id, t0, t0 + 5 * H)
