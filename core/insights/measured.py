@@ -2,7 +2,11 @@
 what the warehouse recorded since it was applied (`Usage` groups of that window). Pure.
 
     MODEL_RIGHTSIZING, REASONING_OVERUSE   the alternative model's traffic in the project, on the routing tiers
-        the recommendation named:  Σ footprint(old provider, model, region; its tokens) − Σ what it emitted
+        the recommendation named, beyond the share of that traffic it already had (`evidence.alternative_share`
+        = s0, by tokens, over the old and the alternative model):  f × (Σ footprint(old provider, model,
+        region; its tokens) − Σ what it emitted), f = (s1 − s0) ÷ s1 where s1 is its share since the change
+        (an org that already sent a fifth of that traffic to the smaller model is credited only with what moved
+        since; a share that fell gives a negative saving; no alternative traffic since: 0)
     REGION_SHIFT   the model's traffic in the project at the alternative region:
         Σ footprint(old region; its tokens) − Σ what it emitted
     PROMPT_CACHING   the model's traffic in the project and region: the tokens cached beyond the share cached
@@ -70,7 +74,10 @@ def measured_savings(
         rows = [
             u for u in mine if (u.provider, u.model) == (alt["provider"], alt["model"]) and _tier(u) in tiers
         ]
-        return _counterfactual(fs, rows, (provider, model, region), price_of)
+        old = [u for u in mine if (u.provider, u.model) == (provider, model) and _tier(u) in tiers]
+        moved = _moved_part(rows, old, float(evidence.get("alternative_share", 0.0)))
+        m = _counterfactual(fs, rows, (provider, model, region), price_of)
+        return m._replace(co2e_grams=moved * m.co2e_grams, cost=None if m.cost is None else moved * m.cost)
     if rec_type == "REGION_SHIFT":
         alt = evidence["alternative"]
         rows = [u for u in mine if (u.provider, u.model, u.region) == (provider, model, alt["region"])]
@@ -83,6 +90,15 @@ def measured_savings(
     merged = Usage(project_id or "", provider, model, rows[0].model_tier, region, "", "", "", events, requests,
                    *tokens, 0.0, None, 0)  # fmt: skip
     return _cached_beyond(fs, merged, float(evidence["cached_share"]), price_of)
+
+
+def _moved_part(alt: list[Usage], old: list[Usage], share_before: float) -> float:
+    """The part of the alternative's traffic that moved to it: (s1 − s0) ÷ s1, s1 its token share now."""
+    a = sum(u.input_tokens + u.output for u in alt)
+    if a == 0:
+        return 0.0
+    s1 = a / (a + sum(u.input_tokens + u.output for u in old))
+    return (s1 - share_before) / s1
 
 
 def _cached_beyond(fs: FactorSet, u: Usage, share: float, price_of: PriceOf) -> Measured:

@@ -108,6 +108,15 @@ def _switch_findings(
             continue
         g_year, usd_year = annualise(g, days), None if usd is None else annualise(usd, days)
         tiers = sorted({x.routing_tier or "unclassified" for x in groups})
+        # the alternative's share of this traffic before any change: measured savings count only its growth
+        alt_tokens = sum(
+            u.input_tokens + u.output
+            for u in usage
+            if u.project_id == project
+            and (u.provider, u.model) == alt[:2]
+            and (u.routing_tier or "unclassified") in tiers
+        )
+        alt_share = alt_tokens / (alt_tokens + sum(_tokens(m)))
         cost_words = "" if usd_year is None else f" and {usd_year:.2f} USD"
         out.append(
             Finding(
@@ -132,6 +141,7 @@ def _switch_findings(
                     region=region,
                     routing_tiers=tiers,
                     alternative={"provider": alt[0], "model": alt[1], "region": alt[2]},
+                    alternative_share=alt_share,
                     window_savings_co2e_grams=g,
                     window_savings_cost=usd,
                 ),

@@ -317,7 +317,10 @@ async def test_measured_savings_move_when_the_traffic_changes(c, wh, org, projec
     o = org.org.id
     push(wh, [ev(o, project, "gpt-4o", tier="L0", uncached=500, output=100) for _ in range(20)])
     push(wh, [ev(o, project, "gpt-4o-mini", tier="L2", uncached=500, output=400) for _ in range(10)])
+    # gpt-4o-mini already served a fifth of the L0 tokens: 3,000 of 15,000
+    push(wh, [ev(o, project, "gpt-4o-mini", tier="L0", uncached=500, output=100) for _ in range(5)])
     [rec] = of_type(await run(c, org), "MODEL_RIGHTSIZING")
+    assert close(rec["evidence"]["alternative_share"], 0.2)
     assert (await c.patch(f"{R}/{rec['id']}/apply", headers=org.h)).status_code == 200
     before = (await c.get(f"{R}/savings", headers=org.h)).json()
     [item] = before["recommendations"]
@@ -339,6 +342,8 @@ async def test_measured_savings_move_when_the_traffic_changes(c, wh, org, projec
     )
     usd = (5_000 * GPT_4O["input"] + 1_000 * GPT_4O["output"] - 5_000 * GPT_4O_MINI["input"]
            - 1_000 * GPT_4O_MINI["output"]) / 1e6  # fmt: skip
+    # all of the L0 traffic is on gpt-4o-mini now (share 1 against 0.2 before): (1 − 0.2) / 1 of it moved
+    g, usd = 0.8 * g, 0.8 * usd
     assert m["events"] == 10 and m["requests"] == 10
     assert close(m["co2e_grams"], g) and close(m["cost"], usd)
     [t] = after["by_type"]

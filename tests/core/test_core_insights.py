@@ -120,3 +120,25 @@ def test_score_leaves_out_dimensions_without_data_and_rescales_weights():
         50 + 100 / 3
     )
     assert score([before], [x], PRICES)["dimension_scores"]["intensity_trend"]["score"] == 0.0
+
+
+def test_measured_rightsizing_counts_only_the_traffic_that_moved():
+    """s0 = the alternative's share before (evidence), s1 = its share since: f = (s1 − s0) / s1 of the
+    alternative's counterfactual; a share that fell is a negative saving; no alternative traffic: 0."""
+    from core.insights import measured
+
+    ev = {"provider": "openai", "region": "us", "routing_tiers": ["L0"], "alternative_share": 0.5,
+          "alternative": {"provider": "openai", "model": "gpt-4o-mini", "region": "us"}}  # fmt: skip
+    alt = u("gpt-4o-mini", "small", "L0")  # 12,000 tokens, emitted 0 g in this fixture
+    old = u("gpt-4o", "large", "L0")  # 12,000 tokens
+
+    def saving(rows, share):
+        return measured.measured_savings(FS, "MODEL_RIGHTSIZING", "p1", "gpt-4o",
+                                         {**ev, "alternative_share": share}, rows, PRICES)  # fmt: skip
+
+    full = saving([alt], 0.0)  # everything moved: the whole counterfactual
+    assert full is not None and full.co2e_grams > 0 and full.events == 20
+    assert math.isclose(saving([alt], 0.5).co2e_grams, 0.5 * full.co2e_grams)  # s1 = 1, s0 = 0.5
+    assert saving([alt, old], 0.5).co2e_grams == 0  # s1 = 0.5 = s0: nothing moved
+    assert math.isclose(saving([alt, old, old, old], 0.5).co2e_grams, -1.0 * full.co2e_grams)  # s1 = 0.25
+    assert saving([old], 0.5).co2e_grams == 0  # no alternative traffic since
