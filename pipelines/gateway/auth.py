@@ -23,6 +23,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -98,16 +99,20 @@ class Authenticator:
             return None
         if org_slug and org_slug.strip().lower() != org.slug:
             return NoMembership(f"This API key belongs to another organization than {org_slug.strip()!r}.")
-        workload = self.workloads.ensure_active(org.id, "gateway_key", key.id)
+        return self._in(org, key.id, frozenset(key.scopes), key_id=key.id, expires_at=key.expires_at)
+
+    def _in(self, org: Any, source: str, scopes: frozenset[str], **who: Any) -> Caller:
+        """A caller acting in `org` through its gateway workload of `source` (a key id, `jwt:<sub>`,
+        `user:<id>`); `who`: key_id / user_id / expires_at."""
+        workload = self.workloads.ensure_active(org.id, "gateway_key", source[:200])
         return Caller(
             org_id=org.id,
             org_slug=org.slug,
             plan_tier=org.plan_tier,
-            key_id=key.id,
-            scopes=frozenset(key.scopes),
+            scopes=scopes,
             project_id=workload.project_id,
             workload_id=workload.id,
-            expires_at=key.expires_at,
+            **{"key_id": None, **who},
         )
 
     def _lookup_idp(self, token: str, org_slug: str | None) -> Caller | NoMembership | None:
@@ -127,17 +132,8 @@ class Authenticator:
             return NoMembership(str(exc))
         if org is None:
             return NoMembership("The token's organization is unknown here.")
-        workload = self.workloads.ensure_active(org.id, "gateway_key", f"jwt:{identity.subject}"[:200])
-        return Caller(
-            org_id=org.id,
-            org_slug=org.slug,
-            plan_tier=org.plan_tier,
-            key_id=None,
-            scopes=frozenset(identity.scopes),
-            project_id=workload.project_id,
-            workload_id=workload.id,
-            user_id=f"jwt:{identity.subject}",
-        )
+        who = f"jwt:{identity.subject}"
+        return self._in(org, who, frozenset(identity.scopes), user_id=who)
 
     def _lookup_user(self, token: str, org_slug: str | None) -> Caller | NoMembership | None:
         assert self.sessions is not None
@@ -162,17 +158,7 @@ class Authenticator:
         org = self.orgs.get(m.org_id)
         if org is None:
             return None
-        workload = self.workloads.ensure_active(org.id, "gateway_key", f"user:{user_id}")
-        return Caller(
-            org_id=org.id,
-            org_slug=org.slug,
-            plan_tier=org.plan_tier,
-            key_id=None,
-            scopes=scopes_for(m.role),
-            project_id=workload.project_id,
-            workload_id=workload.id,
-            user_id=user_id,
-        )
+        return self._in(org, f"user:{user_id}", scopes_for(m.role), user_id=user_id)
 
     async def _check_epoch(self) -> None:
         """Drop the cache when the control plane's revocation counter moved (see the module docstring).
