@@ -256,12 +256,7 @@ class Gateway:
             except ValidationError as exc:
                 message, param = describe_errors(exc)
                 raise GatewayError(422, message, param=param, code="invalid_body") from exc
-            if endpoint == "chat":
-                prompt_est = cls.estimate_chat_prompt(body["messages"])
-            else:
-                prompt_est = cls.estimate_prompt_input(
-                    body.get("prompt" if endpoint == "completions" else "input")
-                )
+            prompt_est = _prompt_estimate(endpoint, body)
             self.limiter.admit(caller)
             if self.publisher is None:
                 raise GatewayError(503, "The gateway is starting.", type="api_error", code="starting")
@@ -274,13 +269,8 @@ class Gateway:
                     code="spool_full",
                     headers={"Retry-After": "10"},
                 )
-            c = cls.classify(endpoint, body, prompt_est, tier)
+            c, out_max, cands = self._route(endpoint, body, prompt_est, tier)
             stream = allow_stream and bool(body.get("stream")) and endpoint != "embeddings"
-            out_max = cls.max_output(body)
-            rank_out = (
-                0 if endpoint == "embeddings" else (out_max or self.config.routing.default_output_tokens)
-            )
-            cands = self.router.candidates(endpoint, body["model"], c.tier, prompt_est, rank_out)
             ctx = RequestCtx(
                 endpoint,
                 request_id,
@@ -313,21 +303,19 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI-shaped answer
             return self._failure(exc, request_id, ctx)
 
+    def _route(
+        self, endpoint: str, body: dict[str, Any], prompt_est: int, tier: str | None
+    ) -> tuple[cls.Classification, int | None, list[Candidate]]:
+        """The request's class, its output cap and the upstreams that may serve it, in the order to try."""
+        c = cls.classify(endpoint, body, prompt_est, tier)
+        out_max = cls.max_output(body)
+        rank_out = 0 if endpoint == "embeddings" else (out_max or self.config.routing.default_output_tokens)
+        return c, out_max, self.router.candidates(endpoint, body["model"], c.tier, prompt_est, rank_out)
+
     def region_for(self, endpoint: str, body: dict[str, Any]) -> str | None:
         """The region of the upstream a request body would be routed to first (None when none can take it)."""
         try:
-            prompt_est = (
-                cls.estimate_chat_prompt(body["messages"])
-                if endpoint == "chat"
-                else cls.estimate_prompt_input(body.get("prompt" if endpoint == "completions" else "input"))
-            )
-            c = cls.classify(endpoint, body, prompt_est, None)
-            out = (
-                0
-                if endpoint == "embeddings"
-                else (cls.max_output(body) or self.config.routing.default_output_tokens)
-            )
-            cands = self.router.candidates(endpoint, body["model"], c.tier, prompt_est, out)
+            _, _, cands = self._route(endpoint, body, _prompt_estimate(endpoint, body), None)
         except (GatewayError, KeyError, TypeError, ValueError):
             return None
         return cands[0].upstream.region if cands else None
@@ -452,3 +440,10 @@ class Gateway:
             raise GatewayError(
                 400, f"The request body cannot be forwarded: {exc}.", code="invalid_json"
             ) from None
+
+
+def _prompt_estimate(endpoint: str, body: dict[str, Any]) -> int:
+    """The prompt's token estimate before the upstream counts it (routing and the budget reservation)."""
+    if endpoint == "chat":
+        return cls.estimate_chat_prompt(body["messages"])
+    return cls.estimate_prompt_input(body.get("prompt" if endpoint == "completions" else "input"))
