@@ -16,6 +16,8 @@ from typing import Any
 from clickhouse_connect.driver import Client
 
 from core.methodology.measured import CalibrationRow, calibration_row
+from core.windows import Window
+from warehouse.reporting import Query, ledger_where
 
 _ESTIMATED_IT_J = (
     "input_tokens_uncached * j_per_prefill_token + input_tokens_cached * j_per_cached_token"
@@ -30,21 +32,17 @@ SELECT event_id, revision, sum(sign) AS live,
        any(measured_energy_j) AS gpu, any(energy_j) AS facility, any(energy_j / pue) AS it,
        any({_ESTIMATED_IT_J}) AS est_it, any({_TOKENS}) AS tok,
        any(input_tokens_uncached) AS prompt, any(output_tokens) AS gen
-FROM usage_events
-WHERE org_id = {{org_id:String}} AND bucket_start >= {{start:DateTime64(3)}} AND bucket_start < {{end:DateTime64(3)}}
-  AND energy_source = 'measured'{{project}}
+FROM usage_events AS e
+WHERE {{where}} AND energy_source = 'measured'
 GROUP BY event_id, revision
 HAVING live > 0
 """
 
 
 def _live(org_id: str, start: datetime, end: datetime, project_id: str | None) -> tuple[str, dict[str, Any]]:
-    params: dict[str, Any] = {"org_id": org_id, "start": start, "end": end}
-    project = ""
-    if project_id is not None:
-        project = " AND project_id = {project_id:String}"
-        params["project_id"] = project_id
-    return _LIVE.replace("{project}", project), params
+    """The live-rows subquery over the org's window (and project): the ledger filter of `warehouse.reporting`."""
+    where, params = ledger_where(Query(org_id, Window(start, end, "calibration"), project_id=project_id))
+    return _LIVE.replace("{where}", where), params
 
 
 def calibration(

@@ -72,7 +72,7 @@ def routing(client: Client, org_id: str, window: Window) -> Routing:
     "auto", and the upstream attempts that failed before one served them (the signed ledger: labels are not in
     the rollups). Events without the labels (providers' buckets, gateway events booked before them) are not
     counted."""
-    where, params = reporting._ledger_where(Query(org_id, window))
+    where, params = reporting.ledger_where(Query(org_id, window))
     row = client.query(
         "SELECT sum(e.sign * e.request_count), "
         f"sumIf(e.sign * e.request_count, e.labels['{ROUTING_LABEL}'] = 'auto'), "

@@ -195,7 +195,7 @@ def factor_versions(client: Client, q: Query) -> dict[tuple[Any, ...], list[str]
     return out
 
 
-def _ledger_where(q: Query) -> tuple[str, dict[str, Any]]:
+def ledger_where(q: Query) -> tuple[str, dict[str, Any]]:
     """The WHERE clause over the ledger `usage_events AS e` for `q`'s org, window (on bucket_start, the
     primary key after org_id) and project."""
     params: dict[str, Any] = {
@@ -218,7 +218,7 @@ def estimation_reasons(
 ) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
     """(bucket?, keys…) → [{reason, event_count}] of the live events of `q`'s window, most frequent first,
     from the signed ledger (reasons are not additive: no rollup holds them)."""
-    where, params = _ledger_where(q)
+    where, params = ledger_where(q)
     select: list[str] = []
     if q.granularity is not None:
         start = {
@@ -383,7 +383,7 @@ def series(
 def ledger_sums(client: Client, q: Query) -> dict[str, Any]:
     """The window's sums straight from the signed ledger (sum of sign × value over its rows): the reference
     the rollup-based figures must equal."""
-    where, params = _ledger_where(q)
+    where, params = ledger_where(q)
     cols = ", ".join(f"{LEDGER_SUMS[c]} AS {c}" for c in ROLLUP_MEASURES)
     return next(iter(_rows(client, f"SELECT {cols} FROM usage_events AS e WHERE {where}", params)))
 
